@@ -1,0 +1,35 @@
+# The two commands of the README:
+#   make demo   one batch of 16 emulated chips, end to end, on embedded defaults
+#   make test   lint + type check + the whole test suite (what CI runs)
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: install demo test test-fast lint services clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml deploy/install.sh
+	VENV=$(VENV) bash deploy/install.sh
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/provisioner demo --count 16
+
+services: install
+	$(BIN)/provisioner services run
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+# Everything except the slow fault/load tests.
+test-fast: install
+	$(BIN)/pytest -m 'not slow'
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache

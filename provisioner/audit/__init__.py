@@ -1,0 +1,1 @@
+"""The tamper-evident audit trail (hash chain now; Merkle log with HSM checkpoints later)."""

@@ -1,0 +1,1 @@
+"""The ``provisioner`` command line (Typer)."""

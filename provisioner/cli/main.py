@@ -1,0 +1,60 @@
+"""Entry point of the ``provisioner`` command.
+
+Expected failures (:class:`~provisioner.errors.ProvisionerError`) print one line to stderr
+and exit non-zero; tracebacks are shown only for bugs, and never with local variables (they
+could hold a PIN).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from provisioner.cli import audit, batch, ca, services
+from provisioner.cli.context import CliContext
+from provisioner.errors import ProvisionerError
+
+app = typer.Typer(
+    help="Factory provisioning of ATECC608A/B secure elements: on-chip keys, certificates "
+    "from an HSM-held CA, cloud registry upload and a tamper-evident audit trail.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="TOML config file (default: $PROVISIONER_CONFIG, else ./provisioner.toml, "
+        "else embedded defaults under ./var).",
+        envvar="PROVISIONER_CONFIG",
+    ),
+) -> None:
+    ctx.obj = CliContext(config=config)
+
+
+app.add_typer(batch.app, name="batch")
+app.add_typer(ca.app, name="ca")
+app.add_typer(audit.app, name="audit")
+app.add_typer(services.app, name="services")
+app.command("demo")(services.demo)
+
+
+def main() -> None:
+    """Console-script entry: run the app, turning expected errors into one line."""
+    try:
+        app()
+    except ProvisionerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

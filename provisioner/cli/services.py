@@ -1,0 +1,109 @@
+"""``provisioner services run`` and ``provisioner demo``: the station's processes."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import typer
+from rich.console import Console
+
+from provisioner import batches
+from provisioner.audit import chain
+from provisioner.cli.batch import start_batch
+from provisioner.cli.context import ctx_of
+from provisioner.cli.view import devices_table
+from provisioner.db.engine import transaction
+from provisioner.supervisor import running_services
+
+app = typer.Typer(
+    help="Run the station's services (Redis, registry, workers).", no_args_is_help=True
+)
+
+
+@app.command("run")
+def run(
+    ctx: typer.Context,
+    station: list[str] = typer.Option(
+        None, "--station", "-s", help="Station(s) to run workers for (default: all configured)."
+    ),
+) -> None:
+    """Start Redis, the built-in registry and the hsm/registry/station workers in the
+    foreground; Ctrl-C (or SIGTERM) stops them all."""
+    c = ctx_of(ctx)
+    stations = station or sorted(c.settings.stations)
+    for s in stations:
+        c.settings.station(s)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with running_services(c.settings, stations, c.config) as sup:
+        typer.echo(
+            f"services running ({', '.join(ch.name for ch in sup.children)}); "
+            f"logs in {sup.log_dir}. Ctrl-C stops them."
+        )
+        try:
+            while True:
+                sup._check_alive()
+                time.sleep(1)
+        except KeyboardInterrupt:
+            typer.echo("stopping services ...")
+
+
+def demo(
+    ctx: typer.Context,
+    count: int = typer.Option(16, "--count", "-n", help="Chips in the demo batch."),
+    station: str = typer.Option("line1", "--station", "-s", help="Station id."),
+    timeout: float = typer.Option(600.0, help="Seconds to wait for the batch."),
+) -> None:
+    """End to end on embedded defaults: CA (if absent), services, one batch of emulated
+    chips with a progress bar, the result table and the audit verification."""
+    from provisioner.ca.ceremony import init_ca
+
+    c = ctx_of(ctx)
+    console = Console()
+    batches.validate_request(c.settings, station_id=station, count=count)
+    info = init_ca(c.settings)
+    console.print(
+        ("[green]CA created[/]" if info.created else "CA present")
+        + f": {info.intermediate_subject} (SHA-256 {info.intermediate_fingerprint_sha256[:16]}…)"
+    )
+    if info.created:
+        with transaction(c.engine) as s:
+            chain.append(
+                s,
+                "ca.initialised",
+                actor=c.actor,
+                payload={"intermediate_fingerprint_sha256": info.intermediate_fingerprint_sha256},
+            )
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    batch_id = None
+    try:
+        with running_services(c.settings, [station], c.config):
+            console.print(
+                "services started: redis, registry, workers (hsm, registry, "
+                f"station {station} x{c.settings.station(station).sockets} sockets)"
+            )
+            batch_id = batches.create_batch(
+                c.engine, c.settings, station_id=station, count=count, actor=c.actor
+            )
+            rep = start_batch(c, batch_id, console, wait=True, timeout_s=timeout)
+            console.print(devices_table(rep))
+        console.print("services stopped")
+    except KeyboardInterrupt:
+        console.print(
+            "[yellow]interrupted[/]: services stopped"
+            + (f"; resume with `provisioner batch start {batch_id}`" if batch_id else "")
+        )
+        raise typer.Exit(130) from None
+    with transaction(c.engine) as s:
+        res = chain.verify(s)
+    if res.ok:
+        console.print(f"[green]audit trail intact[/]: {res.events} events verified")
+    else:
+        console.print(f"[red]audit trail broken at event {res.first_bad_seq}[/]: {res.reason}")
+    ok = res.ok and rep.done == rep.count
+    console.print(
+        f"[{'green' if ok else 'red'}]batch {batch_id}: {rep.done}/{rep.count} "
+        f"devices provisioned[/]"
+    )
+    if not ok:
+        raise typer.Exit(1)

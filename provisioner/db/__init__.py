@@ -1,0 +1,1 @@
+"""The product database: the source of truth for what happened to each chip."""

@@ -1,0 +1,119 @@
+"""Tables of the product database (SQLModel).
+
+The database, not Redis, records what happened to every chip: Redis only carries work to
+the workers. A device row's ``step`` is the last step that *completed*; together with the
+chip's own state it lets a re-run task resume exactly where a crash interrupted it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import IntEnum, StrEnum
+
+from sqlalchemy import Column, LargeBinary, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Step(IntEnum):
+    """Completed provisioning steps of one device, in pipeline order."""
+
+    PENDING = 0
+    IDENTIFIED = 10  # serial and revision read
+    KEY_GENERATED = 20  # private key created in the key slot, public key recorded
+    POP_VERIFIED = 30  # the chip proved possession of the key
+    CERT_ISSUED = 40  # the HSM signed the certificate (recorded by the signer)
+    CERT_WRITTEN = 50  # certificate written to the chip
+    CERT_VERIFIED = 60  # read back byte-exact; upload queued
+    DONE = 70  # registry holds the device with this certificate
+
+
+class BatchState(StrEnum):
+    CREATED = "created"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class UploadState(StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    CONFLICT = "conflict"
+
+
+class Station(SQLModel, table=True):
+    id: str = Field(primary_key=True, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Batch(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    station_id: str = Field(foreign_key="station.id", index=True)
+    count: int
+    state: BatchState = Field(default=BatchState.CREATED)
+    created_by: str
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class Device(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("batch_id", "position"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    batch_id: int = Field(foreign_key="batch.id", index=True)
+    position: int  # 0..count-1 within the batch
+    step: Step = Field(default=Step.PENDING)
+    socket: int | None = None
+    chip_serial: str | None = Field(default=None, unique=True, max_length=18)
+    revision: str | None = None
+    public_key: str | None = Field(default=None, unique=True)  # hex of 04||X||Y
+    error: str | None = None  # last failure; cleared when the device is retried
+    attempts: int = 0
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Certificate(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: int = Field(foreign_key="device.id", unique=True)
+    serial_number: str = Field(unique=True)  # hex
+    fingerprint_sha256: str = Field(unique=True, max_length=64)
+    der: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    not_before: datetime
+    not_after: datetime
+    issuer_fingerprint_sha256: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class RegistryUpload(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: int = Field(foreign_key="device.id", unique=True)
+    registry: str  # projects/{p}/locations/{l}/registries/{r}
+    registry_device_id: str
+    fingerprint_sha256: str = Field(max_length=64)
+    state: UploadState = Field(default=UploadState.PENDING)
+    num_id: str | None = None
+    attempts: int = 0
+    error: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class AuditEvent(SQLModel, table=True):
+    """One link of the hash chain. ``hash`` covers every other column and ``prev_hash``."""
+
+    __tablename__ = "audit_event"
+
+    seq: int = Field(primary_key=True)
+    ts: str  # RFC 3339 UTC with microseconds, as hashed
+    actor: str
+    event_type: str = Field(index=True)
+    station_id: str | None = Field(default=None, index=True)
+    batch_id: int | None = Field(default=None, index=True)
+    device_id: int | None = None
+    chip_serial: str | None = Field(default=None, index=True)
+    payload: str  # canonical JSON, as hashed
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)

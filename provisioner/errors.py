@@ -1,0 +1,120 @@
+"""The one error hierarchy of the product.
+
+Every error a user can see derives from :class:`ProvisionerError` and carries a message that
+says what went wrong *and what to do*. The CLI prints ``str(err)`` on one line and exits
+non-zero; it never prints a traceback for these. Messages must never contain a PIN, a token
+or key material: callers pass identifiers (labels, URIs without pin-value, serials), never
+secrets.
+"""
+
+from __future__ import annotations
+
+
+class ProvisionerError(Exception):
+    """Base of every expected, user-facing failure."""
+
+    exit_code: int = 1
+
+
+class ConfigError(ProvisionerError):
+    """Settings or a profile are invalid or incomplete."""
+
+    exit_code = 2
+
+
+class NotFoundError(ProvisionerError):
+    """A batch, station, device or object that the user named does not exist."""
+
+    exit_code = 3
+
+
+class InvalidInputError(ProvisionerError):
+    """A value the user gave is out of range or malformed."""
+
+    exit_code = 2
+
+
+class ServiceUnavailableError(ProvisionerError):
+    """Redis, the database, the registry or a worker cannot be reached."""
+
+    exit_code = 4
+
+
+# --- chips -----------------------------------------------------------------------------------
+
+
+class ChipError(ProvisionerError):
+    """The secure element (or its socket) failed a command."""
+
+
+class ChipAbsentError(ChipError):
+    """No chip answers in the socket (never inserted, or removed mid-command)."""
+
+
+class ChipCommandError(ChipError):
+    """The chip answered with a non-zero status byte.
+
+    ``status`` is the chip's status byte (0x0F execution error, 0x03 parse error, ...) or the
+    cryptoauthlib ATCA_STATUS code when the failure was detected host-side.
+    """
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ChipStateError(ChipError):
+    """The chip is in a state the profile cannot provision (e.g. locked by someone else)."""
+
+
+# --- HSM / CA --------------------------------------------------------------------------------
+
+
+class HsmError(ProvisionerError):
+    """The PKCS#11 module or token failed."""
+
+
+class HsmLoginError(HsmError):
+    """The token rejected the PIN (wrong PIN, or PIN locked)."""
+
+
+class HsmKeyNotFoundError(HsmError):
+    """No key with the requested label/id exists in the token."""
+
+
+class CaNotInitialisedError(ProvisionerError):
+    """The factory CA has not been created yet."""
+
+    def __init__(self, detail: str = "") -> None:
+        msg = "no CA initialised: run `provisioner ca init` first"
+        super().__init__(f"{msg} ({detail})" if detail else msg)
+
+
+class CaExistsError(ProvisionerError):
+    """`ca init` would replace an existing CA."""
+
+
+class PolicyViolationError(ProvisionerError):
+    """The issuance policy refused to sign (bad key, failed proof of possession, clone...)."""
+
+
+# --- registry --------------------------------------------------------------------------------
+
+
+class RegistryError(ProvisionerError):
+    """The cloud registry refused or failed an operation."""
+
+
+class RegistryUnavailableError(RegistryError, ServiceUnavailableError):
+    """The registry could not be reached or answered 5xx; the upload may be retried."""
+
+
+class RegistryConflictError(RegistryError):
+    """The registry holds this device with a different certificate: never overwrite."""
+
+
+# --- audit -----------------------------------------------------------------------------------
+
+
+class AuditError(ProvisionerError):
+    """The audit trail failed verification or could not be written."""

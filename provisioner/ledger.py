@@ -1,0 +1,237 @@
+"""The device ledger: every step of a device is recorded with its audit event atomically.
+
+The pipeline never writes rows itself; it asks the ledger to record "step X completed, with
+these facts". One transaction updates the device row and appends the audit event, so the
+database can never say a step happened without the audit trail saying so too (or the
+reverse).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from provisioner.audit import chain
+from provisioner.db.engine import transaction
+from provisioner.db.models import (
+    Batch,
+    BatchState,
+    Certificate,
+    Device,
+    RegistryUpload,
+    Step,
+    UploadState,
+    utcnow,
+)
+from provisioner.errors import NotFoundError
+from provisioner.ports import IssuedCertificate
+
+
+def get_device(session: Session, device_id: int) -> Device:
+    dev = session.get(Device, device_id)
+    if dev is None:
+        raise NotFoundError(f"device {device_id} does not exist")
+    return dev
+
+
+def record_step(
+    session: Session,
+    dev: Device,
+    step: Step,
+    event_type: str,
+    *,
+    actor: str,
+    station_id: str | None,
+    payload: Mapping[str, Any] | None = None,
+) -> None:
+    """Advance ``dev`` to ``step`` and append its audit event, in ``session``'s transaction."""
+    dev.step = step
+    dev.error = None
+    dev.updated_at = utcnow()
+    session.add(dev)
+    chain.append(
+        session,
+        event_type,
+        actor=actor,
+        station_id=station_id,
+        batch_id=dev.batch_id,
+        device_id=dev.id,
+        chip_serial=dev.chip_serial,
+        payload=payload,
+    )
+
+
+class DeviceLedger:
+    """Records pipeline progress for one actor (a station worker, the registry worker...)."""
+
+    def __init__(self, engine: Engine, actor: str, station_id: str | None = None) -> None:
+        self.engine = engine
+        self.actor = actor
+        self.station_id = station_id
+
+    def load(self, device_id: int) -> Device:
+        with transaction(self.engine) as s:
+            return get_device(s, device_id)
+
+    def certificate(self, device_id: int) -> IssuedCertificate:
+        """The certificate the signer recorded for the device."""
+        with transaction(self.engine) as s:
+            row = s.exec(select(Certificate).where(Certificate.device_id == device_id)).first()
+            if row is None:
+                raise NotFoundError(f"device {device_id} has no certificate yet")
+            return IssuedCertificate(
+                der=row.der,
+                serial_number=int(row.serial_number, 16),
+                fingerprint_sha256=row.fingerprint_sha256,
+            )
+
+    def advance(
+        self,
+        device_id: int,
+        step: Step,
+        event_type: str,
+        *,
+        fields: Mapping[str, Any] | None = None,
+        payload: Mapping[str, Any] | None = None,
+    ) -> Device:
+        """Set ``fields`` on the device, mark ``step`` completed and audit it."""
+        with transaction(self.engine) as s:
+            dev = get_device(s, device_id)
+            for name, value in (fields or {}).items():
+                setattr(dev, name, value)
+            record_step(
+                s,
+                dev,
+                step,
+                event_type,
+                actor=self.actor,
+                station_id=self.station_id,
+                payload=payload,
+            )
+            return dev
+
+    def fail(self, device_id: int, error: str) -> None:
+        """Record that the current attempt failed; the step stays, so a retry resumes."""
+        with transaction(self.engine) as s:
+            dev = get_device(s, device_id)
+            dev.error = error
+            dev.updated_at = utcnow()
+            s.add(dev)
+            chain.append(
+                s,
+                "device.failed",
+                actor=self.actor,
+                station_id=self.station_id,
+                batch_id=dev.batch_id,
+                device_id=dev.id,
+                chip_serial=dev.chip_serial,
+                payload={"step": dev.step.name, "error": error},
+            )
+
+    def queue_upload(
+        self, device_id: int, *, registry: str, registry_device_id: str, fingerprint: str
+    ) -> Device:
+        """Mark the certificate verified on the chip and queue its registry upload, together:
+        the pending upload lives in the database, so it survives a lost Redis message."""
+        with transaction(self.engine) as s:
+            dev = get_device(s, device_id)
+            existing = s.exec(
+                select(RegistryUpload).where(RegistryUpload.device_id == device_id)
+            ).first()
+            if existing is None:
+                s.add(
+                    RegistryUpload(
+                        device_id=device_id,
+                        registry=registry,
+                        registry_device_id=registry_device_id,
+                        fingerprint_sha256=fingerprint,
+                    )
+                )
+            record_step(
+                s,
+                dev,
+                Step.CERT_VERIFIED,
+                "device.cert_verified",
+                actor=self.actor,
+                station_id=self.station_id,
+                payload={"fingerprint_sha256": fingerprint, "upload_to": registry},
+            )
+            return dev
+
+    def finish_upload(
+        self, device_id: int, *, state: UploadState, num_id: str | None, error: str | None
+    ) -> None:
+        """Close the upload; on success the device is DONE and its batch may finish."""
+        with transaction(self.engine) as s:
+            dev = get_device(s, device_id)
+            up = s.exec(select(RegistryUpload).where(RegistryUpload.device_id == device_id)).one()
+            up.state = state
+            up.num_id = num_id
+            up.error = error
+            up.attempts += 1
+            up.updated_at = utcnow()
+            s.add(up)
+            if state is UploadState.DONE:
+                record_step(
+                    s,
+                    dev,
+                    Step.DONE,
+                    "device.uploaded",
+                    actor=self.actor,
+                    station_id=None,
+                    payload={
+                        "registry": up.registry,
+                        "registry_device_id": up.registry_device_id,
+                        "num_id": num_id,
+                    },
+                )
+                _finish_batch_if_complete(s, dev.batch_id, self.actor)
+            else:
+                dev.error = error
+                s.add(dev)
+                chain.append(
+                    s,
+                    "incident.upload_conflict",
+                    actor=self.actor,
+                    batch_id=dev.batch_id,
+                    device_id=dev.id,
+                    chip_serial=dev.chip_serial,
+                    payload={
+                        "registry": up.registry,
+                        "registry_device_id": up.registry_device_id,
+                        "detail": error or "",
+                    },
+                )
+
+    def note_upload_retry(self, device_id: int, error: str) -> None:
+        """An upload attempt failed transiently; it stays pending and is retried."""
+        with transaction(self.engine) as s:
+            up = s.exec(select(RegistryUpload).where(RegistryUpload.device_id == device_id)).one()
+            up.attempts += 1
+            up.error = error
+            up.updated_at = utcnow()
+            s.add(up)
+
+
+def _finish_batch_if_complete(s: Session, batch_id: int, actor: str) -> None:
+    batch = s.get(Batch, batch_id)
+    if batch is None or batch.state is BatchState.FINISHED:
+        return
+    remaining = s.exec(
+        select(Device.id).where(Device.batch_id == batch_id, Device.step != Step.DONE)
+    ).first()
+    if remaining is None:
+        batch.state = BatchState.FINISHED
+        batch.finished_at = utcnow()
+        s.add(batch)
+        chain.append(
+            s,
+            "batch.finished",
+            actor=actor,
+            station_id=batch.station_id,
+            batch_id=batch_id,
+            payload={"count": batch.count},
+        )

@@ -1,0 +1,184 @@
+"""The path of one device, top to bottom.
+
+Station side, :func:`provision_device`::
+
+    read serial + revision -> configure (blank chip) + generate key in the key slot
+    -> read public key -> proof of possession (chip signs a fresh random challenge)
+    -> HSM signs the certificate (the signer records it) -> write it to the chip
+    -> read back and compare -> queue the registry upload
+
+Registry side, :func:`upload_device`::
+
+    create the device in the registry -> on ALREADY_EXISTS compare certificates -> done
+
+Every step is recorded by the :class:`~provisioner.ledger.DeviceLedger` together with its
+audit event, *after* it completed. A task that crashed is simply run again: steps already
+recorded are skipped (after checking the chip still agrees with the record), so nothing is
+generated, issued or written twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509 import load_der_x509_certificate, load_pem_x509_certificate
+
+from provisioner.ca.issuer import verify_proof_of_possession
+from provisioner.db.models import Device, Step, UploadState
+from provisioner.errors import ChipError, ChipStateError
+from provisioner.ledger import DeviceLedger
+from provisioner.ports import (
+    CertificateSigner,
+    DeviceAlreadyExists,
+    RegistryBackend,
+    SecureElement,
+    SigningRequest,
+)
+
+
+def registry_device_id(chip_serial_hex: str) -> str:
+    """Cloud IoT device ids must start with a letter: ``sn`` + the serial in lower-case hex."""
+    return "sn" + chip_serial_hex.lower()
+
+
+def provision_device(
+    device_id: int,
+    chip: SecureElement,
+    signer: CertificateSigner,
+    ledger: DeviceLedger,
+    *,
+    registry: str,
+) -> Device:
+    """Run (or resume) the station part of one device's provisioning on ``chip``."""
+    dev = ledger.load(device_id)
+    if dev.step >= Step.CERT_VERIFIED:
+        return dev
+
+    # 1. Identify the chip; a resumed device must still be the same chip.
+    ident = chip.identity()
+    if dev.step == Step.PENDING:
+        dev = ledger.advance(
+            device_id,
+            Step.IDENTIFIED,
+            "device.identified",
+            fields={"chip_serial": ident.serial_hex, "revision": ident.revision.hex()},
+            payload={"revision": ident.revision.hex(), "locator": chip.locator},
+        )
+    elif dev.chip_serial != ident.serial_hex:
+        raise ChipStateError(
+            f"{chip.locator} holds chip {ident.serial_hex}, but device {device_id} is chip "
+            f"{dev.chip_serial}: insert that chip to resume it"
+        )
+    serial = ident.serial_hex
+
+    # 2. Configure a blank chip and generate the device key inside it.
+    if dev.step < Step.KEY_GENERATED:
+        chip.ensure_configured()
+        point = b"\x04" + chip.generate_key()
+        dev = ledger.advance(
+            device_id,
+            Step.KEY_GENERATED,
+            "device.key_generated",
+            fields={"public_key": point.hex()},
+            payload={"public_key_sha256": hashlib.sha256(point).hexdigest()},
+        )
+
+    # 3. Read the public key back: it must be the one recorded.
+    point = b"\x04" + chip.public_key()
+    if dev.public_key != point.hex():
+        raise ChipStateError(
+            f"chip {serial} reports a different public key than recorded for device "
+            f"{device_id}: the key slot was changed outside the pipeline"
+        )
+
+    # 4+5. Proof of possession, then the HSM signs (the signer records CERT_ISSUED itself,
+    # atomically with the certificate, so asking again returns the same certificate).
+    if dev.step < Step.CERT_ISSUED:
+        challenge = os.urandom(32)
+        raw_sig = chip.sign_digest(hashlib.sha256(challenge).digest())
+        verify_proof_of_possession(point, challenge, raw_sig)
+        if dev.step < Step.POP_VERIFIED:
+            dev = ledger.advance(
+                device_id,
+                Step.POP_VERIFIED,
+                "device.pop_verified",
+                payload={"challenge_sha256": hashlib.sha256(challenge).hexdigest()},
+            )
+        cert = signer.sign(
+            SigningRequest(
+                device_id=device_id,
+                batch_id=dev.batch_id,
+                chip_serial_hex=serial,
+                public_key=point,
+                pop_challenge=challenge,
+                pop_signature=raw_sig,
+            )
+        )
+    else:
+        cert = ledger.certificate(device_id)
+
+    # 6. Write the certificate to the chip.
+    if dev.step < Step.CERT_WRITTEN:
+        chip.write_certificate(cert.der)
+        dev = ledger.advance(
+            device_id,
+            Step.CERT_WRITTEN,
+            "device.cert_written",
+            payload={"fingerprint_sha256": cert.fingerprint_sha256},
+        )
+
+    # 7. Read back and compare byte for byte, then queue the upload (store and forward).
+    if chip.read_certificate() != cert.der:
+        raise ChipError(f"chip {serial}: the certificate read back differs from the one written")
+    return ledger.queue_upload(
+        device_id,
+        registry=registry,
+        registry_device_id=registry_device_id(serial),
+        fingerprint=cert.fingerprint_sha256,
+    )
+
+
+def upload_device(device_id: int, backend: RegistryBackend, ledger: DeviceLedger) -> Device:
+    """Put one device's certificate in the registry, exactly once.
+
+    ALREADY_EXISTS is not an error by itself: a previous attempt may have succeeded before a
+    crash. The registry's copy is compared; the same certificate is success, a different one
+    is a conflict that is recorded and never overwritten.
+    """
+    dev = ledger.load(device_id)
+    if dev.step >= Step.DONE:
+        return dev
+    cert = ledger.certificate(device_id)
+    pem = load_der_x509_certificate(cert.der).public_bytes(serialization.Encoding.PEM).decode()
+    reg_id = registry_device_id(dev.chip_serial or "")
+    try:
+        created = backend.create_device(reg_id, pem)
+        num_id: str | None = created.num_id
+    except DeviceAlreadyExists:
+        existing = backend.get_device(reg_id)
+        if existing is None or not _same_certificate(existing.certificate_pems, cert.der):
+            ledger.finish_upload(
+                device_id,
+                state=UploadState.CONFLICT,
+                num_id=None,
+                error=f"registry already holds {reg_id} with a different certificate",
+            )
+            return ledger.load(device_id)
+        num_id = existing.num_id
+    ledger.finish_upload(device_id, state=UploadState.DONE, num_id=num_id, error=None)
+    return ledger.load(device_id)
+
+
+def _same_certificate(pems: tuple[str, ...], der: bytes) -> bool:
+    for pem in pems:
+        try:
+            if (
+                load_pem_x509_certificate(pem.encode()).public_bytes(serialization.Encoding.DER)
+                == der
+            ):
+                return True
+        except ValueError:
+            continue
+    return False

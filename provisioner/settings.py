@@ -1,0 +1,232 @@
+"""Settings: one TOML file plus ``PROVISIONER_*`` environment variables, on embedded defaults.
+
+Precedence (highest first): environment variables (``PROVISIONER_HSM__PIN_FILE=...``, nested
+with ``__``), the TOML file, the defaults below. Every default lives under ``./var`` so a
+fresh checkout runs with no configuration at all. :func:`load_settings` returns a new frozen
+object each call; nothing here is global, so tests simply build their own.
+
+Secrets are never settings values: PINs and API tokens are read from files whose *paths* are
+settings (``pin_file``, ``token_file``), so a settings dump never contains one.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from provisioner.errors import ConfigError
+
+CONFIG_ENV = "PROVISIONER_CONFIG"
+DEFAULT_CONFIG_NAME = "provisioner.toml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class HsmSettings(_Section):
+    """Where the CA keys live. ``module`` is any PKCS#11 library; the default is p11-kit's
+    proxy, which loads SoftHSM with OS locking so it survives threads (research/hsm.md)."""
+
+    module: str = "/usr/lib/x86_64-linux-gnu/p11-kit-proxy.so"
+    softhsm_conf: Path | None = None  # default: <var>/hsm/softhsm2.conf; None disables
+    token_dir: Path | None = None  # default: <var>/hsm/tokens
+    factory_token: str = "factory"
+    root_token: str = "root"
+    pin_file: Path | None = None  # default: <var>/hsm/factory.pin
+    root_pin_file: Path | None = None  # default: <var>/hsm/root.pin
+    ca_key_label: str = "intermediate-ca"
+    root_key_label: str = "root-ca"
+
+
+class ProfileSettings(_Section):
+    """The device certificate profile (issue 4 moves this to validated TOML profiles)."""
+
+    organization: str = "Example Devices Ltd"
+    organizational_unit: str | None = None
+    validity_years: int = Field(default=15, ge=1, le=31)
+    ca_common_name: str = "Factory Intermediate CA"
+    root_common_name: str = "Factory Root CA"
+
+
+class ChipProfileSettings(_Section):
+    """Which slots the chip uses (Trust&GO-like layout)."""
+
+    key_slot: int = Field(default=0, ge=0, le=15)
+    cert_slot: int = Field(default=8, ge=0, le=15)
+
+
+class RegistrySettings(_Section):
+    """The device registry that receives each certificate (Cloud IoT v1 shape)."""
+
+    url: str = "http://127.0.0.1:8711"
+    project: str = "factory"
+    location: str = "local"
+    registry: str = "devices"
+    token_file: Path | None = None  # default: <var>/registry/upload.token
+    timeout_s: float = Field(default=10.0, gt=0)
+    # The built-in registry service, when this machine runs it:
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(default=8711, ge=1, le=65535)
+    database_url: str | None = None  # default: sqlite:///<var>/registry.db
+
+
+class StationSettings(_Section):
+    """One station PC and its socket jig."""
+
+    transport: Literal["emulated", "i2c", "hid"] = "emulated"
+    sockets: int = Field(default=4, ge=1, le=64)
+    i2c_bus: str = "/dev/i2c-1"
+    i2c_address: int = 0x6A
+
+
+class CelerySettings(_Section):
+    sign_timeout_s: float = Field(default=60.0, gt=0)
+    task_retry_max: int = Field(default=5, ge=0)
+
+
+class Settings(BaseSettings):
+    """The whole configuration; build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PROVISIONER_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    var_dir: Path = Path("var")
+    database_url: str | None = None  # default: sqlite:///<var>/provisioner.db
+    redis_url: str | None = None  # default: redis+socket://<var>/redis/redis.sock
+    hsm: HsmSettings = HsmSettings()
+    profile: ProfileSettings = ProfileSettings()
+    chip: ChipProfileSettings = ChipProfileSettings()
+    registry: RegistrySettings = RegistrySettings()
+    celery: CelerySettings = CelerySettings()
+    stations: dict[str, StationSettings] = Field(
+        default_factory=lambda: {"line1": StationSettings()}
+    )
+
+    @field_validator("stations")
+    @classmethod
+    def _station_ids(cls, v: dict[str, StationSettings]) -> dict[str, StationSettings]:
+        for sid in v:
+            if not sid.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(f"station id {sid!r} must be letters, digits, - or _")
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init kwargs; the environment overrides it.
+        return (env_settings, init_settings)
+
+    # --- derived paths (all absolute) --------------------------------------------------
+
+    @property
+    def var(self) -> Path:
+        return self.var_dir.resolve()
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.var / 'provisioner.db'}"
+
+    @property
+    def broker_url(self) -> str:
+        return self.redis_url or f"redis+socket://{self.var / 'redis' / 'redis.sock'}"
+
+    @property
+    def redis_socket(self) -> Path:
+        return self.var / "redis" / "redis.sock"
+
+    @property
+    def softhsm_conf(self) -> Path:
+        return (self.hsm.softhsm_conf or self.var / "hsm" / "softhsm2.conf").resolve()
+
+    @property
+    def token_dir(self) -> Path:
+        return (self.hsm.token_dir or self.var / "hsm" / "tokens").resolve()
+
+    @property
+    def pin_file(self) -> Path:
+        return (self.hsm.pin_file or self.var / "hsm" / "factory.pin").resolve()
+
+    @property
+    def root_pin_file(self) -> Path:
+        return (self.hsm.root_pin_file or self.var / "hsm" / "root.pin").resolve()
+
+    @property
+    def ca_dir(self) -> Path:
+        """Public CA material (certificates); never keys."""
+        return self.var / "ca"
+
+    @property
+    def chips_dir(self) -> Path:
+        """Emulated chip state files and station jigs."""
+        return self.var / "chips"
+
+    @property
+    def registry_token_file(self) -> Path:
+        return (self.registry.token_file or self.var / "registry" / "upload.token").resolve()
+
+    @property
+    def registry_db_url(self) -> str:
+        return self.registry.database_url or f"sqlite:///{self.var / 'registry.db'}"
+
+    def station(self, station_id: str) -> StationSettings:
+        from provisioner.errors import NotFoundError
+
+        try:
+            return self.stations[station_id]
+        except KeyError:
+            known = ", ".join(sorted(self.stations)) or "none"
+            raise NotFoundError(
+                f"unknown station {station_id!r} (configured: {known}); "
+                "add it under [stations.<id>] in the config file"
+            ) from None
+
+
+def _find_config(explicit: Path | None, env: Mapping[str, str]) -> Path | None:
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"config file {explicit} does not exist")
+        return explicit
+    if env.get(CONFIG_ENV):
+        p = Path(env[CONFIG_ENV])
+        if not p.is_file():
+            raise ConfigError(f"{CONFIG_ENV}={p} does not exist")
+        return p
+    p = Path(DEFAULT_CONFIG_NAME)
+    return p if p.is_file() else None
+
+
+def load_settings(config: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from ``config`` (or ``$PROVISIONER_CONFIG`` or ``./provisioner.toml``)
+    and the environment. Raises ConfigError with the offending field on invalid input."""
+    env = os.environ if env is None else env
+    path = _find_config(config, env)
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        src = str(path) if path else "environment"
+        raise ConfigError(f"{src}: setting {where}: {first['msg']}") from None
