@@ -145,7 +145,7 @@ class DeviceLedger:
                 s.add(
                     RegistryUpload(
                         device_id=device_id,
-                        registry=registry,
+                        registry_name=registry,
                         registry_device_id=registry_device_id,
                         fingerprint_sha256=fingerprint,
                     )
@@ -183,7 +183,7 @@ class DeviceLedger:
                     actor=self.actor,
                     station_id=None,
                     payload={
-                        "registry": up.registry,
+                        "registry": up.registry_name,
                         "registry_device_id": up.registry_device_id,
                         "num_id": num_id,
                     },
@@ -200,7 +200,7 @@ class DeviceLedger:
                     device_id=dev.id,
                     chip_serial=dev.chip_serial,
                     payload={
-                        "registry": up.registry,
+                        "registry": up.registry_name,
                         "registry_device_id": up.registry_device_id,
                         "detail": error or "",
                     },

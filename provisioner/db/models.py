@@ -10,7 +10,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
 
-from sqlalchemy import Column, LargeBinary, UniqueConstraint
+from typing import Any
+
+from sqlalchemy import Column, Integer, LargeBinary, UniqueConstraint
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 
@@ -29,6 +32,19 @@ class Step(IntEnum):
     CERT_WRITTEN = 50  # certificate written to the chip
     CERT_VERIFIED = 60  # read back byte-exact; upload queued
     DONE = 70  # registry holds the device with this certificate
+
+
+class StepType(TypeDecorator[Step]):
+    """Stores a Step as its integer, so ``step < Step.CERT_VERIFIED`` is ordered in SQL."""
+
+    impl = Integer
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> int | None:
+        return None if value is None else int(value)
+
+    def process_result_value(self, value: Any, dialect: Any) -> Step | None:
+        return None if value is None else Step(value)
 
 
 class BatchState(StrEnum):
@@ -65,7 +81,9 @@ class Device(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     batch_id: int = Field(foreign_key="batch.id", index=True)
     position: int  # 0..count-1 within the batch
-    step: Step = Field(default=Step.PENDING)
+    step: Step = Field(
+        default=Step.PENDING, sa_column=Column(StepType(), nullable=False, index=True)
+    )
     socket: int | None = None
     chip_serial: str | None = Field(default=None, unique=True, max_length=18)
     revision: str | None = None
@@ -90,7 +108,7 @@ class Certificate(SQLModel, table=True):
 class RegistryUpload(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     device_id: int = Field(foreign_key="device.id", unique=True)
-    registry: str  # projects/{p}/locations/{l}/registries/{r}
+    registry_name: str  # projects/{p}/locations/{l}/registries/{r}
     registry_device_id: str
     fingerprint_sha256: str = Field(max_length=64)
     state: UploadState = Field(default=UploadState.PENDING)

@@ -1,0 +1,50 @@
+"""Shared fixtures: an isolated station (own var dir, config file, registry port)."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from provisioner.settings import Settings, load_settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Station:
+    """A private var dir and config file; what a fresh station PC would have."""
+
+    root: Path
+    config: Path
+    settings: Settings
+
+    def env(self) -> dict[str, str]:
+        import os
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")}
+        env["PROVISIONER_CONFIG"] = str(self.config)
+        return env
+
+
+def make_station(root: Path, sockets: int = 4) -> Station:
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cfg = root / "provisioner.toml"
+    cfg.write_text(
+        f'var_dir = "{root / "var"}"\n'
+        f'[registry]\nurl = "http://127.0.0.1:{port}"\nlisten_port = {port}\n'
+        f"[stations.line1]\nsockets = {sockets}\n"
+    )
+    return Station(root=root, config=cfg, settings=load_settings(cfg))
+
+
+@pytest.fixture
+def station(tmp_path: Path) -> Station:
+    return make_station(tmp_path / "station")

@@ -1,0 +1,87 @@
+"""Bad operator input: a one-line error that says what to do, non-zero exit, nothing written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import Station
+
+
+def run(st: Station, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "provisioner.cli.main", *args],
+        env=st.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ")
+    for n in needles:
+        assert n in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def assert_no_batches(st: Station) -> None:
+    out = run(st, "batch", "list", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == []
+
+
+@pytest.mark.parametrize("count", ["0", "-3"])
+def test_count_must_be_positive(station: Station, count: str) -> None:
+    proc = run(station, "batch", "create", "--count", count, "--station", "line1")
+    assert_one_line_error(proc, "--count must be between 1")
+    assert_no_batches(station)
+
+
+def test_unknown_station(station: Station) -> None:
+    proc = run(station, "batch", "create", "--count", "2", "--station", "nowhere")
+    assert_one_line_error(proc, "unknown station 'nowhere'", "line1")
+    assert_no_batches(station)
+
+
+def test_no_ca_initialised(station: Station) -> None:
+    proc = run(station, "batch", "create", "--count", "2", "--station", "line1")
+    assert_one_line_error(proc, "provisioner ca init")
+    assert_no_batches(station)
+
+
+def test_redis_unreachable(station: Station) -> None:
+    assert run(station, "ca", "init").returncode == 0
+    proc = run(station, "batch", "create", "--count", "2", "--station", "line1")
+    assert_one_line_error(proc, "Redis is unreachable", "provisioner services run")
+    assert_no_batches(station)
+
+
+def test_wrong_pin(station: Station) -> None:
+    assert run(station, "ca", "init").returncode == 0
+    station.settings.pin_file.write_text("99999999")
+    proc = run(station, "batch", "create", "--count", "2", "--station", "line1")
+    assert_one_line_error(proc, "PIN")
+    assert "99999999" not in proc.stderr + proc.stdout
+    assert_no_batches(station)
+
+
+def test_unknown_batch(station: Station) -> None:
+    proc = run(station, "batch", "status", "77")
+    assert_one_line_error(proc, "batch 77 does not exist")
+
+
+def test_ca_init_is_idempotent(station: Station) -> None:
+    first = run(station, "ca", "init", "--json")
+    assert first.returncode == 0, first.stderr
+    second = run(station, "ca", "init", "--json")
+    assert second.returncode == 0, second.stderr
+    a, b = json.loads(first.stdout), json.loads(second.stdout)
+    assert a["created"] is True and b["created"] is False
+    assert a["intermediate"]["sha256"] == b["intermediate"]["sha256"]

@@ -1,0 +1,163 @@
+"""The walking skeleton, end to end, through real processes.
+
+Real redis-server, real Celery worker processes (station, hsm, registry), SoftHSM through
+p11-kit, the unmodified cryptoauthlib driving emulated chips, the built-in registry over
+HTTP, and the ``provisioner`` CLI as an operator runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+from provisioner.registry.tokens import read_token
+from sqlalchemy import text
+
+from provisioner.db.engine import make_engine
+from provisioner.supervisor import Supervisor, running_services
+from tests.conftest import Station, make_station
+
+N_CHIPS = 8
+
+
+def cli(st: Station, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "provisioner.cli.main", *args],
+        env=st.env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"provisioner {args} failed ({proc.returncode}): {proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def provisioned(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Station, dict, Supervisor]]:
+    st = make_station(tmp_path_factory.mktemp("e2e") / "station")
+    cli(st, "ca", "init")  # in a child: PKCS#11 state stays out of pytest
+    with running_services(st.settings, ["line1"], st.config) as sup:
+        created = json.loads(
+            cli(
+                st, "batch", "create", "--count", str(N_CHIPS), "--station", "line1", "--json"
+            ).stdout
+        )
+        report = json.loads(
+            cli(st, "batch", "start", str(created["id"]), "--json", "--timeout", "300").stdout
+        )
+        yield st, report, sup
+
+
+def _registry_devices(st: Station) -> dict[str, dict]:
+    r = st.settings.registry
+    token = read_token(st.settings.registry_token_file)
+    resp = httpx.get(
+        f"{r.url}/v1/projects/{r.project}/locations/{r.location}/registries/{r.registry}/devices",
+        headers={"Authorization": f"Bearer {token}"},
+        params={"pageSize": 1000},
+        timeout=10,
+    )
+    resp.raise_for_status()
+    return {d["id"]: d for d in resp.json().get("devices", [])}
+
+
+def _certificates(st: Station) -> dict[int, bytes]:
+    with make_engine(st.settings.db_url).connect() as c:
+        rows = c.execute(text("SELECT device_id, der FROM certificate"))
+        return {r.device_id: r.der for r in rows}
+
+
+def test_every_chip_is_provisioned(provisioned: tuple[Station, dict, Supervisor]) -> None:
+    _, report, _ = provisioned
+    assert report["state"] == "finished", report
+    assert report["done"] == N_CHIPS and report["failed"] == 0
+    serials = [d["chip_serial"] for d in report["devices"]]
+    assert len(set(serials)) == N_CHIPS and all(s and len(s) == 18 for s in serials)
+
+
+def test_certificates_verify_and_match_the_chips(
+    provisioned: tuple[Station, dict, Supervisor],
+) -> None:
+    from provisioner.chips.connector import Connector
+    from provisioner.chips.emulator.jig import StationJig
+
+    st, report, _ = provisioned
+    intermediate = x509.load_pem_x509_certificate(
+        (st.settings.ca_dir / "intermediate.pem").read_bytes()
+    )
+    engine = make_engine(st.settings.db_url)
+    with engine.connect() as c:
+        ders = {
+            row.device_id: row.der
+            for row in c.execute(text("SELECT device_id, der FROM certificate"))
+        }
+    assert len(ders) == N_CHIPS
+    # An inspection jig (not the station's) to put each chip back in a socket.
+    jig = StationJig(st.settings.chips_dir, "inspect", 1)
+    connector = Connector(st.settings)
+    for dev in report["devices"]:
+        cert = x509.load_der_x509_certificate(ders[dev["device_id"]])
+        cert.verify_directly_issued_by(intermediate)
+        cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+        assert cn == dev["chip_serial"]
+        jig.insert(0, jig.pool_path(dev["chip_serial"]))
+        chip = connector.open("emulated:inspect/0")
+        try:
+            chip_point = b"\x04" + chip.public_key()  # atcab_get_pubkey_ext on the chip
+            assert chip.identity().serial_hex == dev["chip_serial"]
+            assert chip.read_certificate() == ders[dev["device_id"]]
+        finally:
+            chip.close()
+        cert_point = cert.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+        assert cert_point == chip_point
+
+
+def test_registry_holds_exactly_those_devices(
+    provisioned: tuple[Station, dict, Supervisor],
+) -> None:
+    st, report, _ = provisioned
+    held = _registry_devices(st)
+    expected = {"sn" + d["chip_serial"].lower(): d for d in report["devices"]}
+    assert set(held) == set(expected)
+    engine = make_engine(st.settings.db_url)
+    with engine.connect() as c:
+        by_dev = {
+            r.device_id: r.der for r in c.execute(text("SELECT device_id, der FROM certificate"))
+        }
+    for reg_id, dev in expected.items():
+        creds = held[reg_id]["credentials"]
+        assert len(creds) == 1
+        pem = creds[0]["publicKey"]["key"]
+        got = x509.load_pem_x509_certificate(pem.encode()).public_bytes(serialization.Encoding.DER)
+        assert got == by_dev[dev["device_id"]]
+        assert held[reg_id]["numId"] == dev["num_id"]
+
+
+def test_audit_verify_then_tamper(provisioned: tuple[Station, dict, Supervisor]) -> None:
+    st, _, _ = provisioned
+    ok = json.loads(cli(st, "audit", "verify", "--json").stdout)
+    assert ok["ok"] and ok["events"] >= N_CHIPS * 7
+    engine = make_engine(st.settings.db_url)
+    with engine.begin() as c:
+        seq = c.execute(
+            text("SELECT min(seq) FROM audit_event WHERE event_type = 'device.cert_issued'")
+        ).scalar_one()
+        c.execute(text("UPDATE audit_event SET actor = 'mallory' WHERE seq = :s"), {"s": seq})
+    bad = cli(st, "audit", "verify", check=False)
+    assert bad.returncode == 1
+    assert f"BROKEN at event {seq}" in bad.stderr
+    assert (
+        json.loads(cli(st, "audit", "verify", "--json", check=False).stdout)["first_bad_seq"] == seq
+    )
