@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -13,8 +11,8 @@ from provisioner.db.engine import create_schema, make_engine, transaction
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    e = make_engine(f"sqlite:///{tmp_path / 'p.db'}")
+def engine(db_url: str) -> Engine:
+    e = make_engine(db_url)
     create_schema(e)
     with transaction(e) as s:
         for i in range(10):

@@ -24,8 +24,8 @@ def _counts(engine: object) -> tuple[int, int, int]:
         )
 
 
-def test_create_and_report(tmp_path: Path) -> None:
-    settings = Settings(var_dir=tmp_path)
+def test_create_and_report(tmp_path: Path, db_url: str) -> None:
+    settings = Settings(var_dir=tmp_path, database_url=db_url)
     engine = make_engine(settings.db_url)
     create_schema(engine)
     bid = batches.create_batch(engine, settings, station_id="line1", count=3, actor="op")
