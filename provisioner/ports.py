@@ -56,7 +56,9 @@ class SecureElement(Protocol):
         """Sign a 32-byte SHA-256 digest with the key slot's key; return raw R||S (64 bytes)."""
 
     def write_certificate(self, der: bytes) -> None:
-        """Store the device certificate in the profile's certificate slot(s)."""
+        """Store the device certificate in the profile's certificate slot(s) and lock the
+        data zone (the data zone cannot be read back before it is locked). A chip already
+        locked with this same certificate is accepted (a resumed device)."""
 
     def read_certificate(self) -> bytes:
         """Read the device certificate back from the chip, as DER."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
-
 from typing import Any
 
 from sqlalchemy import Column, Integer, LargeBinary, UniqueConstraint

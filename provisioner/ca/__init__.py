@@ -1,0 +1,1 @@
+"""The factory CA: ceremony (keys in the token) and device-certificate issuance."""

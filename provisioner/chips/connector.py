@@ -1,0 +1,92 @@
+"""Opening a chip from a locator string; the only place that knows the transports.
+
+- ``emulated:<station>/<socket>`` — the ATECC608A emulator in that socket of the station's
+  jig, behind the library's kit-bridge HAL (tested here).
+- ``i2c:<bus device>@<7-bit address>`` — silicon on a Linux I2C bus through the library's
+  I2C HAL, e.g. ``i2c:/dev/i2c-1@0x6A`` (not testable on machines without the chip).
+- ``hid:`` — a Microchip kit (CryptoAuth Trust Platform) over USB HID (likewise untested).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from provisioner.chips.device import CryptoAuthChip
+from provisioner.chips.emulator.bus import EmulatedBus
+from provisioner.chips.emulator.jig import StationJig
+from provisioner.chips.kitbridge import KitBridge
+from provisioner.chips.library import cryptoauth, iface_cfg_class
+from provisioner.chips.profile import ChipProfile
+from provisioner.errors import InvalidInputError, NotFoundError
+from provisioner.settings import Settings
+
+IFACE_I2C, IFACE_HID, IFACE_KIT = 0, 4, 5
+ATECC608 = 3
+KIT_I2C = 1
+
+_EMULATED = re.compile(r"^emulated:([A-Za-z0-9_-]+)/(\d+)$")
+_I2C = re.compile(r"^i2c:(/dev/i2c-(\d+))@(0x[0-9A-Fa-f]{1,2}|\d+)$")
+
+
+@dataclass(frozen=True)
+class Connector:
+    """Implements :class:`provisioner.ports.ChipConnector` for the configured stations."""
+
+    settings: Settings
+    zero_delay: bool = True
+
+    @property
+    def profile(self) -> ChipProfile:
+        return ChipProfile(self.settings.chip.key_slot, self.settings.chip.cert_slot)
+
+    def jig(self, station_id: str) -> StationJig:
+        sockets = (
+            self.settings.stations[station_id].sockets
+            if (station_id in self.settings.stations)
+            else 1
+        )
+        return StationJig(self.settings.chips_dir, station_id, sockets)
+
+    def open(self, locator: str) -> CryptoAuthChip:
+        cryptoauth()  # load the library and declare prototypes before building configs
+        if m := _EMULATED.match(locator):
+            station_id, socket = m.group(1), int(m.group(2))
+            jig = self.jig(station_id)
+            if socket >= jig.sockets:
+                raise NotFoundError(f"{locator}: station {station_id} has {jig.sockets} sockets")
+            bridge = KitBridge(EmulatedBus(jig, socket, zero_delay=self.zero_delay))
+            cfg = iface_cfg_class()()
+            cfg.iface_type = IFACE_KIT
+            cfg.devtype = ATECC608
+            cfg.cfg.atcakit.dev_interface = KIT_I2C
+            cfg.cfg.atcakit.dev_identity = 0xC0
+            cfg.wake_delay = 1500
+            cfg.rx_retries = 20
+            cryptoauth().hal_kit_attach_phy(ctypes_ref(cfg), ctypes_ref(bridge.phy))
+            return CryptoAuthChip(locator, cfg, self.profile, keepalive=bridge)
+        if m := _I2C.match(locator):
+            bus, addr = int(m.group(2)), int(m.group(3), 0)
+            cfg = iface_cfg_class()()
+            cfg.iface_type = IFACE_I2C
+            cfg.devtype = ATECC608
+            cfg.cfg.atcai2c.address = (addr << 1) & 0xFF  # the library wants 8-bit form
+            cfg.cfg.atcai2c.bus = bus
+            cfg.cfg.atcai2c.baud = 100_000
+            cfg.wake_delay = 1500
+            cfg.rx_retries = 20
+            return CryptoAuthChip(locator, cfg, self.profile)
+        if locator == "hid:":
+            from cryptoauthlib.iface import cfg_ateccx08a_kithid_default
+
+            return CryptoAuthChip(locator, cfg_ateccx08a_kithid_default(), self.profile)
+        raise InvalidInputError(
+            f"unknown chip locator {locator!r}: use emulated:<station>/<socket>, "
+            "i2c:/dev/i2c-N@0xADDR or hid:"
+        )
+
+
+def ctypes_ref(obj: object) -> object:
+    import ctypes
+
+    return ctypes.byref(obj)  # type: ignore[arg-type]

@@ -1,0 +1,218 @@
+"""One chip driven by cryptoauthlib through an explicit device handle (``atcab_*_ext``).
+
+The same class drives silicon (the library's own I2C/HID HALs) and the emulator (the
+kit-bridge HAL with Python callbacks); only the interface configuration differs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+from ctypes import byref, c_bool, c_void_p
+from typing import Any
+
+from provisioner.chips.emulator.crc import crc16
+from provisioner.chips.library import (
+    ATCA_CHECKMAC_VERIFY_FAILED,
+    ATCA_COMM_FAIL,
+    ATCA_EXECUTION_ERROR,
+    ATCA_PARSE_ERROR,
+    ATCA_STATUS_CRC,
+    ATCA_STATUS_ECC,
+    ATCA_SUCCESS,
+    ATCA_WAKE_FAILED,
+    ZONE_DATA,
+    buf,
+    cryptoauth,
+)
+from provisioner.chips.profile import ChipProfile
+from provisioner.errors import (
+    ChipAbsentError,
+    ChipCommandError,
+    ChipStateError,
+    InvalidInputError,
+)
+from provisioner.ports import ChipIdentity
+
+_MEANING = {
+    ATCA_EXECUTION_ERROR: "execution error (0x0F): not permitted in this state",
+    ATCA_PARSE_ERROR: "parse error (0x03): invalid parameters",
+    ATCA_STATUS_ECC: "ECC fault (0x05)",
+    ATCA_STATUS_CRC: "CRC error (0xFF) on the bus",
+    ATCA_CHECKMAC_VERIFY_FAILED: "verify failed (0x01)",
+    ATCA_COMM_FAIL: "communication failure",
+    ATCA_WAKE_FAILED: "no response to wake",
+}
+_CERT_LEN_BYTES = 2
+
+
+class CryptoAuthChip:
+    """A :class:`~provisioner.ports.SecureElement` over the unmodified cryptoauthlib."""
+
+    def __init__(self, locator: str, cfg: Any, profile: ChipProfile, keepalive: Any = None) -> None:
+        self.locator = locator
+        self.profile = profile
+        self._cfg = cfg  # the library keeps a pointer to it: keep it alive
+        self._keepalive = keepalive  # e.g. the KitBridge whose callbacks cfg points to
+        self._lib = cryptoauth()
+        self._dev = c_void_p()
+        self._check(self._lib.atcab_init_ext(byref(self._dev), byref(cfg)), "init")
+
+    # --- errors ---------------------------------------------------------------------
+
+    def _absent(self) -> bool:
+        return bool(getattr(self._keepalive, "absent", False))
+
+    def _check(self, status: int, what: str) -> None:
+        if status == ATCA_SUCCESS:
+            return
+        if status == ATCA_WAKE_FAILED or self._absent():
+            raise ChipAbsentError(f"no chip answers in {self.locator} ({what})")
+        meaning = _MEANING.get(status, f"ATCA_STATUS {status}")
+        raise ChipCommandError(f"chip in {self.locator}: {what} failed: {meaning}", status)
+
+    # --- SecureElement ---------------------------------------------------------------
+
+    def identity(self) -> ChipIdentity:
+        serial, rev = buf(9), buf(4)
+        self._check(self._lib.atcab_read_serial_number_ext(self._dev, serial), "read serial")
+        self._check(self._lib.atcab_info_ext(self._dev, rev), "info")
+        return ChipIdentity(serial=bytes(serial), revision=bytes(rev))
+
+    def read_config(self) -> bytes:
+        cfg = buf(128)
+        self._check(self._lib.atcab_read_config_zone_ext(self._dev, cfg), "read config")
+        return bytes(cfg)
+
+    def config_locked(self) -> bool:
+        flag = c_bool()
+        self._check(self._lib.atcab_is_config_locked_ext(self._dev, byref(flag)), "lock state")
+        return flag.value
+
+    def data_locked(self) -> bool:
+        flag = c_bool()
+        self._check(self._lib.atcab_is_data_locked_ext(self._dev, byref(flag)), "lock state")
+        return flag.value
+
+    def ensure_configured(self) -> None:
+        if not self.config_locked():
+            template = self.profile.config_template()
+            self._check(
+                self._lib.atcab_write_config_zone_ext(self._dev, buf(template)), "write config"
+            )
+            written = self.read_config()
+            reason = self.profile.incompatibility(written)
+            if reason:
+                raise ChipStateError(f"chip in {self.locator}: config did not take: {reason}")
+            crc = int.from_bytes(crc16(written), "little")
+            self._check(self._lib.calib_lock_config_zone_crc(self._dev, crc), "lock config")
+            return
+        reason = self.profile.incompatibility(self.read_config())
+        if reason:
+            raise ChipStateError(
+                f"chip in {self.locator} has a locked config this profile cannot use: {reason}"
+            )
+
+    def generate_key(self) -> bytes:
+        pub = buf(64)
+        self._check(self._lib.atcab_genkey_ext(self._dev, self.profile.key_slot, pub), "GenKey")
+        return bytes(pub)
+
+    def public_key(self) -> bytes:
+        pub = buf(64)
+        self._check(
+            self._lib.atcab_get_pubkey_ext(self._dev, self.profile.key_slot, pub),
+            "GenKey (public key)",
+        )
+        return bytes(pub)
+
+    def random(self) -> bytes:
+        out = buf(32)
+        self._check(self._lib.atcab_random_ext(self._dev, out), "Random")
+        return bytes(out)
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        if len(digest) != 32:
+            raise InvalidInputError("sign_digest needs a 32-byte SHA-256 digest")
+        msg, sig = buf(digest), buf(64)
+        self._check(self._lib.atcab_sign_ext(self._dev, self.profile.key_slot, msg, sig), "Sign")
+        return bytes(sig)
+
+    def verify_extern(self, digest: bytes, signature: bytes, public_key: bytes) -> bool:
+        ok = c_bool()
+        status = self._lib.atcab_verify_extern_ext(
+            self._dev, buf(digest), buf(signature), buf(public_key), byref(ok)
+        )
+        self._check(status, "Verify")
+        return ok.value
+
+    def read_zone(self, zone: int, slot: int, offset: int, length: int) -> bytes:
+        out = buf(length)
+        self._check(
+            self._lib.atcab_read_bytes_zone_ext(self._dev, zone, slot, offset, out, length),
+            f"Read zone {zone} slot {slot}",
+        )
+        return bytes(out)
+
+    def write_zone(self, zone: int, slot: int, offset: int, data: bytes) -> None:
+        self._check(
+            self._lib.atcab_write_bytes_zone_ext(
+                self._dev, zone, slot, offset, buf(data), len(data)
+            ),
+            f"Write zone {zone} slot {slot}",
+        )
+
+    def _slot_capacity(self) -> int:
+        return 416 if self.profile.cert_slot == 8 else (36 if self.profile.cert_slot < 8 else 72)
+
+    def write_certificate(self, der: bytes) -> None:
+        """Length-prefixed DER in the certificate slot, then lock the data zone.
+
+        Skeleton format; the chip issue replaces it with Microchip's compressed format."""
+        cap = self._slot_capacity() - _CERT_LEN_BYTES
+        if len(der) > cap:
+            raise InvalidInputError(
+                f"certificate is {len(der)} bytes; slot {self.profile.cert_slot} holds {cap}"
+            )
+        if self.data_locked():
+            if self.read_certificate() != der:
+                raise ChipStateError(
+                    f"chip in {self.locator} is already locked with another certificate "
+                    "(provisioned elsewhere?)"
+                )
+            return
+        blob = len(der).to_bytes(_CERT_LEN_BYTES, "big") + der
+        blob += b"\x00" * (-len(blob) % 32)
+        self.write_zone(ZONE_DATA, self.profile.cert_slot, 0, blob)
+        self._check(self._lib.atcab_lock_data_zone_ext(self._dev), "Lock data zone")
+
+    def read_certificate(self) -> bytes:
+        head = self.read_zone(ZONE_DATA, self.profile.cert_slot, 0, 32)
+        n = int.from_bytes(head[:_CERT_LEN_BYTES], "big")
+        total = _CERT_LEN_BYTES + n
+        if n == 0 or total > self._slot_capacity():
+            raise ChipStateError(f"chip in {self.locator} holds no certificate")
+        rest = b""
+        if total > 32:
+            want = total - 32 + (-(total - 32) % 32)
+            rest = self.read_zone(ZONE_DATA, self.profile.cert_slot, 32, want)
+        return (head + rest)[_CERT_LEN_BYTES:total]
+
+    def close(self) -> None:
+        if self._dev:
+            self._lib.atcab_release_ext(byref(self._dev))
+            self._dev = c_void_p()
+
+    def __enter__(self) -> CryptoAuthChip:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+def _unused(_: Any) -> None:  # pragma: no cover - keeps ctypes imported for type checkers
+    ctypes.sizeof(c_void_p)

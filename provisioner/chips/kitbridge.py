@@ -1,0 +1,124 @@
+"""The kit-bridge HAL's physical layer, implemented by Python callbacks over a bus object.
+
+cryptoauthlib (unmodified) frames every chip transaction as a kit-bridge packet
+``[version 2, command | interface << 4, identity, ...]`` and hands it to the ``send`` and
+``recv`` function pointers of an ``atca_hal_kit_phy_t``. Here those are ctypes callbacks
+that talk to a bus (the emulator's, or any object with the same five methods).
+
+Two rules from the library's side: every object the library points to must outlive the
+device (they are kept on this instance), and an exception escaping a callback would read as
+success (0) to the library, so every callback catches everything and returns a status.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from ctypes import CFUNCTYPE, POINTER, Structure, c_int, c_uint8, c_uint16, c_void_p
+from typing import Protocol
+
+from provisioner.chips.library import (
+    ATCA_COMM_FAIL,
+    ATCA_RX_NO_RESPONSE,
+    ATCA_SUCCESS,
+    ATCA_WAKE_FAILED,
+)
+
+log = logging.getLogger(__name__)
+
+KIT_SEND, KIT_RECV, KIT_WAKE, KIT_IDLE, KIT_SLEEP = 1, 2, 3, 4, 5
+_HEADER = 3
+
+SEND_FN = CFUNCTYPE(c_int, c_void_p, POINTER(c_uint8), c_uint16)
+RECV_FN = CFUNCTYPE(c_int, c_void_p, POINTER(c_uint8), POINTER(c_uint16))
+
+
+class Bus(Protocol):
+    def wake(self) -> None: ...
+    def idle(self) -> None: ...
+    def sleep(self) -> None: ...
+    def send(self, packet: bytes) -> None: ...
+    def receive(self) -> bytes | None: ...
+
+
+class KitPhy(Structure):
+    """``atca_hal_kit_phy_t`` (lib/hal/atca_hal.h)."""
+
+    _fields_ = [
+        ("send", SEND_FN),
+        ("recv", RECV_FN),
+        ("packet_alloc", c_void_p),
+        ("packet_free", c_void_p),
+        ("hal_data", c_void_p),
+    ]
+
+
+class KitBridge:
+    """Owns the phy struct and its callbacks for one device; keep it alive with the device."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.absent = False  # set when the bus reported no chip
+        self._reply = b""
+        libc = ctypes.CDLL(None)
+        self._send_cb = SEND_FN(self._send)
+        self._recv_cb = RECV_FN(self._recv)
+        self.phy = KitPhy(
+            self._send_cb,
+            self._recv_cb,
+            ctypes.cast(libc.malloc, c_void_p),
+            ctypes.cast(libc.free, c_void_p),
+            None,
+        )
+
+    def _send(self, _ctx: int | None, tx: object, txlen: int) -> int:
+        from provisioner.chips.emulator.bus import NoChip
+
+        try:
+            packet = ctypes.string_at(tx, txlen)  # type: ignore[arg-type]
+            if len(packet) < _HEADER + 1 and packet[1] & 0x0F in (KIT_SEND, KIT_RECV):
+                return ATCA_COMM_FAIL
+            header, command = packet[:_HEADER], packet[1] & 0x0F
+            status = 0
+            body = b""
+            if command == KIT_WAKE:
+                self.bus.wake()
+            elif command == KIT_IDLE:
+                self.bus.idle()
+            elif command == KIT_SLEEP:
+                self.bus.sleep()
+            elif command == KIT_SEND:
+                self.bus.send(packet[4:])  # [3] is the word address (0xFF for ECC)
+            elif command == KIT_RECV:
+                response = self.bus.receive()
+                if response is None:
+                    self._reply = b""
+                    return ATCA_SUCCESS  # recv answers "no response" so the library polls
+                body = response
+            else:
+                return ATCA_COMM_FAIL
+            self.absent = False
+            self._reply = header + bytes([status]) + body
+            return ATCA_SUCCESS
+        except NoChip:
+            self.absent = True
+            self._reply = b""
+            return ATCA_WAKE_FAILED
+        except BaseException:  # never let an exception reach the library (reads as success)
+            log.exception("kit-bridge send callback failed")
+            self._reply = b""
+            return ATCA_COMM_FAIL
+
+    def _recv(self, _ctx: int | None, rx: object, rxlen: object) -> int:
+        try:
+            if not self._reply:
+                return ATCA_RX_NO_RESPONSE
+            cap = rxlen.contents.value  # type: ignore[attr-defined]
+            reply, self._reply = self._reply, b""
+            n = min(cap, len(reply))
+            ctypes.memmove(rx, reply, n)  # type: ignore[arg-type]
+            rxlen.contents.value = n  # type: ignore[attr-defined]
+            return ATCA_SUCCESS
+        except BaseException:
+            log.exception("kit-bridge recv callback failed")
+            return ATCA_COMM_FAIL
