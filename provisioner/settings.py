@@ -59,7 +59,8 @@ class ChipProfileSettings(_Section):
     """Which slots the chip uses (Trust&GO-like layout)."""
 
     key_slot: int = Field(default=0, ge=0, le=15)
-    cert_slot: int = Field(default=8, ge=0, le=15)
+    # The device certificate (length-prefixed DER) fills these data slots in order.
+    cert_slots: tuple[int, ...] = (8, 9, 10)
 
 
 class RegistrySettings(_Section):

@@ -41,12 +41,24 @@ def cluster() -> Iterator[str]:
     try:
         subprocess.run(
             [*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
-            check=True, capture_output=True,
+            check=True,
+            capture_output=True,
         )
         subprocess.run(
-            [*as_user, pg_ctl, "-D", str(data), "-w", "-l", str(root / "log"), "-o",
-             f"-k {sock} -c listen_addresses='' -c fsync=off", "start"],
-            check=True, capture_output=True,
+            [
+                *as_user,
+                pg_ctl,
+                "-D",
+                str(data),
+                "-w",
+                "-l",
+                str(root / "log"),
+                "-o",
+                f"-k {sock} -c listen_addresses='' -c fsync=off",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
         )
         for _ in range(50):
             if list(sock.glob(".s.PGSQL.*")):
@@ -54,6 +66,7 @@ def cluster() -> Iterator[str]:
             time.sleep(0.1)
         yield f"postgresql+psycopg://postgres@/postgres?host={sock}"
     finally:
-        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
+        subprocess.run(
+            [*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True
+        )
         shutil.rmtree(root, ignore_errors=True)

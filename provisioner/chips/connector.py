@@ -38,7 +38,7 @@ class Connector:
 
     @property
     def profile(self) -> ChipProfile:
-        return ChipProfile(self.settings.chip.key_slot, self.settings.chip.cert_slot)
+        return ChipProfile(self.settings.chip.key_slot, self.settings.chip.cert_slots)
 
     def jig(self, station_id: str) -> StationJig:
         sockets = (

@@ -25,7 +25,7 @@ from provisioner.chips.library import (
     buf,
     cryptoauth,
 )
-from provisioner.chips.profile import ChipProfile
+from provisioner.chips.profile import SLOT_SIZES, ChipProfile
 from provisioner.errors import (
     ChipAbsentError,
     ChipCommandError,
@@ -162,17 +162,14 @@ class CryptoAuthChip:
             f"Write zone {zone} slot {slot}",
         )
 
-    def _slot_capacity(self) -> int:
-        return 416 if self.profile.cert_slot == 8 else (36 if self.profile.cert_slot < 8 else 72)
-
     def write_certificate(self, der: bytes) -> None:
-        """Length-prefixed DER in the certificate slot, then lock the data zone.
+        """Length-prefixed DER across the certificate slots, then lock the data zone.
 
         Skeleton format; the chip issue replaces it with Microchip's compressed format."""
-        cap = self._slot_capacity() - _CERT_LEN_BYTES
+        cap = self.profile.cert_capacity - _CERT_LEN_BYTES
         if len(der) > cap:
             raise InvalidInputError(
-                f"certificate is {len(der)} bytes; slot {self.profile.cert_slot} holds {cap}"
+                f"certificate is {len(der)} bytes; slots {self.profile.cert_slots} hold {cap}"
             )
         if self.data_locked():
             if self.read_certificate() != der:
@@ -182,21 +179,34 @@ class CryptoAuthChip:
                 )
             return
         blob = len(der).to_bytes(_CERT_LEN_BYTES, "big") + der
-        blob += b"\x00" * (-len(blob) % 32)
-        self.write_zone(ZONE_DATA, self.profile.cert_slot, 0, blob)
+        pos = 0
+        for slot in self.profile.cert_slots:
+            size = SLOT_SIZES[slot]
+            chunk = blob[pos : pos + size]
+            pos += size
+            if not chunk:
+                break
+            chunk += b"\x00" * (-len(chunk) % 32 if size % 32 == 0 else size - len(chunk))
+            self.write_zone(ZONE_DATA, slot, 0, chunk)
         self._check(self._lib.atcab_lock_data_zone_ext(self._dev), "Lock data zone")
 
     def read_certificate(self) -> bytes:
-        head = self.read_zone(ZONE_DATA, self.profile.cert_slot, 0, 32)
+        first = self.profile.cert_slots[0]
+        head = self.read_zone(ZONE_DATA, first, 0, 32)
         n = int.from_bytes(head[:_CERT_LEN_BYTES], "big")
         total = _CERT_LEN_BYTES + n
-        if n == 0 or total > self._slot_capacity():
+        if n == 0 or total > self.profile.cert_capacity:
             raise ChipStateError(f"chip in {self.locator} holds no certificate")
-        rest = b""
-        if total > 32:
-            want = total - 32 + (-(total - 32) % 32)
-            rest = self.read_zone(ZONE_DATA, self.profile.cert_slot, 32, want)
-        return (head + rest)[_CERT_LEN_BYTES:total]
+        blob = b""
+        for slot in self.profile.cert_slots:
+            if len(blob) >= total:
+                break
+            size = SLOT_SIZES[slot]
+            want = min(size, total - len(blob))
+            if size % 32 == 0:
+                want += -want % 32
+            blob += self.read_zone(ZONE_DATA, slot, 0, want)[: size]
+        return blob[_CERT_LEN_BYTES:total]
 
     def close(self) -> None:
         if self._dev:
