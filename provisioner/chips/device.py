@@ -7,11 +7,10 @@ kit-bridge HAL with Python callbacks); only the interface configuration differs.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 from ctypes import byref, c_bool, c_void_p
 from typing import Any
 
-from provisioner.chips.emulator.crc import crc16
+from provisioner.chips.crc import crc16
 from provisioner.chips.library import (
     ATCA_CHECKMAC_VERIFY_FAILED,
     ATCA_COMM_FAIL,
@@ -96,16 +95,12 @@ class CryptoAuthChip:
 
     def ensure_configured(self) -> None:
         if not self.config_locked():
-            template = self.profile.config_template()
-            self._check(
-                self._lib.atcab_write_config_zone_ext(self._dev, buf(template)), "write config"
-            )
+            self.write_config(self.profile.config_template())
             written = self.read_config()
             reason = self.profile.incompatibility(written)
             if reason:
                 raise ChipStateError(f"chip in {self.locator}: config did not take: {reason}")
-            crc = int.from_bytes(crc16(written), "little")
-            self._check(self._lib.calib_lock_config_zone_crc(self._dev, crc), "lock config")
+            self.lock_config(int.from_bytes(crc16(written), "little"))
             return
         reason = self.profile.incompatibility(self.read_config())
         if reason:
@@ -114,9 +109,19 @@ class CryptoAuthChip:
             )
 
     def generate_key(self) -> bytes:
+        return self.genkey(self.profile.key_slot)
+
+    def genkey(self, slot: int) -> bytes:
+        """GenKey (create) in any slot; the chip decides whether its KeyConfig allows it."""
         pub = buf(64)
-        self._check(self._lib.atcab_genkey_ext(self._dev, self.profile.key_slot, pub), "GenKey")
+        self._check(self._lib.atcab_genkey_ext(self._dev, slot, pub), f"GenKey slot {slot}")
         return bytes(pub)
+
+    def write_config(self, config: bytes) -> None:
+        self._check(self._lib.atcab_write_config_zone_ext(self._dev, buf(config)), "write config")
+
+    def lock_config(self, crc: int) -> None:
+        self._check(self._lib.calib_lock_config_zone_crc(self._dev, crc), "lock config")
 
     def public_key(self) -> bytes:
         pub = buf(64)
@@ -205,7 +210,7 @@ class CryptoAuthChip:
             want = min(size, total - len(blob))
             if size % 32 == 0:
                 want += -want % 32
-            blob += self.read_zone(ZONE_DATA, slot, 0, want)[: size]
+            blob += self.read_zone(ZONE_DATA, slot, 0, want)[:size]
         return blob[_CERT_LEN_BYTES:total]
 
     def close(self) -> None:
@@ -222,7 +227,3 @@ class CryptoAuthChip:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
-
-
-def _unused(_: Any) -> None:  # pragma: no cover - keeps ctypes imported for type checkers
-    ctypes.sizeof(c_void_p)

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from provisioner.chips.emulator.crc import crc16
+from provisioner.chips.crc import crc16
 
 WATCHDOG_S = 1.3  # after wake, the chip falls asleep by itself
 
