@@ -26,7 +26,7 @@ from provisioner.db.models import (
     UploadState,
     utcnow,
 )
-from provisioner.errors import NotFoundError
+from provisioner.errors import NotFoundError, PolicyViolationError
 from provisioner.ports import IssuedCertificate
 
 
@@ -112,6 +112,43 @@ class DeviceLedger:
                 payload=payload,
             )
             return dev
+
+    def identify(self, device_id: int, serial_hex: str, revision_hex: str, locator: str) -> Device:
+        """Record the chip's serial on the device; a serial already recorded for another
+        device is a clone (or a chip fed twice): refused, with an incident in the trail."""
+        with transaction(self.engine) as s:
+            other = s.exec(
+                select(Device.id).where(Device.chip_serial == serial_hex, Device.id != device_id)
+            ).first()
+            if other is None:
+                dev = get_device(s, device_id)
+                dev.chip_serial, dev.revision = serial_hex, revision_hex
+                record_step(
+                    s,
+                    dev,
+                    Step.IDENTIFIED,
+                    "device.identified",
+                    actor=self.actor,
+                    station_id=self.station_id,
+                    payload={"revision": revision_hex, "locator": locator},
+                )
+                return dev
+        with transaction(self.engine) as s:
+            dev = get_device(s, device_id)
+            chain.append(
+                s,
+                "incident.duplicate_serial",
+                actor=self.actor,
+                station_id=self.station_id,
+                batch_id=dev.batch_id,
+                device_id=device_id,
+                chip_serial=serial_hex,
+                payload={"already_device": other, "locator": locator},
+            )
+        raise PolicyViolationError(
+            f"chip {serial_hex} in {locator} already belongs to device {other}: "
+            "a clone or a chip fed twice; remove it from the line"
+        )
 
     def fail(self, device_id: int, error: str) -> None:
         """Record that the current attempt failed; the step stays, so a retry resumes."""

@@ -59,13 +59,7 @@ def provision_device(
     # 1. Identify the chip; a resumed device must still be the same chip.
     ident = chip.identity()
     if dev.step == Step.PENDING:
-        dev = ledger.advance(
-            device_id,
-            Step.IDENTIFIED,
-            "device.identified",
-            fields={"chip_serial": ident.serial_hex, "revision": ident.revision.hex()},
-            payload={"revision": ident.revision.hex(), "locator": chip.locator},
-        )
+        dev = ledger.identify(device_id, ident.serial_hex, ident.revision.hex(), chip.locator)
     elif dev.chip_serial != ident.serial_hex:
         raise ChipStateError(
             f"{chip.locator} holds chip {ident.serial_hex}, but device {device_id} is chip "

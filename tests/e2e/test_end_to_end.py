@@ -17,10 +17,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
-from provisioner.registry.tokens import read_token
 from sqlalchemy import text
 
 from provisioner.db.engine import make_engine
+from provisioner.registry.tokens import read_token
 from provisioner.supervisor import Supervisor, running_services
 from tests.conftest import Station, make_station
 

@@ -1,0 +1,120 @@
+"""Device certificates: policy before the signature, openssl-strict after it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from provisioner.ca.ceremony import CaInfo, LoadedCa, load_ca
+from provisioner.ca.issuer import (
+    build_device_certificate,
+    check_serial,
+    random_serial_number,
+    verify_proof_of_possession,
+)
+from provisioner.errors import PolicyViolationError
+from provisioner.ports import SigningRequest
+from provisioner.settings import Settings
+
+SERIAL = "0123A1B2C3D4E5F6EE"
+
+
+@pytest.fixture
+def loaded(ca_settings: Settings, ca: CaInfo) -> Iterator[LoadedCa]:
+    lc = load_ca(ca_settings)
+    yield lc
+    lc.close()
+
+
+def _request(key: ec.EllipticCurvePrivateKey, challenge: bytes | None = None) -> SigningRequest:
+    challenge = challenge or os.urandom(32)
+    r, s = decode_dss_signature(key.sign(challenge, ec.ECDSA(hashes.SHA256())))
+    point = key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    return SigningRequest(
+        1, 1, SERIAL, point, challenge, r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    )
+
+
+def test_device_certificate_profile_and_strict_verify(
+    ca_settings: Settings, loaded: LoadedCa, tmp_path: Path
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    req = _request(key)
+    cert = build_device_certificate(
+        req, loaded, ca_settings.profile, random_serial_number(), datetime.now(UTC)
+    )
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == SERIAL
+    assert cert.public_key() == key.public_key()
+    assert cert.serial_number > 0 and len(cert.serial_number.to_bytes(16, "big")) == 16
+    ku = cert.extensions.get_extension_for_class(x509.KeyUsage)
+    assert ku.critical and ku.value.digital_signature and not ku.value.key_cert_sign
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    der = cert.public_bytes(serialization.Encoding.DER)
+    assert len(der) <= 558, "must fit the chip's certificate slots (560 bytes incl. length)"
+    path = tmp_path / "device.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    proc = subprocess.run(
+        [
+            "openssl",
+            "verify",
+            "-x509_strict",
+            "-purpose",
+            "sslclient",
+            "-CAfile",
+            str(ca_settings.ca_dir / "root.pem"),
+            "-untrusted",
+            str(ca_settings.ca_dir / "intermediate.pem"),
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_proof_of_possession_with_a_wrong_signature_is_refused() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    req = _request(key)
+    verify_proof_of_possession(req.public_key, req.pop_challenge, req.pop_signature)
+    forged = bytes([req.pop_signature[0] ^ 1]) + req.pop_signature[1:]
+    with pytest.raises(PolicyViolationError, match="proof of possession failed"):
+        verify_proof_of_possession(req.public_key, req.pop_challenge, forged)
+    other = _request(ec.generate_private_key(ec.SECP256R1()))
+    with pytest.raises(PolicyViolationError):
+        verify_proof_of_possession(other.public_key, req.pop_challenge, req.pop_signature)
+
+
+def test_point_off_the_curve_is_refused() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    req = _request(key)
+    bad = req.public_key[:-1] + bytes([req.public_key[-1] ^ 1])
+    with pytest.raises(PolicyViolationError, match="not a point on P-256"):
+        verify_proof_of_possession(bad, req.pop_challenge, req.pop_signature)
+
+
+@pytest.mark.parametrize("serial", ["0123", "0124A1B2C3D4E5F6EE", "0123a1b2c3d4e5f6ee", "X" * 18])
+def test_malformed_serial_is_refused(serial: str) -> None:
+    with pytest.raises(PolicyViolationError, match="not a well-formed"):
+        check_serial(serial)
+
+
+def test_serial_numbers_are_positive_fixed_length_and_distinct() -> None:
+    seen = {random_serial_number() for _ in range(500)}
+    assert len(seen) == 500
+    for n in seen:
+        assert 0 < n < 2**127 and n.to_bytes(16, "big")[0] != 0
+    assert hashlib.sha256(str(sorted(seen)).encode())  # non-trivial set

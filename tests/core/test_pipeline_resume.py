@@ -1,0 +1,115 @@
+"""The pipeline in-process (real chips via cryptoauthlib, real SoftHSM signer, real DB):
+a chip pulled mid-step leaves the device resumable; a re-fed chip is refused as a clone."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func
+from sqlmodel import select
+
+from provisioner import batches, pipeline
+from provisioner.audit import chain
+from provisioner.ca.ceremony import init_ca, load_ca
+from provisioner.chips.connector import Connector
+from provisioner.chips.emulator.jig import StationJig
+from provisioner.db.engine import create_schema, make_engine, transaction
+from provisioner.db.models import AuditEvent, Certificate, Step
+from provisioner.errors import ChipAbsentError, PolicyViolationError
+from provisioner.issuance import IssuanceService
+from provisioner.ledger import DeviceLedger
+from provisioner.settings import Settings
+
+REGISTRY = "projects/p/locations/l/registries/r"
+
+
+class PulledAfterKeygen:
+    """The real chip, pulled out of its socket right after GenKey returns (a fault, not a
+    fake: every call still goes to the chip through the library)."""
+
+    def __init__(self, chip: Any, jig: StationJig, socket: int) -> None:
+        self._chip, self._jig, self._socket = chip, jig, socket
+        self.locator = chip.locator
+
+    def generate_key(self) -> bytes:
+        out: bytes = self._chip.generate_key()
+        self._jig.remove(self._socket)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._chip, name)
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    monkeypatch.setenv("SOFTHSM2_CONF", "/nonexistent")
+    settings = Settings(var_dir=tmp_path / "var")
+    init_ca(settings)
+    engine = make_engine(settings.db_url)
+    create_schema(engine)
+    ca = load_ca(settings)
+    yield {
+        "settings": settings,
+        "engine": engine,
+        "signer": IssuanceService(engine, ca, settings.profile),
+        "ledger": DeviceLedger(engine, "station:line1", "line1"),
+        "connector": Connector(settings),
+        "jig": Connector(settings).jig("line1"),
+    }
+    ca.close()
+
+
+def test_pulled_chip_resumes_with_same_key_and_one_certificate(env: dict[str, Any]) -> None:
+    bid = batches.create_batch(
+        env["engine"], env["settings"], station_id="line1", count=1, actor="t"
+    )
+    dev_id = batches.mark_started(env["engine"], bid, actor="t")[0]
+    path = env["jig"].insert_blank(0)
+    with env["connector"].open("emulated:line1/0") as chip, pytest.raises(ChipAbsentError):
+        pipeline.provision_device(
+            dev_id,
+            PulledAfterKeygen(chip, env["jig"], 0),
+            env["signer"],
+            env["ledger"],
+            registry=REGISTRY,
+        )
+    dev = env["ledger"].load(dev_id)
+    assert dev.step == Step.KEY_GENERATED and dev.public_key
+    env["jig"].insert(1, path)  # the operator puts the same chip back, in another socket
+    with env["connector"].open("emulated:line1/1") as chip:
+        done = pipeline.provision_device(
+            dev_id, chip, env["signer"], env["ledger"], registry=REGISTRY
+        )
+        assert done.step == Step.CERT_VERIFIED
+        assert done.public_key == (b"\x04" + chip.public_key()).hex()
+        # Running it again changes nothing and issues nothing.
+        pipeline.provision_device(dev_id, chip, env["signer"], env["ledger"], registry=REGISTRY)
+    with transaction(env["engine"]) as s:
+        assert s.exec(select(func.count()).select_from(Certificate)).one() == 1
+        assert chain.verify(s).ok
+
+
+def test_chip_fed_twice_is_refused_as_a_clone(env: dict[str, Any]) -> None:
+    bid = batches.create_batch(
+        env["engine"], env["settings"], station_id="line1", count=2, actor="t"
+    )
+    first, second = batches.mark_started(env["engine"], bid, actor="t")
+    path = env["jig"].insert_blank(0)
+    with env["connector"].open("emulated:line1/0") as chip:
+        pipeline.provision_device(first, chip, env["signer"], env["ledger"], registry=REGISTRY)
+    env["jig"].insert(0, path)
+    with (
+        env["connector"].open("emulated:line1/0") as chip,
+        pytest.raises(PolicyViolationError, match="already belongs to device"),
+    ):
+        pipeline.provision_device(second, chip, env["signer"], env["ledger"], registry=REGISTRY)
+    assert env["ledger"].load(second).step == Step.PENDING
+    with transaction(env["engine"]) as s:
+        incidents = s.exec(
+            select(AuditEvent).where(AuditEvent.event_type == "incident.duplicate_serial")
+        ).all()
+        assert len(incidents) == 1 and incidents[0].device_id == second
+        assert s.exec(select(func.count()).select_from(Certificate)).one() == 1
