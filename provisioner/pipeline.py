@@ -3,6 +3,7 @@
 Station side, :func:`provision_device`::
 
     read serial + revision -> configure (blank chip) + generate key in the key slot
+    + lock the data zone
     -> read public key -> proof of possession (chip signs a fresh random challenge)
     -> HSM signs the certificate (the signer records it) -> write it to the chip
     -> read back and compare -> queue the registry upload
@@ -67,10 +68,20 @@ def provision_device(
         )
     serial = ident.serial_hex
 
-    # 2. Configure a blank chip and generate the device key inside it.
+    # 2. Configure a blank chip, generate the device key inside it, lock the data zone
+    # (signing and reading data slots both work on a locked data zone on every silicon rule).
     if dev.step < Step.KEY_GENERATED:
         chip.ensure_configured()
-        point = b"\x04" + chip.generate_key()
+        if not chip.data_locked():
+            point = b"\x04" + chip.generate_key()
+            chip.lock_data_zone()
+        elif chip.has_certificate():
+            raise ChipStateError(
+                f"chip {ident.serial_hex} in {chip.locator} is already locked with a "
+                "certificate: provisioned elsewhere, remove it from the line"
+            )
+        else:  # our previous attempt locked it after GenKey but crashed before recording
+            point = b"\x04" + chip.public_key()
         dev = ledger.advance(
             device_id,
             Step.KEY_GENERATED,

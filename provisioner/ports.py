@@ -46,6 +46,15 @@ class SecureElement(Protocol):
     def generate_key(self) -> bytes:
         """Create a new private key in the profile's key slot; return the public key X||Y."""
 
+    def data_locked(self) -> bool:
+        """Whether the data zone is locked (the key slot then can no longer be re-keyed)."""
+
+    def lock_data_zone(self) -> None:
+        """Lock the data zone (idempotent): fixes the key and makes data slots readable."""
+
+    def has_certificate(self) -> bool:
+        """Whether the certificate slots already hold a certificate."""
+
     def public_key(self) -> bytes:
         """The public key (X||Y, 64 bytes) of the private key in the key slot."""
 
@@ -56,9 +65,9 @@ class SecureElement(Protocol):
         """Sign a 32-byte SHA-256 digest with the key slot's key; return raw R||S (64 bytes)."""
 
     def write_certificate(self, der: bytes) -> None:
-        """Store the device certificate in the profile's certificate slot(s) and lock the
-        data zone (the data zone cannot be read back before it is locked). A chip already
-        locked with this same certificate is accepted (a resumed device)."""
+        """Store the device certificate in the profile's certificate slot(s) and lock them.
+        A chip whose slots are already locked with this same certificate is accepted (a
+        resumed device); another certificate raises ChipStateError."""
 
     def read_certificate(self) -> bytes:
         """Read the device certificate back from the chip, as DER."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from provisioner.ca.ceremony import CaInfo, init_ca
 from provisioner.settings import Settings, load_settings
 
 
@@ -76,3 +77,18 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         c.execute(text(f"CREATE DATABASE {name}"))
     admin.dispose()
     yield base.replace("/postgres?", f"/{name}?")
+
+
+# --- a dev CA in a private SoftHSM token directory, per test -------------------------
+
+
+@pytest.fixture
+def ca_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    # init_ca points SOFTHSM2_CONF at the test's own token dir; restore it afterwards.
+    monkeypatch.setenv("SOFTHSM2_CONF", "/nonexistent")
+    return Settings(var_dir=tmp_path / "var")
+
+
+@pytest.fixture
+def ca(ca_settings: Settings) -> CaInfo:
+    return init_ca(ca_settings)

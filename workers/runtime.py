@@ -70,7 +70,6 @@ def _open(settings: Settings, queues: frozenset[str], index: int) -> WorkerRunti
         rt.socket = index
     if HSM_QUEUE in queues:
         from provisioner.ca.ceremony import load_ca
-
         from provisioner.issuance import IssuanceService
 
         rt.signer = IssuanceService(engine, load_ca(settings), settings.profile)

@@ -24,7 +24,7 @@ from hsm.module import Pkcs11Module, TokenSession
 from hsm.pins import write_new_pin
 from hsm.signer import HsmEcPrivateKey
 from hsm.tokens import init_token
-from provisioner.ca.issuer import random_serial_number
+from provisioner.ca.issuer import key_usage, random_serial_number
 from provisioner.errors import (
     CaExistsError,
     CaNotInitialisedError,
@@ -137,20 +137,7 @@ def _ca_cert(
         .not_valid_before(now)
         .not_valid_after(now.replace(year=now.year + years))
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(key_usage(ca=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
     )
     if issuer_ski is not None:

@@ -69,6 +69,21 @@ def random_serial_number() -> int:
     return n | (1 << 120)
 
 
+def key_usage(*, ca: bool) -> x509.KeyUsage:
+    """keyCertSign + cRLSign for a CA; digitalSignature only for a device."""
+    return x509.KeyUsage(
+        digital_signature=not ca,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 def _add_years(t: datetime, years: int) -> datetime:
     try:
         return t.replace(year=t.year + years)
@@ -103,20 +118,7 @@ def build_device_certificate(
         .not_valid_before(not_before)
         .not_valid_after(_add_years(not_before, profile.validity_years))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(key_usage(ca=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
         .add_extension(

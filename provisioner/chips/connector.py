@@ -2,8 +2,11 @@
 
 - ``emulated:<station>/<socket>`` — the ATECC608A emulator in that socket of the station's
   jig, behind the library's kit-bridge HAL (tested here).
-- ``i2c:<bus device>@<7-bit address>`` — silicon on a Linux I2C bus through the library's
-  I2C HAL, e.g. ``i2c:/dev/i2c-1@0x6A`` (not testable on machines without the chip).
+- ``i2c:<bus device>@<address>`` — silicon on a Linux I2C bus through the library's I2C
+  HAL, e.g. ``i2c:/dev/i2c-1@0x6A``. The address is Microchip's 8-bit form, as in config
+  byte 16 and in the library's ``atcai2c.address`` (0xC0 for a blank 608A, 0x6A for
+  Trust&GO = 7-bit 0x35); the Linux HAL shifts it right itself. Not testable without
+  the chip.
 - ``hid:`` — a Microchip kit (CryptoAuth Trust Platform) over USB HID (likewise untested).
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from provisioner.chips.device import CryptoAuthChip
 from provisioner.chips.emulator.bus import EmulatedBus
@@ -66,15 +70,7 @@ class Connector:
             cryptoauth().hal_kit_attach_phy(ctypes_ref(cfg), ctypes_ref(bridge.phy))
             return CryptoAuthChip(locator, cfg, self.profile, keepalive=bridge)
         if m := _I2C.match(locator):
-            bus, addr = int(m.group(2)), int(m.group(3), 0)
-            cfg = iface_cfg_class()()
-            cfg.iface_type = IFACE_I2C
-            cfg.devtype = ATECC608
-            cfg.cfg.atcai2c.address = (addr << 1) & 0xFF  # the library wants 8-bit form
-            cfg.cfg.atcai2c.bus = bus
-            cfg.cfg.atcai2c.baud = 100_000
-            cfg.wake_delay = 1500
-            cfg.rx_retries = 20
+            cfg = i2c_config(int(m.group(2)), int(m.group(3), 0), locator)
             return CryptoAuthChip(locator, cfg, self.profile)
         if locator == "hid:":
             from cryptoauthlib.iface import cfg_ateccx08a_kithid_default
@@ -90,3 +86,21 @@ def ctypes_ref(obj: object) -> object:
     import ctypes
 
     return ctypes.byref(obj)  # type: ignore[arg-type]
+
+
+def i2c_config(bus: int, address: int, locator: str) -> Any:
+    """The library's I2C interface config for an 8-bit ``address`` (see the module doc)."""
+    if not 0 < address <= 0xFE or address & 1:
+        raise InvalidInputError(
+            f"{locator}: I2C address 0x{address:02X} is not an 8-bit device address "
+            "(even, e.g. 0xC0 for a blank ATECC608A or 0x6A for Trust&GO)"
+        )
+    cfg = iface_cfg_class()()
+    cfg.iface_type = IFACE_I2C
+    cfg.devtype = ATECC608
+    cfg.cfg.atcai2c.address = address  # hal_linux_i2c: ioctl(I2C_SLAVE, address >> 1)
+    cfg.cfg.atcai2c.bus = bus
+    cfg.cfg.atcai2c.baud = 100_000
+    cfg.wake_delay = 1500
+    cfg.rx_retries = 20
+    return cfg

@@ -7,10 +7,12 @@ kit-bridge HAL with Python callbacks); only the interface configuration differs.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from ctypes import byref, c_bool, c_void_p
 from typing import Any
 
 from provisioner.chips.crc import crc16
+from provisioner.chips.interrupts import deferred_sigint
 from provisioner.chips.library import (
     ATCA_CHECKMAC_VERIFY_FAILED,
     ATCA_COMM_FAIL,
@@ -43,6 +45,24 @@ _MEANING = {
     ATCA_WAKE_FAILED: "no response to wake",
 }
 _CERT_LEN_BYTES = 2
+_LOCK_SLOT = 0x02  # Lock mode: one data slot (slot number in bits 2-5), summary checked
+
+
+class _Guarded:
+    """The library, with every call made under :func:`deferred_sigint` (a Ctrl-C that lands
+    in a kit-bridge callback would otherwise be swallowed and read as success)."""
+
+    def __init__(self, lib: Any) -> None:
+        self._lib = lib
+
+    def __getattr__(self, name: str) -> Callable[..., int]:
+        fn = getattr(self._lib, name)
+
+        def call(*args: Any) -> int:
+            with deferred_sigint():
+                return int(fn(*args))
+
+        return call
 
 
 class CryptoAuthChip:
@@ -53,7 +73,7 @@ class CryptoAuthChip:
         self.profile = profile
         self._cfg = cfg  # the library keeps a pointer to it: keep it alive
         self._keepalive = keepalive  # e.g. the KitBridge whose callbacks cfg points to
-        self._lib = cryptoauth()
+        self._lib = _Guarded(cryptoauth())
         self._dev = c_void_p()
         self._check(self._lib.atcab_init_ext(byref(self._dev), byref(cfg)), "init")
 
@@ -62,13 +82,24 @@ class CryptoAuthChip:
     def _absent(self) -> bool:
         return bool(getattr(self._keepalive, "absent", False))
 
+    def _take_error(self) -> BaseException | None:
+        take = getattr(self._keepalive, "take_error", None)
+        return take() if callable(take) else None
+
     def _check(self, status: int, what: str) -> None:
+        cause = self._take_error()
+        if isinstance(cause, KeyboardInterrupt | SystemExit):
+            raise cause  # even if the library recovered: never swallow an interrupt
         if status == ATCA_SUCCESS:
             return
         if status == ATCA_WAKE_FAILED or self._absent():
             raise ChipAbsentError(f"no chip answers in {self.locator} ({what})")
         meaning = _MEANING.get(status, f"ATCA_STATUS {status}")
-        raise ChipCommandError(f"chip in {self.locator}: {what} failed: {meaning}", status)
+        if cause is not None:
+            meaning += f" ({type(cause).__name__}: {cause})"
+        raise ChipCommandError(
+            f"chip in {self.locator}: {what} failed: {meaning}", status
+        ) from cause
 
     # --- SecureElement ---------------------------------------------------------------
 
@@ -167,16 +198,36 @@ class CryptoAuthChip:
             f"Write zone {zone} slot {slot}",
         )
 
-    def write_certificate(self, der: bytes) -> None:
-        """Length-prefixed DER across the certificate slots, then lock the data zone.
+    def lock_data_zone(self) -> None:
+        """Lock the data and OTP zones (idempotent). Without a summary CRC: the host cannot
+        know the private key slot's contents, which is the point."""
+        if not self.data_locked():
+            self._check(self._lib.atcab_lock_data_zone_ext(self._dev), "Lock data zone")
 
-        Skeleton format; the chip issue replaces it with Microchip's compressed format."""
+    def slot_locked(self, slot: int) -> bool:
+        mask = int.from_bytes(self.read_zone(0, 0, 88, 2), "little")  # SlotLocked, 1 = open
+        return not (mask >> slot) & 1
+
+    def has_certificate(self) -> bool:
+        """Whether the certificate slots hold a (length-prefixed) certificate."""
+        try:
+            self.read_certificate()
+        except ChipStateError:
+            return False
+        return True
+
+    def write_certificate(self, der: bytes) -> None:
+        """Length-prefixed DER across the certificate slots, each then locked for good.
+
+        Needs the data zone locked first (the read-back needs it too). Each slot is written
+        whole and locked with the CRC of exactly what was written, so the chip confirms its
+        contents. Skeleton format; the chip issue replaces it with the compressed format."""
         cap = self.profile.cert_capacity - _CERT_LEN_BYTES
         if len(der) > cap:
             raise InvalidInputError(
                 f"certificate is {len(der)} bytes; slots {self.profile.cert_slots} hold {cap}"
             )
-        if self.data_locked():
+        if all(self.slot_locked(s) for s in self.profile.cert_slots):
             if self.read_certificate() != der:
                 raise ChipStateError(
                     f"chip in {self.locator} is already locked with another certificate "
@@ -187,13 +238,16 @@ class CryptoAuthChip:
         pos = 0
         for slot in self.profile.cert_slots:
             size = SLOT_SIZES[slot]
-            chunk = blob[pos : pos + size]
+            chunk = blob[pos : pos + size].ljust(size, b"\x00")
             pos += size
-            if not chunk:
-                break
-            chunk += b"\x00" * (-len(chunk) % 32 if size % 32 == 0 else size - len(chunk))
+            if self.slot_locked(slot):
+                continue  # a resumed write: locked slots were checked by their lock CRC
             self.write_zone(ZONE_DATA, slot, 0, chunk)
-        self._check(self._lib.atcab_lock_data_zone_ext(self._dev), "Lock data zone")
+            crc = int.from_bytes(crc16(chunk), "little")
+            self._check(
+                self._lib.calib_lock(self._dev, _LOCK_SLOT | (slot << 2), crc),
+                f"Lock slot {slot}",
+            )
 
     def read_certificate(self) -> bytes:
         first = self.profile.cert_slots[0]

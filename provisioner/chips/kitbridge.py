@@ -20,6 +20,7 @@ from typing import Protocol
 from provisioner.chips.library import (
     ATCA_COMM_FAIL,
     ATCA_RX_NO_RESPONSE,
+    ATCA_SMALL_BUFFER,
     ATCA_SUCCESS,
     ATCA_WAKE_FAILED,
 )
@@ -59,6 +60,7 @@ class KitBridge:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self.absent = False  # set when the bus reported no chip
+        self.error: BaseException | None = None  # what a callback caught, for the driver
         self._reply = b""
         libc = ctypes.CDLL(None)
         self._send_cb = SEND_FN(self._send)
@@ -71,9 +73,18 @@ class KitBridge:
             None,
         )
 
-    def _send(self, _ctx: int | None, tx: object, txlen: int) -> int:
-        from provisioner.chips.emulator.bus import NoChip
+    def take_error(self) -> BaseException | None:
+        """The exception a callback swallowed during the last library call (then cleared),
+        so the driver can chain it instead of reporting a bare "communication failure"."""
+        err, self.error = self.error, None
+        return err
 
+    def _send(self, _ctx: int | None, tx: object, txlen: int) -> int:
+        try:
+            from provisioner.chips.emulator.bus import NoChip
+        except BaseException as exc:  # pragma: no cover - import of a loaded module
+            self.error = exc
+            return ATCA_COMM_FAIL
         try:
             packet = ctypes.string_at(tx, txlen)  # type: ignore[arg-type]
             if len(packet) < _HEADER + 1 and packet[1] & 0x0F in (KIT_SEND, KIT_RECV):
@@ -104,8 +115,9 @@ class KitBridge:
             self.absent = True
             self._reply = b""
             return ATCA_WAKE_FAILED
-        except BaseException:  # never let an exception reach the library (reads as success)
+        except BaseException as exc:  # never let an exception reach the library (= success)
             log.exception("kit-bridge send callback failed")
+            self.error = exc
             self._reply = b""
             return ATCA_COMM_FAIL
 
@@ -115,10 +127,12 @@ class KitBridge:
                 return ATCA_RX_NO_RESPONSE
             cap = rxlen.contents.value  # type: ignore[attr-defined]
             reply, self._reply = self._reply, b""
-            n = min(cap, len(reply))
-            ctypes.memmove(rx, reply, n)  # type: ignore[arg-type]
-            rxlen.contents.value = n  # type: ignore[attr-defined]
+            if len(reply) > cap:  # never hand the library a silently truncated packet
+                return ATCA_SMALL_BUFFER
+            ctypes.memmove(rx, reply, len(reply))  # type: ignore[arg-type]
+            rxlen.contents.value = len(reply)  # type: ignore[attr-defined]
             return ATCA_SUCCESS
-        except BaseException:
+        except BaseException as exc:
             log.exception("kit-bridge recv callback failed")
+            self.error = exc
             return ATCA_COMM_FAIL

@@ -18,6 +18,7 @@ ATCA_PARSE_ERROR = -46
 ATCA_STATUS_CRC = -44
 ATCA_STATUS_ECC = -42
 ATCA_RX_NO_RESPONSE = -25
+ATCA_SMALL_BUFFER = -19
 ATCA_COMM_FAIL = -16
 ATCA_EXECUTION_ERROR = -12
 
@@ -33,6 +34,7 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "atcab_write_config_zone_ext": (c_int, [c_void_p, _u8p]),
     "calib_lock_config_zone_crc": (c_int, [c_void_p, c_uint16]),
     "atcab_lock_data_zone_ext": (c_int, [c_void_p]),
+    "calib_lock": (c_int, [c_void_p, c_uint8, c_uint16]),
     "atcab_is_config_locked_ext": (c_int, [c_void_p, POINTER(c_bool)]),
     "atcab_is_data_locked_ext": (c_int, [c_void_p, POINTER(c_bool)]),
     "atcab_genkey_ext": (c_int, [c_void_p, c_uint16, _u8p]),

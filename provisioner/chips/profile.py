@@ -2,8 +2,8 @@
 
 Trust&GO-like layout: slot 0 holds the device's P-256 private key (generated inside the
 chip, never readable, usable for external signatures and ECDH); slots 8, 9 and 10 hold the
-device certificate as length-prefixed DER (readable in clear; never writable once the data
-zone is locked). A DER device certificate is ~500 bytes and slot 8 holds 416, hence the
+device certificate as length-prefixed DER (readable in clear; each slot locked for good
+once written). A DER device certificate is ~500 bytes and slot 8 holds 416, hence the
 chain; the chip issue replaces this with Microchip's 72-byte compressed format.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 SLOT_CONFIG_PRIVATE_KEY = 0x0085  # IsSecret | ReadKey: external sign + ECDH
 KEY_CONFIG_P256_PRIVATE = 0x0033  # Private | PubInfo | KeyType P-256 | Lockable
-SLOT_CONFIG_CERT = 0x8000  # clear reads; WriteConfig "never" after the data zone lock
+SLOT_CONFIG_CERT = 0x0000  # clear reads and writes; each slot is locked once written
 KEY_CONFIG_DATA = 0x003C  # KeyType "not ECC" | Lockable
 
 

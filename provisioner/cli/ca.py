@@ -11,7 +11,8 @@ from provisioner.cli.context import ctx_of
 from provisioner.db.engine import transaction
 
 app = typer.Typer(
-    help="Create and inspect the factory CA (keys stay in the PKCS#11 token).", no_args_is_help=True
+    help="Create the factory CA (its keys are generated in, and stay in, the PKCS#11 token).",
+    no_args_is_help=True,
 )
 
 

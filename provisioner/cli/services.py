@@ -54,8 +54,11 @@ def demo(
     station: str = typer.Option("line1", "--station", "-s", help="Station id."),
     timeout: float = typer.Option(600.0, help="Seconds to wait for the batch."),
 ) -> None:
-    """End to end on embedded defaults: CA (if absent), services, one batch of emulated
-    chips with a progress bar, the result table and the audit verification."""
+    """Provision one batch of emulated chips end to end on embedded defaults.
+
+    Creates the dev CA if absent, starts Redis, the registry and the workers, runs the batch
+    with a progress bar, prints the result table and the audit verification, and stops every
+    service again (also on Ctrl-C). Run it again for a new batch of new chips."""
     from provisioner.ca.ceremony import init_ca
 
     c = ctx_of(ctx)

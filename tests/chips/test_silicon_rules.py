@@ -104,15 +104,30 @@ def test_data_zone_is_unreadable_before_lock_and_keys_never(configured: CryptoAu
     configured.generate_key()
     with pytest.raises(ChipCommandError):
         configured.read_zone(ZONE_DATA, 8, 0, 32)
-    configured.write_certificate(b"\x30" * 400)
+    configured.lock_data_zone()
     assert configured.data_locked()
+    assert configured.read_zone(ZONE_DATA, 8, 0, 32) == b"\x00" * 32
     with pytest.raises(ChipCommandError):
         configured.read_zone(ZONE_DATA, 0, 0, 32)  # the private key slot
+    with pytest.raises(ChipCommandError):
+        configured.generate_key()  # no re-keying once the data zone is locked
+
+
+def test_sign_works_after_the_data_lock(configured: CryptoAuthChip) -> None:
+    key = configured.generate_key()
+    configured.lock_data_zone()
+    digest = hashlib.sha256(b"after lock").digest()
+    assert configured.verify_extern(digest, configured.sign_digest(digest), key)
 
 
 def test_certificate_round_trip_is_byte_exact(configured: CryptoAuthChip) -> None:
+    configured.generate_key()
+    configured.lock_data_zone()
     der = bytes(range(256)) * 2  # 512 bytes spans slots 8, 9 and 10
     configured.write_certificate(der)
+    assert all(configured.slot_locked(s) for s in configured.profile.cert_slots)
+    with pytest.raises(ChipCommandError):  # a locked slot refuses writes
+        configured.write_zone(ZONE_DATA, 8, 0, b"\x00" * 32)
     assert configured.read_certificate() == der
     configured.write_certificate(der)  # a resumed device: same certificate accepted
     with pytest.raises(ChipStateError, match="already locked with another certificate"):

@@ -26,21 +26,25 @@ from provisioner.settings import Settings
 REGISTRY = "projects/p/locations/l/registries/r"
 
 
-class PulledAfterKeygen:
-    """The real chip, pulled out of its socket right after GenKey returns (a fault, not a
-    fake: every call still goes to the chip through the library)."""
+class PulledAfter:
+    """The real chip, pulled out of its socket right after one command returns (a fault,
+    not a fake: every call still goes to the chip through the library)."""
 
-    def __init__(self, chip: Any, jig: StationJig, socket: int) -> None:
-        self._chip, self._jig, self._socket = chip, jig, socket
+    def __init__(self, chip: Any, jig: StationJig, socket: int, after: str) -> None:
+        self._chip, self._jig, self._socket, self._after = chip, jig, socket, after
         self.locator = chip.locator
 
-    def generate_key(self) -> bytes:
-        out: bytes = self._chip.generate_key()
-        self._jig.remove(self._socket)
-        return out
-
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._chip, name)
+        attr = getattr(self._chip, name)
+        if name != self._after:
+            return attr
+
+        def pull(*args: Any) -> Any:
+            out = attr(*args)
+            self._jig.remove(self._socket)
+            return out
+
+        return pull
 
 
 @pytest.fixture
@@ -71,7 +75,7 @@ def test_pulled_chip_resumes_with_same_key_and_one_certificate(env: dict[str, An
     with env["connector"].open("emulated:line1/0") as chip, pytest.raises(ChipAbsentError):
         pipeline.provision_device(
             dev_id,
-            PulledAfterKeygen(chip, env["jig"], 0),
+            PulledAfter(chip, env["jig"], 0, "lock_data_zone"),
             env["signer"],
             env["ledger"],
             registry=REGISTRY,
@@ -90,6 +94,28 @@ def test_pulled_chip_resumes_with_same_key_and_one_certificate(env: dict[str, An
     with transaction(env["engine"]) as s:
         assert s.exec(select(func.count()).select_from(Certificate)).one() == 1
         assert chain.verify(s).ok
+
+
+def test_crash_after_the_data_lock_adopts_the_key_generated(env: dict[str, Any]) -> None:
+    """GenKey and the data lock happened, the step was never recorded: the resumed device
+    takes the chip's (only possible) key instead of failing on a locked chip."""
+    bid = batches.create_batch(
+        env["engine"], env["settings"], station_id="line1", count=1, actor="t"
+    )
+    dev_id = batches.mark_started(env["engine"], bid, actor="t")[0]
+    path = env["jig"].insert_blank(0)
+    with env["connector"].open("emulated:line1/0") as chip:
+        chip.ensure_configured()
+        key = chip.generate_key()
+        chip.lock_data_zone()
+        env["ledger"].identify(dev_id, chip.identity().serial_hex, "00006002", chip.locator)
+    assert env["ledger"].load(dev_id).step == Step.IDENTIFIED
+    env["jig"].insert(0, path)
+    with env["connector"].open("emulated:line1/0") as chip:
+        done = pipeline.provision_device(
+            dev_id, chip, env["signer"], env["ledger"], registry=REGISTRY
+        )
+    assert done.step == Step.CERT_VERIFIED and done.public_key == (b"\x04" + key).hex()
 
 
 def test_chip_fed_twice_is_refused_as_a_clone(env: dict[str, Any]) -> None:
