@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,13 +35,14 @@ class Station:
         return env
 
 
-def make_station(root: Path, sockets: int = 4) -> Station:
+def make_station(root: Path, sockets: int = 4, database_url: str | None = None) -> Station:
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cfg = root / "provisioner.toml"
     cfg.write_text(
         f'var_dir = "{root / "var"}"\n'
-        f'[registry]\nurl = "http://127.0.0.1:{port}"\nlisten_port = {port}\n'
+        + (f'database_url = "{database_url}"\n' if database_url else "")
+        + f'[registry]\nurl = "http://127.0.0.1:{port}"\nlisten_port = {port}\n'
         f"[stations.line1]\nsockets = {sockets}\n"
     )
     return Station(root=root, config=cfg, settings=load_settings(cfg))
@@ -68,15 +68,9 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'p.db'}"
         return
-    base: str = request.getfixturevalue("postgres_url")
-    from sqlalchemy import create_engine, text
+    from tests import pg
 
-    name = f"t{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f"CREATE DATABASE {name}"))
-    admin.dispose()
-    yield base.replace("/postgres?", f"/{name}?")
+    yield pg.create_database(request.getfixturevalue("postgres_url"))
 
 
 # --- a dev CA in a private SoftHSM token directory, per test -------------------------

@@ -70,3 +70,17 @@ def cluster() -> Iterator[str]:
             [*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True
         )
         shutil.rmtree(root, ignore_errors=True)
+
+
+def create_database(base_url: str) -> str:
+    """A new empty database on the cluster behind ``base_url``; returns its URL."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    name = f"t{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    return base_url.replace("/postgres?", f"/{name}?")

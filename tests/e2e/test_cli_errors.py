@@ -85,3 +85,21 @@ def test_ca_init_is_idempotent(station: Station) -> None:
     a, b = json.loads(first.stdout), json.loads(second.stdout)
     assert a["created"] is True and b["created"] is False
     assert a["intermediate"]["sha256"] == b["intermediate"]["sha256"]
+
+
+def test_start_without_workers_writes_nothing(station: Station) -> None:
+    from provisioner.supervisor import Supervisor
+
+    assert run(station, "ca", "init").returncode == 0
+    sup = Supervisor(station.settings, station.config)
+    sup.start_redis()
+    try:
+        created = run(station, "batch", "create", "--count", "2", "--station", "line1", "--json")
+        assert created.returncode == 0, created.stderr
+        batch_id = str(json.loads(created.stdout)["id"])
+        proc = run(station, "batch", "start", batch_id)
+        assert_one_line_error(proc, "no worker consumes station.line1", "services run")
+        status = json.loads(run(station, "batch", "status", batch_id, "--json").stdout)
+        assert status["state"] == "created" and status["steps"] == {"PENDING": 2}
+    finally:
+        sup.stop()

@@ -40,11 +40,20 @@ def cli(st: Station, *args: str, check: bool = True) -> subprocess.CompletedProc
     return proc
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(
+    scope="module",
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)],
+)
 def provisioned(
-    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Station, dict, Supervisor]]:
-    st = make_station(tmp_path_factory.mktemp("e2e") / "station")
+    """The whole line once per database: SQLite (default) and a real PostgreSQL server."""
+    database_url = None
+    if request.param == "postgresql":
+        from tests import pg
+
+        database_url = pg.create_database(request.getfixturevalue("postgres_url"))
+    st = make_station(tmp_path_factory.mktemp("e2e") / "station", database_url=database_url)
     cli(st, "ca", "init")  # in a child: PKCS#11 state stays out of pytest
     with running_services(st.settings, ["line1"], st.config) as sup:
         created = json.loads(
@@ -161,3 +170,28 @@ def test_audit_verify_then_tamper(provisioned: tuple[Station, dict, Supervisor])
     assert (
         json.loads(cli(st, "audit", "verify", "--json", check=False).stdout)["first_bad_seq"] == seq
     )
+
+
+def test_no_secret_in_logs_or_audit(provisioned: tuple[Station, dict, Supervisor]) -> None:
+    st, _, _ = provisioned
+    s = st.settings
+    secrets = [
+        p.read_text().strip()
+        for p in (
+            s.pin_file,
+            s.root_pin_file,
+            s.pin_file.with_suffix(".so-pin"),
+            s.root_pin_file.with_suffix(".so-pin"),
+            s.registry_token_file,
+        )
+    ]
+    assert all(len(x) >= 16 for x in secrets)
+    haystacks = [p.read_text(errors="replace") for p in (s.var / "log").glob("*.log")]
+    with make_engine(s.db_url).connect() as c:
+        haystacks += [
+            " ".join(str(v) for v in row)
+            for row in c.execute(text("SELECT actor, event_type, payload FROM audit_event"))
+        ]
+    assert haystacks
+    for secret in secrets:
+        assert not any(secret in h for h in haystacks)
