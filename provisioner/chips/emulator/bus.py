@@ -11,8 +11,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from provisioner.chips.emulator.chip import EXEC_MS, WATCHDOG_S, EmulatedChip
+from provisioner.chips.emulator.chip import WATCHDOG_S, EmulatedChip
 from provisioner.chips.emulator.jig import StationJig
+from provisioner.chips.emulator.timing import execution_ms
 
 
 class NoChip(Exception):
@@ -58,7 +59,8 @@ class EmulatedBus:
         if changed and self._path is not None:
             chip.save(self._path)
         self._response = response
-        delay = 0.0 if self.zero_delay else EXEC_MS.get(packet[1] if len(packet) > 1 else 0, 5)
+        opcode = packet[1] if len(packet) > 1 else 0
+        delay = 0.0 if self.zero_delay else execution_ms(opcode, chip.config[19])
         self._ready_at = time.monotonic() + delay / 1000.0
 
     def receive(self) -> bytes | None:

@@ -47,20 +47,6 @@ CRC_ERROR = 0xFF
 OP_READ, OP_WRITE, OP_NONCE, OP_LOCK, OP_RANDOM = 0x02, 0x12, 0x16, 0x17, 0x1B
 OP_UPDATE_EXTRA, OP_INFO, OP_GENKEY, OP_SIGN, OP_VERIFY = 0x20, 0x30, 0x40, 0x41, 0x45
 
-# Execution times in ms at clock divider M0 (cryptoauthlib's table for the 608).
-EXEC_MS: dict[int, float] = {
-    OP_READ: 5,
-    OP_WRITE: 45,
-    OP_NONCE: 20,
-    OP_LOCK: 35,
-    OP_RANDOM: 23,
-    OP_UPDATE_EXTRA: 10,
-    OP_INFO: 5,
-    OP_GENKEY: 115,
-    OP_SIGN: 115,
-    OP_VERIFY: 105,
-}
-
 SLOT_SIZES = (36,) * 8 + (416,) + (72,) * 7
 REV_608A = bytes.fromhex("00006002")
 LOCKED = 0x00
