@@ -6,10 +6,15 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from provisioner.ca.ceremony import CaInfo, init_ca
+from provisioner.ca.ceremony import CaInfo, init_ca, load_ca
+from provisioner.chips.connector import Connector
+from provisioner.db.engine import create_schema, make_engine
+from provisioner.issuance import IssuanceService
+from provisioner.ledger import DeviceLedger
 from provisioner.settings import Settings, load_settings
 
 
@@ -86,3 +91,24 @@ def ca_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 @pytest.fixture
 def ca(ca_settings: Settings) -> CaInfo:
     return init_ca(ca_settings)
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """One station line in-process: real chips (cryptoauthlib + emulator), a real SoftHSM
+    signer, a real database; what the workers hold, without Celery."""
+    monkeypatch.setenv("SOFTHSM2_CONF", "/nonexistent")
+    settings = Settings(var_dir=tmp_path / "var")
+    init_ca(settings)
+    engine = make_engine(settings.db_url)
+    create_schema(engine)
+    ca = load_ca(settings)
+    yield {
+        "settings": settings,
+        "engine": engine,
+        "signer": IssuanceService(engine, ca, settings.profile),
+        "ledger": DeviceLedger(engine, "station:line1", "line1"),
+        "connector": Connector(settings),
+        "jig": Connector(settings).jig("line1"),
+    }
+    ca.close()

@@ -3,8 +3,6 @@ a chip pulled mid-step leaves the device resumable; a re-fed chip is refused as 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,15 +11,10 @@ from sqlmodel import select
 
 from provisioner import batches, pipeline
 from provisioner.audit import chain
-from provisioner.ca.ceremony import init_ca, load_ca
-from provisioner.chips.connector import Connector
 from provisioner.chips.emulator.jig import StationJig
-from provisioner.db.engine import create_schema, make_engine, transaction
+from provisioner.db.engine import transaction
 from provisioner.db.models import AuditEvent, Certificate, Step
 from provisioner.errors import ChipAbsentError, PolicyViolationError
-from provisioner.issuance import IssuanceService
-from provisioner.ledger import DeviceLedger
-from provisioner.settings import Settings
 
 REGISTRY = "projects/p/locations/l/registries/r"
 
@@ -45,25 +38,6 @@ class PulledAfter:
             return out
 
         return pull
-
-
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
-    monkeypatch.setenv("SOFTHSM2_CONF", "/nonexistent")
-    settings = Settings(var_dir=tmp_path / "var")
-    init_ca(settings)
-    engine = make_engine(settings.db_url)
-    create_schema(engine)
-    ca = load_ca(settings)
-    yield {
-        "settings": settings,
-        "engine": engine,
-        "signer": IssuanceService(engine, ca, settings.profile),
-        "ledger": DeviceLedger(engine, "station:line1", "line1"),
-        "connector": Connector(settings),
-        "jig": Connector(settings).jig("line1"),
-    }
-    ca.close()
 
 
 def test_pulled_chip_resumes_with_same_key_and_one_certificate(env: dict[str, Any]) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from provisioner.chips.emulator.chip import WATCHDOG_S, EmulatedChip
+from provisioner.chips.emulator.chip import ECC_FAULT, WATCHDOG_S, EmulatedChip, status_packet
+from provisioner.chips.emulator.faults import FaultPlan
 from provisioner.chips.emulator.jig import StationJig
 from provisioner.chips.emulator.timing import execution_ms
 
@@ -30,6 +31,7 @@ class EmulatedBus:
         self._response: bytes | None = None
         self._ready_at = 0.0
         self._awake_since = 0.0
+        self._faults = FaultPlan()
 
     def _present(self) -> EmulatedChip:
         path = self.jig.chip_path(self.socket)
@@ -38,6 +40,7 @@ class EmulatedBus:
             raise NoChip(f"socket {self.socket} of {self.jig.station_id} is empty")
         if self._chip is None or path != self._path:
             self._chip, self._path = EmulatedChip.load(path), path
+            self._faults = FaultPlan.load(path)
         return self._chip
 
     def wake(self) -> None:
@@ -55,11 +58,26 @@ class EmulatedBus:
         chip = self._present()
         if time.monotonic() - self._awake_since > WATCHDOG_S:
             chip.sleep()  # the watchdog expired since wake: volatile state is gone
-        response, changed = chip.execute(packet)
+        opcode = packet[1] if len(packet) > 1 else 0
+        if self._faults.ecc_fault_on == opcode:
+            response, changed = status_packet(ECC_FAULT), False
+        else:
+            response, changed = chip.execute(packet)
         if changed and self._path is not None:
             chip.save(self._path)
+        if self._faults.remove_during == opcode and self._path is not None:
+            self._faults.fired_removal().save(self._path)
+            self.jig.remove(self.socket)  # pulled mid-command: no response will come
+            self._chip = None
+            return
+        if self._faults.crc_error_rate and self._path is not None:
+            self._faults, bit = self._faults.corrupt_bit(len(response))
+            self._faults.save(self._path)
+            if bit is not None:
+                flipped = bytearray(response)
+                flipped[bit // 8] ^= 1 << (bit % 8)
+                response = bytes(flipped)
         self._response = response
-        opcode = packet[1] if len(packet) > 1 else 0
         delay = 0.0 if self.zero_delay else execution_ms(opcode, chip.config[19])
         self._ready_at = time.monotonic() + delay / 1000.0
 
