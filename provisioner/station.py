@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 
 from provisioner.chips.connector import Connector
 from provisioner.chips.device import CryptoAuthChip
 from provisioner.db.models import Device
-from provisioner.errors import ChipAbsentError, ConfigError
+from provisioner.errors import ChipAbsentError, ChipError, ConfigError
 from provisioner.settings import Settings
 
 
@@ -52,3 +53,52 @@ def open_socket(
         yield chip
     finally:
         chip.close()
+
+
+@dataclass(frozen=True)
+class SocketReport:
+    """What ``station probe`` says about one socket."""
+
+    socket: int
+    locator: str
+    present: bool
+    serial: str | None = None
+    revision: str | None = None
+    config_locked: bool | None = None
+    data_locked: bool | None = None
+    key_valid: bool | None = None
+    error: str | None = None
+
+    def as_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def probe(settings: Settings, station_id: str) -> list[SocketReport]:
+    """Look at every socket of a station through the library, changing nothing.
+
+    Run it while the station's worker is stopped: on silicon the worker owns the bus."""
+    st = settings.station(station_id)
+    connector = Connector(settings)
+    reports = []
+    for socket in range(st.sockets):
+        loc = locator(settings, station_id, socket)
+        try:
+            with connector.open(loc) as chip:
+                ident = chip.identity()
+                config_locked = chip.config_locked()
+                report = SocketReport(
+                    socket,
+                    loc,
+                    True,
+                    ident.serial_hex,
+                    ident.revision.hex(),
+                    config_locked,
+                    chip.data_locked(),
+                    chip.key_valid(connector.profile.key_slot) if config_locked else False,
+                )
+        except ChipAbsentError:
+            report = SocketReport(socket, loc, False)
+        except ChipError as exc:
+            report = SocketReport(socket, loc, True, error=str(exc))
+        reports.append(report)
+    return reports

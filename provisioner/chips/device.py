@@ -109,6 +109,12 @@ class CryptoAuthChip:
         self._check(self._lib.atcab_info_ext(self._dev, rev), "info")
         return ChipIdentity(serial=bytes(serial), revision=bytes(rev))
 
+    def key_valid(self, slot: int) -> bool:
+        """Info(KeyValid): whether the ECC private key in ``slot`` is valid."""
+        out = buf(4)
+        self._check(self._lib.calib_info_base(self._dev, 0x01, slot, out), "Info KeyValid")
+        return bool(out[0] == 0x01)
+
     def read_config(self) -> bytes:
         cfg = buf(128)
         self._check(self._lib.atcab_read_config_zone_ext(self._dev, cfg), "read config")

@@ -35,6 +35,7 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "calib_lock_config_zone_crc": (c_int, [c_void_p, c_uint16]),
     "atcab_lock_data_zone_ext": (c_int, [c_void_p]),
     "calib_lock": (c_int, [c_void_p, c_uint8, c_uint16]),
+    "calib_info_base": (c_int, [c_void_p, c_uint8, c_uint16, _u8p]),
     "atcab_is_config_locked_ext": (c_int, [c_void_p, POINTER(c_bool)]),
     "atcab_is_data_locked_ext": (c_int, [c_void_p, POINTER(c_bool)]),
     "atcab_genkey_ext": (c_int, [c_void_p, c_uint16, _u8p]),

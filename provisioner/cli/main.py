@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from provisioner.cli import audit, batch, ca, services
+from provisioner.cli import audit, batch, ca, services, station
 from provisioner.cli.context import CliContext
 from provisioner.errors import ProvisionerError
 
@@ -44,6 +44,7 @@ app.add_typer(batch.app, name="batch")
 app.add_typer(ca.app, name="ca")
 app.add_typer(audit.app, name="audit")
 app.add_typer(services.app, name="services")
+app.add_typer(station.app, name="station")
 app.command("demo")(services.demo)
 
 
