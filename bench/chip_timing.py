@@ -1,0 +1,148 @@
+"""Chip time per device, and library + ctypes overhead per command.
+
+1. Provisioning sequence per device (configure + lock, GenKey, lock data, public key, a
+   proof-of-possession Sign, a 500-byte certificate written to slots 8-10 and slot-locked,
+   read back) with the emulator timed at clock divider M0: measured wall time versus the
+   sum of the library's execution-time table for the commands actually sent.
+2. The same commands with a zero-delay emulator: what the library, ctypes and the Python
+   emulator cost per command on this machine.
+
+Run: .venv/bin/python bench/chip_timing.py [--devices N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import statistics
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from provisioner.chips.device import CryptoAuthChip
+from provisioner.chips.emulator.bus import EmulatedBus
+from provisioner.chips.emulator.jig import StationJig
+from provisioner.chips.emulator.timing import execution_ms
+from provisioner.chips.kitbridge import KitBridge
+from provisioner.chips.library import cryptoauth, iface_cfg_class
+from provisioner.chips.profile import ChipProfile
+
+NAMES = {
+    0x02: "Read",
+    0x12: "Write",
+    0x16: "Nonce",
+    0x17: "Lock",
+    0x1B: "Random",
+    0x20: "UpdateExtra",
+    0x30: "Info",
+    0x40: "GenKey",
+    0x41: "Sign",
+    0x45: "Verify",
+}
+
+
+class CountingBus(EmulatedBus):
+    """Counts the opcodes that reach the chip (to sum the datasheet table for them)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.sent: Counter[int] = Counter()
+
+    def send(self, packet: bytes) -> None:
+        self.sent[packet[1]] += 1
+        super().send(packet)
+
+
+def open_chip(jig: StationJig, socket: int, zero_delay: bool) -> tuple[CryptoAuthChip, CountingBus]:
+    cryptoauth()
+    bus = CountingBus(jig, socket, zero_delay=zero_delay)
+    bridge = KitBridge(bus)
+    cfg = iface_cfg_class()()
+    cfg.iface_type, cfg.devtype = 5, 3
+    cfg.cfg.atcakit.dev_interface, cfg.cfg.atcakit.dev_identity = 1, 0xC0
+    cfg.wake_delay, cfg.rx_retries = 1500, 20
+    import ctypes
+
+    cryptoauth().hal_kit_attach_phy(ctypes.byref(cfg), ctypes.byref(bridge.phy))
+    return CryptoAuthChip(f"bench/{socket}", cfg, ChipProfile(), keepalive=bridge), bus
+
+
+def provision(chip: CryptoAuthChip) -> None:
+    chip.identity()
+    chip.ensure_configured()
+    chip.generate_key()
+    chip.lock_data_zone()
+    chip.public_key()
+    chip.sign_digest(hashlib.sha256(b"challenge").digest())
+    der = bytes(500)
+    chip.write_certificate(der)
+    assert chip.read_certificate() == der
+
+
+def per_device(jig: StationJig, zero_delay: bool, n: int) -> tuple[list[float], Counter[int]]:
+    times, sent = [], Counter[int]()
+    for _ in range(n):
+        jig.insert_blank(0)
+        chip, bus = open_chip(jig, 0, zero_delay)
+        t0 = time.perf_counter()
+        provision(chip)
+        times.append(time.perf_counter() - t0)
+        chip.close()
+        sent = bus.sent
+    return times, sent
+
+
+def per_command(jig: StationJig, n: int) -> dict[str, float]:
+    jig.insert_blank(1)
+    chip, _ = open_chip(jig, 1, zero_delay=True)
+    chip.ensure_configured()
+    chip.generate_key()
+    chip.lock_data_zone()
+    digest = hashlib.sha256(b"m").digest()
+    ops = {
+        "Info": chip.identity,  # Read serial (1 Read) + Info
+        "Random": chip.random,
+        "GenKey (public)": chip.public_key,
+        "Sign (Nonce + Sign)": lambda: chip.sign_digest(digest),
+        "Read 32 bytes": lambda: chip.read_zone(2, 8, 0, 32),
+    }
+    out = {}
+    for name, fn in ops.items():
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        out[name] = (time.perf_counter() - t0) / n * 1000
+    chip.close()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--devices", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=200)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        jig = StationJig(Path(d), "bench", 2)
+        m0, sent = per_device(jig, zero_delay=False, n=args.devices)
+        zero, _ = per_device(jig, zero_delay=True, n=args.devices)
+        table = sum(execution_ms(op) * k for op, k in sent.items())
+        measured = statistics.median(m0) * 1000
+        print(
+            f"commands per device: {sum(sent.values())} "
+            + ", ".join(f"{NAMES.get(op, hex(op))} {k}" for op, k in sorted(sent.items()))
+        )
+        print(f"table time per device at M0:        {table:8.1f} ms")
+        print(
+            f"measured per device at M0 (median): {measured:8.1f} ms  "
+            f"(ratio {measured / table:.2f}x the table)"
+        )
+        print(f"measured per device, zero delay:    {statistics.median(zero) * 1000:8.1f} ms")
+        print("per command at zero delay (library + ctypes + Python emulator):")
+        for name, ms in per_command(jig, args.repeat).items():
+            print(f"  {name:22s} {ms:7.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
