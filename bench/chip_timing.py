@@ -18,6 +18,7 @@ import statistics
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from provisioner.chips.device import CryptoAuthChip
@@ -100,7 +101,7 @@ def per_command(jig: StationJig, n: int) -> dict[str, float]:
     chip.generate_key()
     chip.lock_data_zone()
     digest = hashlib.sha256(b"m").digest()
-    ops = {
+    ops: dict[str, Callable[[], object]] = {
         "Info": chip.identity,  # Read serial (1 Read) + Info
         "Random": chip.random,
         "GenKey (public)": chip.public_key,
