@@ -1,4 +1,4 @@
-"""``python -m provisioner.registry``: run the built-in registry on the configured port."""
+"""``python -m provisioner.registry [--config FILE]``: run the built-in registry service."""
 
 from __future__ import annotations
 
@@ -6,38 +6,23 @@ import argparse
 import sys
 from pathlib import Path
 
-import uvicorn
-
-from provisioner.errors import ProvisionerError
-from provisioner.registry import store
-from provisioner.registry.app import create_app
-from provisioner.registry.tokens import ensure_upload_token, read_token, token_hash
-from provisioner.settings import load_settings
+from provisioner.registry.server import main
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="The built-in Cloud IoT v1-compatible registry.")
-    parser.add_argument("--config", type=Path, default=None, help="TOML config file")
-    args = parser.parse_args(argv)
-    try:
-        settings = load_settings(args.config)
-        ensure_upload_token(settings.registry_token_file)
-        hashes = {token_hash(read_token(settings.registry_token_file))}
-        engine = store.open_store(settings.registry_db_url)
-        r = settings.registry
-        store.ensure_registry(engine, r.project, r.location, r.registry)
-    except ProvisionerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    uvicorn.run(
-        create_app(engine, hashes),
-        host=r.listen_host,
-        port=r.listen_port,
-        log_level="warning",
-        access_log=False,
+def cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m provisioner.registry",
+        description="The built-in Cloud IoT v1-compatible device registry (HTTP).",
     )
-    return 0
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML config file (default: $PROVISIONER_CONFIG or ./provisioner.toml)",
+    )
+    args = parser.parse_args(argv)
+    return main(args.config)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -1,172 +1,238 @@
 """The built-in registry's HTTP API, in the Cloud IoT Core v1 REST shape.
 
-Paths, camelCase fields and google.rpc-style errors as Cloud IoT users know them. Requests
-carry ``Authorization: Bearer <token>``; the app knows only SHA-256 hashes of tokens.
-Walking-skeleton scope: create/get registries, create/get/list devices (issue 5 adds PATCH,
-deletes, field masks, registry CA credentials, roles).
+Same paths, camelCase proto3 JSON and google.rpc errors as Cloud IoT, so one upload client
+(and, later, the official clients) serve both this registry and a real one. Every request but
+``GET /healthz`` needs ``Authorization: Bearer <token>``; the app holds only SHA-256 hashes.
+
+Walking-skeleton scope: create/get registries; create/get/list devices. PATCH, DELETE,
+device filters, registry CA credentials and roles come later; requests that need them are
+refused explicitly rather than half-served.
+
+All state (the database engine) belongs to the app object :func:`create_app` returns.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from provisioner.registry import store
-from provisioner.registry.credentials import InvalidCredential, parse_credentials
-from provisioner.registry.tokens import token_matches
+from provisioner.errors import ConfigError
+from provisioner.registry import resources, store
+from provisioner.registry.auth import BearerAuth
+from provisioner.registry.status import ApiError, Code, error_response
 
-_ID = re.compile(r"^[a-zA-Z][a-zA-Z0-9\-_.+~%]{2,254}$")
-_STATUS = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
-    409: "ALREADY_EXISTS",
-}
+HEALTH_PATH = "/healthz"
+MAX_BODY_BYTES = 1024 * 1024  # 3 credentials and 256 KB of metadata fit many times over
+DEFAULT_PAGE_SIZE = 1000
+MAX_PAGE_SIZE = 10_000
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
-
-class ApiError(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+T = TypeVar("T")
 
 
-def _error(code: int, message: str) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"code": code, "message": message, "status": _STATUS.get(code, "UNKNOWN")}},
-        status_code=code,
+def create_app(db_url: str, token_sha256_hexes: set[str]) -> FastAPI:
+    """The registry service on the database at ``db_url`` (tables created if missing),
+    accepting bearer tokens whose SHA-256 hex digest is in ``token_sha256_hexes``."""
+    hashes = {h.lower() for h in token_sha256_hexes}
+    if not hashes or not all(_SHA256_HEX.fullmatch(h) for h in hashes):
+        raise ConfigError("the registry needs at least one upload token hash (64 hex digits)")
+    engine = store.open_store(db_url)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="provisioner built-in device registry (Cloud IoT v1 shape)",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
     )
+    app.state.engine = engine
+    app.add_middleware(BearerAuth, token_sha256_hexes=hashes, open_paths={HEALTH_PATH})
+    _install_error_handlers(app)
 
+    @app.get(HEALTH_PATH)
+    def healthz() -> JSONResponse:
+        """Ready means the database answers, not merely that the port is open."""
+        with engine.connect() as c:
+            c.execute(text("SELECT 1"))
+        return JSONResponse({"status": "ok"})
 
-def _int_enums(request: Request) -> bool:
-    return "enum-encoding=int" in request.url.query
-
-
-def _device_json(
-    project: str, location: str, registry: str, d: store.StoredDevice, int_enums: bool
-) -> dict[str, Any]:
-    return {
-        "id": d.device_id,
-        "name": f"projects/{project}/locations/{location}/registries/{registry}/devices/{d.num_id}",
-        "numId": str(d.num_id),
-        "credentials": [c.as_json(int_enums) for c in d.credentials],
-        "blocked": d.blocked,
-        "metadata": d.metadata,
-    }
-
-
-def create_app(engine: Engine, token_hashes: set[str]) -> FastAPI:
-    """The registry service over ``engine`` (see :func:`store.open_store`)."""
-    app = FastAPI(title="provisioner built-in device registry", docs_url=None, redoc_url=None)
-
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.code, exc.message)
-
-    @app.middleware("http")
-    async def _auth(request: Request, call_next: Any) -> Any:
-        if request.url.path == "/healthz":
-            return await call_next(request)
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token or not token_matches(token, token_hashes):
-            return _error(401, "Request had invalid authentication credentials.")
-        return await call_next(request)
-
-    @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    def registry_pk(p: str, loc: str, r: str) -> int:
-        pk = store.get_registry(engine, p, loc, r)
-        if pk is None:
-            raise ApiError(
-                404, f"The registry `projects/{p}/locations/{loc}/registries/{r}` does not exist."
-            )
-        return pk
-
-    @app.post("/v1/projects/{p}/locations/{loc}/registries")
-    async def create_registry(p: str, loc: str, request: Request) -> dict[str, Any]:
-        body = await _json(request)
-        rid = body.get("id")
-        if not isinstance(rid, str) or not _ID.match(rid):
-            raise ApiError(400, "The registry id is invalid.")
-        try:
-            store.create_registry(engine, p, loc, rid)
-        except store.AlreadyExists:
-            raise ApiError(409, f"The registry `{rid}` already exists.") from None
-        return {"id": rid, "name": f"projects/{p}/locations/{loc}/registries/{rid}"}
-
-    @app.get("/v1/projects/{p}/locations/{loc}/registries/{r}")
-    def get_registry(p: str, loc: str, r: str) -> dict[str, Any]:
-        registry_pk(p, loc, r)
-        return {"id": r, "name": f"projects/{p}/locations/{loc}/registries/{r}"}
-
-    @app.post("/v1/projects/{p}/locations/{loc}/registries/{r}/devices")
-    async def create_device(p: str, loc: str, r: str, request: Request) -> dict[str, Any]:
-        pk = registry_pk(p, loc, r)
-        body = await _json(request)
-        did = body.get("id")
-        if not isinstance(did, str) or not _ID.match(did):
-            raise ApiError(
-                400,
-                "The device id is invalid: it must start with a letter and "
-                "have 3 to 255 characters from [a-zA-Z0-9-_.+~%].",
-            )
-        try:
-            creds = parse_credentials(body.get("credentials"))
-        except InvalidCredential as exc:
-            raise ApiError(400, str(exc)) from None
-        meta = body.get("metadata") or {}
-        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-            raise ApiError(400, "metadata must map strings to strings.")
-        try:
-            dev = store.create_device(engine, pk, did, creds, bool(body.get("blocked")), meta)
-        except store.AlreadyExists:
-            raise ApiError(409, f"The device `{did}` already exists.") from None
-        return _device_json(p, loc, r, dev, _int_enums(request))
-
-    @app.get("/v1/projects/{p}/locations/{loc}/registries/{r}/devices/{d}")
-    def get_device(p: str, loc: str, r: str, d: str, request: Request) -> dict[str, Any]:
-        dev = store.get_device(engine, registry_pk(p, loc, r), d)
-        if dev is None:
-            raise ApiError(404, f"The device `{d}` does not exist.")
-        return _device_json(p, loc, r, dev, _int_enums(request))
-
-    @app.get("/v1/projects/{p}/locations/{loc}/registries/{r}/devices")
-    def list_devices(
-        p: str,
-        loc: str,
-        r: str,
-        request: Request,
-        pageSize: int = 1000,
-        pageToken: str = "",
-    ) -> dict[str, Any]:
-        pk = registry_pk(p, loc, r)
-        if not 1 <= pageSize <= 10000:
-            raise ApiError(400, "pageSize must be between 1 and 10000.")
-        offset = int(pageToken) if pageToken.isdigit() else 0
-        devs, more = store.list_devices(engine, pk, offset, pageSize)
-        out: dict[str, Any] = {
-            "devices": [_device_json(p, loc, r, d, _int_enums(request)) for d in devs]
-        }
-        if more:
-            out["nextPageToken"] = str(offset + pageSize)
-        return out
-
+    app.include_router(_registry_routes(engine))
     return app
 
 
-async def _json(request: Request) -> dict[str, Any]:
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every failure leaves as a google.rpc error body, whatever raised it."""
+
+    @app.exception_handler(ApiError)
+    async def _api(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.code, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = (
+            "The requested URL was not found on this server."
+            if exc.status_code == 404
+            else str(exc.detail)
+        )
+        return error_response(Code.from_http(exc.status_code), message, http_status=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return error_response(
+            Code.INVALID_ARGUMENT, f"Invalid value at '{where}': {first.get('msg', '')}."
+        )
+
+    @app.exception_handler(OperationalError)
+    async def _db(_: Request, __: OperationalError) -> JSONResponse:
+        return error_response(Code.UNAVAILABLE, "The registry database is unavailable; retry.")
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, __: Exception) -> JSONResponse:
+        return error_response(Code.INTERNAL, "Internal error encountered.")
+
+
+def _query(request: Request, camel: str, snake: str) -> str | None:
+    """A query parameter by its proto3 JSON name or its proto field name."""
+    return request.query_params.get(camel, request.query_params.get(snake))
+
+
+async def _body(request: Request) -> bytes:
+    """The request body, refused as soon as it outgrows any valid request (the server would
+    otherwise buffer whatever a caller sends)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ApiError(
+                Code.INVALID_ARGUMENT,
+                f"Request payload size exceeds the limit: {MAX_BODY_BYTES} bytes.",
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _page_size(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return DEFAULT_PAGE_SIZE
     try:
-        body = await request.json()
+        size = int(raw)
     except ValueError:
-        raise ApiError(400, "Invalid JSON payload received.") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "Invalid JSON payload received.")
-    return body
+        raise ApiError(
+            Code.INVALID_ARGUMENT, f"Invalid value for pageSize: {raw[:32]!r}."
+        ) from None
+    if size < 0:
+        raise ApiError(Code.INVALID_ARGUMENT, "pageSize must not be negative.")
+    return min(size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def _registry_routes(engine: Engine) -> APIRouter:
+    router = APIRouter(prefix="/v1/projects/{project}/locations/{location}/registries")
+
+    def registry_or_404(project: str, location: str, registry: str) -> store.StoredRegistry:
+        found = store.get_registry(engine, project, location, registry)
+        if found is None:
+            name = f"projects/{project}/locations/{location}/registries/{registry}"
+            raise ApiError(Code.NOT_FOUND, f"A registry with the name '{name}' doesn't exist.")
+        return found
+
+    async def in_thread(fn: Callable[[], T]) -> T:
+        # Database and key parsing block; keep them off the event loop.
+        return await run_in_threadpool(fn)
+
+    @router.post("")
+    async def create_registry(project: str, location: str, request: Request) -> JSONResponse:
+        body = resources.parse_body(
+            await _body(request), resources.DeviceRegistryIn, "device_registry"
+        )
+        registry_id = resources.check_id(body.id, "registry")
+        resources.check_parent(project, location)
+
+        def work() -> store.StoredRegistry:
+            try:
+                return store.create_registry(engine, project, location, registry_id)
+            except store.AlreadyExists:
+                raise ApiError(
+                    Code.ALREADY_EXISTS,
+                    f"Resource already exists in the project (resource={registry_id}).",
+                ) from None
+
+        return JSONResponse(resources.registry_json(await in_thread(work)))
+
+    @router.get("/{registry}")
+    def get_registry(project: str, location: str, registry: str) -> JSONResponse:
+        return JSONResponse(resources.registry_json(registry_or_404(project, location, registry)))
+
+    @router.post("/{registry}/devices")
+    async def create_device(
+        project: str, location: str, registry: str, request: Request
+    ) -> JSONResponse:
+        body = resources.parse_body(await _body(request), resources.DeviceIn, "device")
+        how = resources.Rendering.from_query(dict(request.query_params))
+
+        def work() -> dict[str, Any]:
+            reg = registry_or_404(project, location, registry)
+            new = resources.new_device(body)
+            try:
+                dev = store.create_device(engine, reg, new)
+            except store.AlreadyExists:
+                raise ApiError(
+                    Code.ALREADY_EXISTS,
+                    f"Resource already exists in the project (resource={new.device_id}).",
+                ) from None
+            return resources.device_json(reg, dev, how)
+
+        return JSONResponse(await in_thread(work))
+
+    @router.get("/{registry}/devices/{device}")
+    def get_device(
+        project: str, location: str, registry: str, device: str, request: Request
+    ) -> JSONResponse:
+        reg = registry_or_404(project, location, registry)
+        dev = store.get_device(engine, reg, device)
+        if dev is None:
+            raise ApiError(
+                Code.NOT_FOUND,
+                f"A device with the name '{reg.name}/devices/{device[:300]}' doesn't exist.",
+            )
+        how = resources.Rendering.from_query(dict(request.query_params))
+        return JSONResponse(resources.device_json(reg, dev, how))
+
+    @router.get("/{registry}/devices")
+    def list_devices(project: str, location: str, registry: str, request: Request) -> JSONResponse:
+        for camel, snake in (("deviceIds", "device_ids"), ("deviceNumIds", "device_num_ids")):
+            if _query(request, camel, snake) is not None:
+                raise ApiError(
+                    Code.UNIMPLEMENTED, f"Listing devices by {camel} is not supported yet."
+                )
+        size = _page_size(_query(request, "pageSize", "page_size"))
+        after = resources.decode_page_token(_query(request, "pageToken", "page_token"))
+        fields = resources.parse_field_mask(_query(request, "fieldMask", "field_mask"))
+        how = resources.Rendering.from_query(dict(request.query_params))
+        reg = registry_or_404(project, location, registry)
+        devices, more = store.list_devices(engine, reg, after, size)
+        out: dict[str, Any] = {
+            "devices": [resources.device_json(reg, d, how, fields) for d in devices]
+        }
+        if more and devices:
+            out["nextPageToken"] = resources.encode_page_token(devices[-1].device_id)
+        return JSONResponse(out)
+
+    return router

@@ -1,24 +1,36 @@
-"""Uploads to a Cloud IoT Core v1 REST endpoint (the built-in registry, or a compatible one).
+"""The upload client: :class:`provisioner.ports.RegistryBackend` over Cloud IoT v1 REST.
 
-Implements :class:`provisioner.ports.RegistryBackend`. Transient failures (connection
-errors, timeouts, 5xx, 429) raise RegistryUnavailableError so the caller retries later;
-409 raises DeviceAlreadyExists so the caller can compare instead of overwriting. Error
-messages name the URL, never the token.
+It speaks to the built-in registry and to any endpoint with Cloud IoT's paths, JSON and
+google.rpc errors. Failures are sorted by what the caller should do next:
+
+- connection errors, timeouts, 429 and 5xx -> RegistryUnavailableError: retry later;
+- 409 ALREADY_EXISTS -> DeviceAlreadyExists: read the device back and compare;
+- any other refusal -> RegistryError carrying the registry's own message: a person must act.
+
+Messages name the registry URL and the device, never the token (it lives only in the
+``Authorization`` header of the reused ``httpx.Client``).
 """
 
 from __future__ import annotations
 
+from types import TracebackType
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import httpx
 
-from provisioner.errors import RegistryError, RegistryUnavailableError
+from provisioner.errors import ConfigError, RegistryError, RegistryUnavailableError
 from provisioner.ports import DeviceAlreadyExists, RegistryDevice
 from provisioner.registry.tokens import read_token
 from provisioner.settings import Settings
 
+UPLOAD_FORMAT = "ES256_X509_PEM"  # ATECC608 keys are P-256; the credential is the certificate
+
 
 class CloudIotRegistry:
+    """One registry (``projects/{project}/locations/{location}/registries/{registry}``) at
+    ``base_url``. Holds one HTTP connection pool: reuse the object, then :meth:`close` it."""
+
     def __init__(
         self,
         base_url: str,
@@ -28,85 +40,129 @@ class CloudIotRegistry:
         token: str,
         timeout_s: float = 10.0,
     ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(
+                f"registry.url {base_url!r} must be an http:// or https:// URL with a host"
+            )
         self.base_url = base_url.rstrip("/")
-        self.parent = f"projects/{project}/locations/{location}/registries/{registry}"
+        self.timeout_s = timeout_s
+        self.parent = "/".join(
+            f"{kind}/{quote(value, safe='')}"
+            for kind, value in (
+                ("projects", project),
+                ("locations", location),
+                ("registries", registry),
+            )
+        )
         self._http = httpx.Client(
             base_url=self.base_url,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=timeout_s,
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+            timeout=httpx.Timeout(timeout_s),
         )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CloudIotRegistry:
+        """The configured registry, authenticated with the token in ``registry.token_file``
+        (ConfigError, saying how to create it, when that file is missing)."""
         r = settings.registry
-        return cls(
-            r.url,
-            r.project,
-            r.location,
-            r.registry,
-            read_token(settings.registry_token_file),
-            r.timeout_s,
-        )
+        token = read_token(settings.registry_token_file)
+        return cls(r.url, r.project, r.location, r.registry, token, r.timeout_s)
+
+    # --- RegistryBackend --------------------------------------------------------------------
+
+    def create_device(self, device_id: str, certificate_pem: str) -> RegistryDevice:
+        """Create ``device_id`` with the certificate as its only credential."""
+        body = {
+            "id": device_id,
+            "credentials": [{"publicKey": {"format": UPLOAD_FORMAT, "key": certificate_pem}}],
+        }
+        resp = self._send("POST", "/devices", body)
+        if resp.status_code == 409:
+            raise DeviceAlreadyExists(device_id)
+        if resp.status_code != 200:
+            raise self._refused(f"create device {device_id}", resp)
+        return self._device(resp)
+
+    def get_device(self, device_id: str) -> RegistryDevice | None:
+        """The device by id (or numId); None when the registry has no such device."""
+        resp = self._send("GET", f"/devices/{quote(device_id, safe='')}")
+        if resp.status_code == 404:
+            return None
+        if resp.status_code != 200:
+            raise self._refused(f"read device {device_id}", resp)
+        return self._device(resp)
+
+    # --- lifecycle --------------------------------------------------------------------------
 
     def close(self) -> None:
         self._http.close()
 
+    def __enter__(self) -> CloudIotRegistry:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
     def __repr__(self) -> str:
         return f"CloudIotRegistry({self.base_url}/v1/{self.parent})"
 
-    def _call(self, method: str, path: str, json: Any = None) -> httpx.Response:
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def _send(self, method: str, path: str, json: Any = None) -> httpx.Response:
         url = f"/v1/{self.parent}{path}"
+        where = f"registry {self.base_url}"
         try:
             resp = self._http.request(method, url, json=json)
         except httpx.TimeoutException:
-            raise RegistryUnavailableError(f"registry {self.base_url} timed out") from None
+            raise RegistryUnavailableError(
+                f"{where} did not answer within {self.timeout_s:g} s; the upload will be "
+                "retried (raise registry.timeout_s if it is merely slow)"
+            ) from None
         except httpx.TransportError as exc:
             raise RegistryUnavailableError(
-                f"registry {self.base_url} is unreachable ({type(exc).__name__})"
+                f"{where} is unreachable ({type(exc).__name__}); the upload will be retried: "
+                "is the registry running?"
             ) from None
         if resp.status_code == 429 or resp.status_code >= 500:
             raise RegistryUnavailableError(
-                f"registry {self.base_url} answered {resp.status_code} {_message(resp)}"
+                f"{where} answered {_describe(resp)}; the upload will be retried"
             )
         return resp
 
-    def create_device(self, device_id: str, certificate_pem: str) -> RegistryDevice:
-        body = {
-            "id": device_id,
-            "credentials": [{"publicKey": {"format": "ES256_X509_PEM", "key": certificate_pem}}],
-        }
-        resp = self._call("POST", "/devices", body)
-        if resp.status_code == 409:
-            raise DeviceAlreadyExists(device_id)
-        if resp.status_code != 200:
-            raise RegistryError(
-                f"registry refused device {device_id}: {resp.status_code} {_message(resp)}"
+    def _refused(self, what: str, resp: httpx.Response) -> RegistryError:
+        hint = ""
+        if resp.status_code in (401, 403):
+            hint = ": check that registry.token_file holds this registry's upload token"
+        return RegistryError(f"registry {self.base_url} refused to {what}: {_describe(resp)}{hint}")
+
+    def _device(self, resp: httpx.Response) -> RegistryDevice:
+        try:
+            data = resp.json()
+            return RegistryDevice(
+                device_id=str(data["id"]),
+                num_id=str(data["numId"]),
+                certificate_pems=tuple(
+                    str(c["publicKey"]["key"]) for c in data.get("credentials") or []
+                ),
             )
-        return _device(resp.json())
-
-    def get_device(self, device_id: str) -> RegistryDevice | None:
-        resp = self._call("GET", f"/devices/{device_id}")
-        if resp.status_code == 404:
-            return None
-        if resp.status_code != 200:
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise RegistryError(
-                f"registry refused to read {device_id}: {resp.status_code} {_message(resp)}"
-            )
-        return _device(resp.json())
+                f"registry {self.base_url} answered {resp.request.method} "
+                f"{resp.request.url.path} with a body that is not a Cloud IoT Device"
+            ) from None
 
 
-def _message(resp: httpx.Response) -> str:
+def _describe(resp: httpx.Response) -> str:
+    """``409 ALREADY_EXISTS: <message>`` from a google.rpc body, or the bare status line."""
+    status = f"{resp.status_code} {resp.reason_phrase}".strip()
     try:
-        err = resp.json().get("error", {})
-        return f"{err.get('status', '')}: {err.get('message', '')}".strip(": ")
-    except ValueError:
-        return resp.reason_phrase
-
-
-def _device(d: dict[str, Any]) -> RegistryDevice:
-    pems = tuple(
-        c["publicKey"]["key"]
-        for c in d.get("credentials", [])
-        if isinstance(c, dict) and isinstance(c.get("publicKey"), dict)
-    )
-    return RegistryDevice(device_id=d["id"], num_id=str(d.get("numId", "")), certificate_pems=pems)
+        err = resp.json()["error"]
+        return f"{resp.status_code} {err.get('status') or resp.reason_phrase}: {err['message']}"
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return status

@@ -1,176 +1,264 @@
-"""The built-in registry's own database (never the product's): registries and devices."""
+"""The built-in registry's own database: registries and their devices.
+
+It is deliberately not the product's database. The registry stands in for a cloud service,
+so it must know nothing the cloud would not, and the product must not be able to "fix" the
+registry by writing to it. Its tables therefore live on their own SQLModel ``registry`` (own
+metadata, ``registry_`` prefix): ``provisioner.db`` creating its schema never creates these,
+and :func:`open_store` never creates the product's.
+
+Callers get frozen values (:class:`StoredRegistry`, :class:`StoredDevice`), never ORM rows,
+so no session outlives a request.
+"""
 
 from __future__ import annotations
 
-import json
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Column,
-    ForeignKey,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    UniqueConstraint,
-    select,
-)
+from sqlalchemy import JSON, BigInteger, Column, DateTime, UniqueConstraint
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import registry as orm_registry
+from sqlmodel import Field, Session, SQLModel, col, select
 
 from provisioner.db.engine import make_engine
-from provisioner.registry.credentials import Credential
+from provisioner.errors import ServiceUnavailableError
+from provisioner.registry.credentials import Credential, PublicKeyFormat
 
-metadata = MetaData()
+# Cloud IoT numIds are server-assigned, unique across registries, and opaque to clients;
+# drawing them at random (rather than counting) reveals nothing about fleet size.
+NUM_ID_MIN = 10**15
+NUM_ID_MAX = 2**63 - 1  # PostgreSQL BIGINT
+_NUM_ID_ATTEMPTS = 5
 
-registries = Table(
-    "registry_registries",
-    metadata,
-    Column("pk", Integer, primary_key=True),
-    Column("project", String(64), nullable=False),
-    Column("location", String(64), nullable=False),
-    Column("registry_id", String(64), nullable=False),
-    Column("created", String(40), nullable=False),
-    UniqueConstraint("project", "location", "registry_id"),
-)
 
-devices = Table(
-    "registry_devices",
-    metadata,
-    Column("num_id", BigInteger, primary_key=True, autoincrement=False),
-    Column("registry_pk", Integer, ForeignKey("registry_registries.pk"), nullable=False),
-    Column("device_id", String(256), nullable=False),
-    Column("credentials", Text, nullable=False),
-    Column("blocked", Boolean, nullable=False, default=False),
-    Column("metadata", Text, nullable=False, default="{}"),
-    Column("created", String(40), nullable=False),
-    UniqueConstraint("registry_pk", "device_id"),
-)
+class RegistryTable(SQLModel, registry=orm_registry()):
+    """Base of the registry's tables: a metadata of their own (see the module docstring)."""
+
+
+class RegistryRow(RegistryTable, table=True):
+    __tablename__ = "registry_registries"
+    __table_args__ = (UniqueConstraint("project", "location", "registry_id"),)
+
+    pk: int | None = Field(default=None, primary_key=True)
+    project: str = Field(max_length=255)
+    location: str = Field(max_length=255)
+    registry_id: str = Field(max_length=255)
+    # Registry CA certificates (Cloud IoT's DeviceRegistry.credentials); always empty until
+    # the registry CA rule arrives, present now so that needs no schema migration.
+    credentials: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    created: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class DeviceRow(RegistryTable, table=True):
+    __tablename__ = "registry_devices"
+    __table_args__ = (UniqueConstraint("registry_pk", "device_id"),)
+
+    num_id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    registry_pk: int = Field(foreign_key="registry_registries.pk", index=True)
+    device_id: str = Field(max_length=255)
+    credentials: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
+    blocked: bool = False
+    # ``metadata`` is SQLAlchemy's own attribute on table classes, hence ``meta``.
+    meta: dict[str, str] = Field(sa_column=Column("metadata", JSON, nullable=False))
+    created: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 
 
 class AlreadyExists(Exception):
-    pass
+    """The id is taken in its parent (a registry in its location, a device in its registry)."""
+
+
+@dataclass(frozen=True)
+class StoredRegistry:
+    pk: int
+    project: str
+    location: str
+    registry_id: str
+    created: datetime
+
+    @property
+    def name(self) -> str:
+        return f"projects/{self.project}/locations/{self.location}/registries/{self.registry_id}"
+
+
+@dataclass(frozen=True)
+class NewDevice:
+    """A validated create request (see ``resources.new_device``)."""
+
+    device_id: str
+    credentials: tuple[Credential, ...]
+    blocked: bool
+    metadata: dict[str, str]
 
 
 @dataclass(frozen=True)
 class StoredDevice:
     num_id: int
     device_id: str
-    credentials: list[Credential]
+    credentials: tuple[Credential, ...]
     blocked: bool
     metadata: dict[str, str]
+    created: datetime
 
 
 def open_store(url: str) -> Engine:
+    """An engine on the registry database, with its tables created if missing."""
     engine = make_engine(url)
-    metadata.create_all(engine)
+    try:
+        RegistryTable.metadata.create_all(engine)
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        where = engine.url.render_as_string(hide_password=True)
+        raise ServiceUnavailableError(
+            f"cannot open the registry database {where}: {type(exc).__name__}; check "
+            "registry.database_url"
+        ) from None
     return engine
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
-def ensure_registry(engine: Engine, project: str, location: str, registry_id: str) -> int:
-    """The registry's primary key, creating it if absent."""
-    pk = get_registry(engine, project, location, registry_id)
-    if pk is not None:
-        return pk
+def _utc(when: datetime) -> datetime:
+    # SQLite hands back naive datetimes; every stored time is UTC.
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _registry(row: RegistryRow) -> StoredRegistry:
+    assert row.pk is not None
+    return StoredRegistry(row.pk, row.project, row.location, row.registry_id, _utc(row.created))
+
+
+def _credentials_json(creds: tuple[Credential, ...]) -> list[dict[str, Any]]:
+    return [
+        {"format": c.format.name, "key": c.key, "expirationTime": c.expiration_time} for c in creds
+    ]
+
+
+def _device(row: DeviceRow) -> StoredDevice:
+    return StoredDevice(
+        num_id=int(row.num_id),
+        device_id=row.device_id,
+        credentials=tuple(
+            Credential(PublicKeyFormat[c["format"]], c["key"], c["expirationTime"])
+            for c in row.credentials
+        ),
+        blocked=bool(row.blocked),
+        metadata=dict(row.meta),
+        created=_utc(row.created),
+    )
+
+
+# --- registries ------------------------------------------------------------------------------
+
+
+def get_registry(
+    engine: Engine, project: str, location: str, registry_id: str
+) -> StoredRegistry | None:
+    with Session(engine) as s:
+        row = s.exec(
+            select(RegistryRow).where(
+                RegistryRow.project == project,
+                RegistryRow.location == location,
+                RegistryRow.registry_id == registry_id,
+            )
+        ).first()
+        return None if row is None else _registry(row)
+
+
+def create_registry(
+    engine: Engine, project: str, location: str, registry_id: str
+) -> StoredRegistry:
+    """Raises AlreadyExists when the id is taken in ``projects/{project}/locations/{location}``."""
+    row = RegistryRow(project=project, location=location, registry_id=registry_id, created=_now())
+    try:
+        with Session(engine) as s:
+            s.add(row)
+            s.commit()
+            s.refresh(row)
+            return _registry(row)
+    except IntegrityError:
+        raise AlreadyExists(registry_id) from None
+
+
+def ensure_registry(
+    engine: Engine, project: str, location: str, registry_id: str
+) -> StoredRegistry:
+    """The registry, created if absent: called once at service start for the configured one,
+    never implicitly by a request (a typo in a client's path must be a 404, not a new
+    registry)."""
+    found = get_registry(engine, project, location, registry_id)
+    if found is not None:
+        return found
     try:
         return create_registry(engine, project, location, registry_id)
-    except AlreadyExists:
+    except AlreadyExists:  # another process created it between our read and insert
         again = get_registry(engine, project, location, registry_id)
         assert again is not None
         return again
 
 
-def get_registry(engine: Engine, project: str, location: str, registry_id: str) -> int | None:
-    with engine.connect() as c:
-        row = c.execute(
-            select(registries.c.pk).where(
-                registries.c.project == project,
-                registries.c.location == location,
-                registries.c.registry_id == registry_id,
-            )
-        ).first()
-    return None if row is None else int(row[0])
+# --- devices ---------------------------------------------------------------------------------
 
 
-def create_registry(engine: Engine, project: str, location: str, registry_id: str) -> int:
-    try:
-        with engine.begin() as c:
-            res = c.execute(
-                registries.insert().values(
-                    project=project, location=location, registry_id=registry_id, created=_now()
-                )
-            )
-            return int(res.inserted_primary_key[0])  # type: ignore[index]
-    except IntegrityError:
-        raise AlreadyExists(registry_id) from None
+def _new_num_id() -> int:
+    return NUM_ID_MIN + secrets.randbelow(NUM_ID_MAX - NUM_ID_MIN)
 
 
-def create_device(
-    engine: Engine,
-    registry_pk: int,
-    device_id: str,
-    creds: list[Credential],
-    blocked: bool,
-    meta: dict[str, str],
-) -> StoredDevice:
-    num_id = secrets.randbelow(2**62) + 2**52  # server-assigned, like Cloud IoT's numId
-    try:
-        with engine.begin() as c:
-            c.execute(
-                devices.insert().values(
-                    num_id=num_id,
-                    registry_pk=registry_pk,
-                    device_id=device_id,
-                    credentials=json.dumps([cr.__dict__ for cr in creds]),
-                    blocked=blocked,
-                    metadata=json.dumps(meta),
-                    created=_now(),
-                )
-            )
-    except IntegrityError:
-        raise AlreadyExists(device_id) from None
-    return StoredDevice(num_id, device_id, creds, blocked, meta)
+def create_device(engine: Engine, reg: StoredRegistry, new: NewDevice) -> StoredDevice:
+    """Store a device under a fresh numId. Raises AlreadyExists when the id is taken."""
+    for _ in range(_NUM_ID_ATTEMPTS):
+        row = DeviceRow(
+            num_id=_new_num_id(),
+            registry_pk=reg.pk,
+            device_id=new.device_id,
+            credentials=_credentials_json(new.credentials),
+            blocked=new.blocked,
+            meta=dict(new.metadata),
+            created=_now(),
+        )
+        stored = _device(row)
+        try:
+            with Session(engine) as s:
+                s.add(row)
+                s.commit()
+            return stored
+        except IntegrityError:
+            # Either the device id is taken, or (rarely) the random numId: only the first
+            # is the caller's problem.
+            if get_device(engine, reg, new.device_id) is not None:
+                raise AlreadyExists(new.device_id) from None
+    raise RuntimeError(f"no free numId after {_NUM_ID_ATTEMPTS} attempts")
 
 
-def _device(row: Any) -> StoredDevice:
-    return StoredDevice(
-        num_id=int(row.num_id),
-        device_id=row.device_id,
-        credentials=[Credential(**c) for c in json.loads(row.credentials)],
-        blocked=bool(row.blocked),
-        metadata=json.loads(row.metadata),
-    )
-
-
-def get_device(engine: Engine, registry_pk: int, ident: str) -> StoredDevice | None:
-    """By device id, or by numId (all digits), as the real API accepts both."""
-    cond = devices.c.device_id == ident
+def get_device(engine: Engine, reg: StoredRegistry, ident: str) -> StoredDevice | None:
+    """By device id or by numId, as Cloud IoT accepts both. A device id starts with a letter,
+    so an all-digit ``ident`` can only be a numId."""
     if ident.isdigit():
-        cond = devices.c.num_id == int(ident)
-    with engine.connect() as c:
-        row = c.execute(select(devices).where(devices.c.registry_pk == registry_pk, cond)).first()
-    return None if row is None else _device(row)
+        cond = DeviceRow.num_id == int(ident) if int(ident) <= NUM_ID_MAX else None
+    else:
+        cond = DeviceRow.device_id == ident
+    if cond is None:
+        return None
+    with Session(engine) as s:
+        row = s.exec(select(DeviceRow).where(DeviceRow.registry_pk == reg.pk, cond)).first()
+        return None if row is None else _device(row)
 
 
 def list_devices(
-    engine: Engine, registry_pk: int, offset: int, limit: int
+    engine: Engine, reg: StoredRegistry, after: str | None, limit: int
 ) -> tuple[list[StoredDevice], bool]:
-    with engine.connect() as c:
-        rows = c.execute(
-            select(devices)
-            .where(devices.c.registry_pk == registry_pk)
-            .order_by(devices.c.device_id)
-            .offset(offset)
-            .limit(limit + 1)
-        ).all()
-    return [_device(r) for r in rows[:limit]], len(rows) > limit
+    """Up to ``limit`` devices in id order, starting after device id ``after``; and whether
+    more follow."""
+    query = select(DeviceRow).where(DeviceRow.registry_pk == reg.pk)
+    if after is not None:
+        query = query.where(col(DeviceRow.device_id) > after)
+    query = query.order_by(col(DeviceRow.device_id)).limit(limit + 1)
+    with Session(engine) as s:
+        rows = s.exec(query).all()
+        return [_device(r) for r in rows[:limit]], len(rows) > limit

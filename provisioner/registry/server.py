@@ -1,0 +1,102 @@
+"""Running the built-in registry as a process: settings in, a listening HTTP service out.
+
+Start-up does, in order, everything that can fail with a useful message (settings, token
+file, database, the configured registry, the listening socket) before uvicorn takes over, so
+a supervisor waiting on ``/healthz`` sees either a ready service or a one-line error and a
+non-zero exit. uvicorn logs at warning level with the access log off: request lines carry
+device ids and query strings, and nothing this service prints may ever contain a token.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sys
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+
+from provisioner.errors import ProvisionerError, ServiceUnavailableError
+from provisioner.registry import store
+from provisioner.registry.app import create_app
+from provisioner.registry.tokens import ensure_upload_token, read_token, token_hash
+from provisioner.settings import Settings, load_settings
+
+
+def prepare(settings: Settings) -> uvicorn.Server:
+    """Ensure the token file, the database and the configured registry; build the server."""
+    ensure_upload_token(settings.registry_token_file)
+    hashes = {token_hash(read_token(settings.registry_token_file))}
+    reg = settings.registry
+    engine = store.open_store(settings.registry_db_url)
+    try:
+        store.ensure_registry(engine, reg.project, reg.location, reg.registry)
+    finally:
+        engine.dispose()
+    app = create_app(settings.registry_db_url, hashes)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
+    return uvicorn.Server(config)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so "port in use" is a clear error, not a traceback."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ServiceUnavailableError(
+            f"the registry cannot listen on {host}:{port} ({exc.strerror}): is another "
+            "registry already running? Stop it or set registry.listen_port"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _exit_cleanly(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+def serve(settings: Settings) -> int:
+    """Run until SIGTERM or SIGINT; then finish in-flight requests and return 0.
+
+    uvicorn turns both signals into a graceful shutdown and afterwards re-raises them
+    under the handlers that were installed before it started; installing ours first makes
+    that re-raise an ordinary exit 0 instead of a death by signal or a KeyboardInterrupt.
+    """
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_cleanly)
+    try:
+        server = prepare(settings)
+        sock = bind(settings.registry.listen_host, settings.registry.listen_port)
+    except ProvisionerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    try:
+        server.run(sockets=[sock])
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise
+    finally:
+        sock.close()
+    return 0 if server.started else 1
+
+
+def main(config: Path | None = None) -> int:
+    """``python -m provisioner.registry [--config FILE]``."""
+    try:
+        settings = load_settings(config)
+    except ProvisionerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return serve(settings)
