@@ -130,30 +130,37 @@ class Supervisor:
             for s in station_ids
         ]
         for name, queue, concurrency in specs:
-            self.spawn(
-                name,
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "workers",
-                    "worker",
-                    "-Q",
-                    queue,
-                    "-n",
-                    f"{name}@%h",
-                    "-c",
-                    str(concurrency),
-                    "--loglevel",
-                    "INFO",
-                    "--without-gossip",
-                    "--without-mingle",
-                ],
-            )
-        self._wait_workers([q for _, q, _ in specs])
+            self.start_worker(name, queue, concurrency, wait=False)
+        self.wait_workers([q for _, q, _ in specs])
 
-    def _wait_workers(self, queues: list[str], timeout: float = 60.0) -> None:
+    def start_worker(self, name: str, queue: str, concurrency: int, *, wait: bool = True) -> None:
+        """One ``celery -A workers worker`` consuming ``queue`` (one child per socket for a
+        station queue)."""
+        self.spawn(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers",
+                "worker",
+                "-Q",
+                queue,
+                "-n",
+                f"{name}@%h",
+                "-c",
+                str(concurrency),
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+        )
+        if wait:
+            self.wait_workers([queue])
+
+    def wait_workers(self, queues: list[str], timeout: float = 60.0) -> None:
         from workers.celery_app import make_celery
 
         app = make_celery(self.settings)

@@ -40,7 +40,9 @@ class Station:
         return env
 
 
-def make_station(root: Path, sockets: int = 4, database_url: str | None = None) -> Station:
+def make_station(
+    root: Path, sockets: int = 4, database_url: str | None = None, extra: str = ""
+) -> Station:
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cfg = root / "provisioner.toml"
@@ -48,7 +50,7 @@ def make_station(root: Path, sockets: int = 4, database_url: str | None = None) 
         f'var_dir = "{root / "var"}"\n'
         + (f'database_url = "{database_url}"\n' if database_url else "")
         + f'[registry]\nurl = "http://127.0.0.1:{port}"\nlisten_port = {port}\n'
-        f"[stations.line1]\nsockets = {sockets}\n"
+        f"[stations.line1]\nsockets = {sockets}\n" + extra
     )
     return Station(root=root, config=cfg, settings=load_settings(cfg))
 

@@ -11,9 +11,18 @@ import logging
 from typing import Any
 
 from celery import Celery, Task
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 
 from provisioner import pipeline
-from provisioner.errors import ProvisionerError, RegistryUnavailableError
+from provisioner.errors import (
+    CaNotInitialisedError,
+    HsmError,
+    NotFoundError,
+    PolicyViolationError,
+    ProvisionerError,
+    RegistryUnavailableError,
+    ServiceUnavailableError,
+)
 from provisioner.ledger import DeviceLedger
 from provisioner.ports import IssuedCertificate, SigningRequest
 from workers import runtime
@@ -39,15 +48,32 @@ class RemoteSigner:
         self.timeout_s = timeout_s
 
     def sign(self, request: SigningRequest) -> IssuedCertificate:
-        res = self.app.send_task(SIGN_TASK, args=[request_to_json(request)], queue=HSM_QUEUE)
-        out = res.get(timeout=self.timeout_s, disable_sync_subtasks=False)
+        res = self.app.send_task(
+            SIGN_TASK, args=[request_to_json(request)], queue=HSM_QUEUE, expires=self.timeout_s
+        )
+        try:
+            out = res.get(timeout=self.timeout_s, disable_sync_subtasks=False)
+        except CeleryTimeoutError:
+            res.revoke()
+            raise ServiceUnavailableError(
+                f"the signer did not answer within {self.timeout_s:.0f}s: is the hsm worker "
+                "running (`provisioner services run`)?"
+            ) from None
         if "error" in out:
-            raise ProvisionerError(out["error"])
+            kind = _REMOTE_ERRORS.get(out.get("kind", ""), ProvisionerError)
+            raise kind(out["error"])
         return IssuedCertificate(
             der=bytes.fromhex(out["der"]),
             serial_number=int(out["serial_number"], 16),
             fingerprint_sha256=out["fingerprint_sha256"],
         )
+
+
+# Errors the signer may report, rebuilt with their type on the station's side.
+_REMOTE_ERRORS: dict[str, type[ProvisionerError]] = {
+    cls.__name__: cls
+    for cls in (PolicyViolationError, HsmError, CaNotInitialisedError, NotFoundError)
+}
 
 
 def request_to_json(r: SigningRequest) -> dict[str, Any]:
@@ -107,7 +133,7 @@ def register(app: Celery) -> None:
         try:
             cert = rt.signer.sign(request_from_json(request))
         except ProvisionerError as exc:
-            return {"error": str(exc)}
+            return {"error": str(exc), "kind": type(exc).__name__}
         return {
             "der": cert.der.hex(),
             "serial_number": format(cert.serial_number, "x"),
