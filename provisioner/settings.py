@@ -215,7 +215,10 @@ def _find_config(explicit: Path | None, env: Mapping[str, str]) -> Path | None:
 
 def load_settings(config: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Build settings from ``config`` (or ``$PROVISIONER_CONFIG`` or ``./provisioner.toml``)
-    and the environment. Raises ConfigError with the offending field on invalid input."""
+    and the environment. Raises ConfigError with the offending field on invalid input.
+
+    ``env`` only decides which config file is found (``PROVISIONER_CONFIG``); the
+    ``PROVISIONER_*`` overrides themselves are always read from the process environment."""
     env = os.environ if env is None else env
     path = _find_config(config, env)
     data: dict[str, Any] = {}
