@@ -3,6 +3,8 @@ process per socket (what the station worker does: one Celery pool child per sock
 
 Each socket provisions the same sequence as bench/chip_timing.py with the emulator at M0
 timings; the figure is devices per second for the whole jig, and the ratio to one socket.
+Each socket's worker opens its own session on the SoftHSM CA (as the station's signer
+calls would); the few milliseconds of signing per device are included.
 
 Run: .venv/bin/python bench/chip_parallel.py [--sockets 4] [--devices 2]
 """
@@ -17,20 +19,26 @@ import time
 from pathlib import Path
 
 from bench.chip_timing import open_chip, provision
+from provisioner.ca.ceremony import init_ca, load_ca
 from provisioner.chips.emulator.jig import StationJig
+from provisioner.settings import Settings
 
 
 def work(root: str, socket: int, devices: int, sockets: int) -> None:
-    jig = StationJig(Path(root), "par", sockets)
+    settings = Settings(var_dir=Path(root))
+    ca = load_ca(settings)
+    jig = StationJig(settings.chips_dir, "par", sockets)
     for _ in range(devices):
         jig.insert_blank(socket)
-        chip, _ = open_chip(jig, socket, zero_delay=False)
-        provision(chip)
+        chip, _ = open_chip(jig, socket, zero_delay=False, settings=settings)
+        provision(chip, ca, settings)
         chip.close()
+    ca.close()
 
 
 def run(mode: str, sockets: int, devices: int) -> float:
     with tempfile.TemporaryDirectory() as d:
+        init_ca(Settings(var_dir=Path(d)))
         t0 = time.perf_counter()
         if mode == "threads":
             ts = [

@@ -14,12 +14,21 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from provisioner.chips.profile import ChipProfile
 from provisioner.errors import ConfigError
 
 CONFIG_ENV = "PROVISIONER_CONFIG"
@@ -46,21 +55,53 @@ class HsmSettings(_Section):
 
 
 class ProfileSettings(_Section):
-    """The device certificate profile (issue 4 moves this to validated TOML profiles)."""
+    """The device certificate profile (issue 4 moves this to validated TOML profiles).
 
-    organization: str = "Example Devices Ltd"
-    organizational_unit: str | None = None
-    validity_years: int = Field(default=15, ge=1, le=31)
+    Every profile must survive Microchip's compressed format byte for byte, so what it
+    cannot encode is refused here, when the settings load, never at a chip: certificates
+    start on the hour and last ``validity_years`` whole years, or for ever
+    (``validity_years = 0``: notAfter 9999-12-31 23:59:59, as RFC 5280 allows for devices).
+    An expiry in 2050 or later is GeneralizedTime where earlier ones are UTCTime; one
+    compressed template cannot hold both, so such a validity must be "for ever"."""
+
+    organization: str = Field(default="Example Devices Ltd", min_length=1, max_length=64)
+    organizational_unit: str | None = Field(default=None, min_length=1, max_length=64)
+    validity_years: int = Field(default=15, ge=0, le=31)
     ca_common_name: str = "Factory Intermediate CA"
     root_common_name: str = "Factory Root CA"
 
+    @field_validator("validity_years")
+    @classmethod
+    def _compressible_expiry(cls, years: int) -> int:
+        last_issue_year = datetime.now(UTC).year + 1  # a profile outlives the day it loads
+        if years and last_issue_year + years >= 2050:
+            raise ValueError(
+                f"{years} years from now reaches 2050, where notAfter becomes GeneralizedTime "
+                "and no longer fits the compressed certificate template: use at most "
+                f"{2049 - last_issue_year} years, or 0 (no expiry, 9999-12-31)"
+            )
+        return years
+
 
 class ChipProfileSettings(_Section):
-    """Which slots the chip uses (Trust&GO-like layout)."""
+    """Which slots the chip uses (Trust&GO-like layout, see provisioner/chips/profile.py)."""
 
     key_slot: int = Field(default=0, ge=0, le=15)
-    # The device certificate (length-prefixed DER) fills these data slots in order.
-    cert_slots: tuple[int, ...] = (8, 9, 10)
+    serial_slot: int = Field(default=8, ge=0, le=15)  # the device certificate's serial
+    device_cert_slot: int = Field(default=10, ge=8, le=15)  # compressed device certificate
+    signer_key_slot: int = Field(default=11, ge=8, le=15)  # the intermediate's public key
+    signer_cert_slot: int = Field(default=12, ge=8, le=15)  # compressed signer certificate
+    device_template_id: int = Field(default=8, ge=0, le=15)
+    signer_template_id: int = Field(default=7, ge=0, le=15)
+    chain_id: int = Field(default=0, ge=0, le=15)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChipProfileSettings:
+        self.profile()  # distinct slots, slot sizes, distinct template IDs
+        return self
+
+    def profile(self) -> ChipProfile:
+        return ChipProfile(**self.model_dump())
 
 
 class RegistrySettings(_Section):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
@@ -24,7 +24,7 @@ from hsm.module import Pkcs11Module, TokenSession
 from hsm.pins import write_new_pin
 from hsm.signer import HsmEcPrivateKey
 from hsm.tokens import init_token
-from provisioner.ca.issuer import key_usage, random_serial_number
+from provisioner.ca.issuer import device_validity, key_usage, random_serial_number
 from provisioner.errors import (
     CaExistsError,
     CaNotInitialisedError,
@@ -126,7 +126,8 @@ def _ca_cert(
     path_length: int | None,
     issuer_ski: x509.SubjectKeyIdentifier | None,
 ) -> x509.Certificate:
-    now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    # On the hour and whole years: the intermediate travels to every chip compressed.
+    not_before, not_after = device_validity(datetime.now(UTC), years)
     pub = subject_key.public_key()
     b = (
         x509.CertificateBuilder()
@@ -134,8 +135,8 @@ def _ca_cert(
         .issuer_name(issuer)
         .public_key(pub)
         .serial_number(random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now.replace(year=now.year + years))
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(key_usage(ca=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)

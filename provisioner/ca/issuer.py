@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from provisioner.chips.certdef import NO_EXPIRY
 from provisioner.errors import PolicyViolationError
 from provisioner.ports import SigningRequest
 from provisioner.settings import ProfileSettings
@@ -84,11 +85,71 @@ def key_usage(*, ca: bool) -> x509.KeyUsage:
     )
 
 
-def _add_years(t: datetime, years: int) -> datetime:
-    try:
-        return t.replace(year=t.year + years)
-    except ValueError:  # 29 February
-        return t.replace(year=t.year + years, day=28)
+def device_validity(now: datetime, years: int) -> tuple[datetime, datetime]:
+    """notBefore on the hour (the compressed format keeps no minutes; the up-to-an-hour
+    backdating also absorbs clock skew), notAfter whole years later on the same instant, or
+    9999-12-31 23:59:59 for ``years == 0``. A 29 February start moves to 28 February so
+    the expiry exists in every year."""
+    not_before = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    if (not_before.month, not_before.day) == (2, 29):
+        not_before = not_before.replace(day=28)
+    if years == 0:
+        return not_before, NO_EXPIRY
+    return not_before, not_before.replace(year=not_before.year + years)
+
+
+def _device_builder(
+    chip_serial_hex: str,
+    public_key: ec.EllipticCurvePublicKey,
+    issuer: x509.Certificate,
+    profile: ProfileSettings,
+    serial_number: int,
+    validity: tuple[datetime, datetime],
+) -> x509.CertificateBuilder:
+    """Every device certificate, and the compressed-format template, come from here: one
+    layout, so the template's offsets fit each issued certificate."""
+    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, profile.organization)]
+    if profile.organizational_unit:
+        attrs.append(
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, profile.organizational_unit)
+        )
+    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, chip_serial_hex))
+    issuer_ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(attrs))
+        .issuer_name(issuer.subject)
+        .public_key(public_key)
+        .serial_number(serial_number)
+        .not_valid_before(validity[0])
+        .not_valid_after(validity[1])
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(key_usage(ca=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski),
+            critical=False,
+        )
+    )
+
+
+def device_template(issuer: x509.Certificate, profile: ProfileSettings) -> bytes:
+    """The compressed-format template for ``profile`` under ``issuer`` (DER).
+
+    Placeholders stand where each device differs (CN, key, serial, dates, signature); the
+    chip's definition records where they sit. The placeholder signature comes from a
+    throwaway software key: a template is never trusted, only its layout matters."""
+    placeholder = ec.generate_private_key(ec.SECP256R1())
+    builder = _device_builder(
+        "0" * 18,
+        placeholder.public_key(),
+        issuer,
+        profile,
+        1 << (8 * SERIAL_BYTES - 8),
+        device_validity(datetime(2000, 1, 1, tzinfo=UTC), profile.validity_years),
+    )
+    return builder.sign(placeholder, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
 
 def build_device_certificate(
@@ -100,33 +161,11 @@ def build_device_certificate(
 ) -> x509.Certificate:
     """Build, sign (in the token) and self-check one device certificate."""
     pub = check_public_key(request.public_key)
-    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, profile.organization)]
-    if profile.organizational_unit:
-        attrs.append(
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, profile.organizational_unit)
-        )
-    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, request.chip_serial_hex))
     issuer = ca.intermediate_cert
-    issuer_ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    not_before = now.replace(microsecond=0) - timedelta(minutes=1)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name(attrs))
-        .issuer_name(issuer.subject)
-        .public_key(pub)
-        .serial_number(serial_number)
-        .not_valid_before(not_before)
-        .not_valid_after(_add_years(not_before, profile.validity_years))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(key_usage(ca=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski),
-            critical=False,
-        )
-        .sign(ca.key, hashes.SHA256())
-    )
+    validity = device_validity(now, profile.validity_years)
+    cert = _device_builder(
+        request.chip_serial_hex, pub, issuer, profile, serial_number, validity
+    ).sign(ca.key, hashes.SHA256())
     try:
         cert.verify_directly_issued_by(issuer)
     except (InvalidSignature, ValueError, TypeError) as exc:

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from provisioner.chips.certdef import ChipCertChain
 from provisioner.chips.device import CryptoAuthChip
 from provisioner.chips.emulator.bus import EmulatedBus
 from provisioner.chips.emulator.jig import StationJig
@@ -42,7 +43,14 @@ class Connector:
 
     @property
     def profile(self) -> ChipProfile:
-        return ChipProfile(self.settings.chip.key_slot, self.settings.chip.cert_slots)
+        return self.settings.chip.profile()
+
+    def certificate_chain(self) -> ChipCertChain:
+        """The compressed-certificate definitions, from the CA's public files (loaded when
+        a chip first needs them, so probing works before any CA exists)."""
+        from provisioner.ca.chain import chip_chain
+
+        return chip_chain(self.settings)
 
     def jig(self, station_id: str) -> StationJig:
         sockets = (
@@ -68,14 +76,21 @@ class Connector:
             cfg.wake_delay = 1500
             cfg.rx_retries = 20
             cryptoauth().hal_kit_attach_phy(ctypes_ref(cfg), ctypes_ref(bridge.phy))
-            return CryptoAuthChip(locator, cfg, self.profile, keepalive=bridge)
+            return CryptoAuthChip(
+                locator, cfg, self.profile, keepalive=bridge, chain=self.certificate_chain
+            )
         if m := _I2C.match(locator):
             cfg = i2c_config(int(m.group(2)), int(m.group(3), 0), locator)
-            return CryptoAuthChip(locator, cfg, self.profile)
+            return CryptoAuthChip(locator, cfg, self.profile, chain=self.certificate_chain)
         if locator == "hid:":
             from cryptoauthlib.iface import cfg_ateccx08a_kithid_default
 
-            return CryptoAuthChip(locator, cfg_ateccx08a_kithid_default(), self.profile)
+            return CryptoAuthChip(
+                locator,
+                cfg_ateccx08a_kithid_default(),
+                self.profile,
+                chain=self.certificate_chain,
+            )
         raise InvalidInputError(
             f"unknown chip locator {locator!r}: use emulated:<station>/<socket>, "
             "i2c:/dev/i2c-N@0xADDR or hid:"

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from ctypes import byref, c_bool, c_void_p
 from typing import Any
 
+from provisioner.chips.atcacert import CERT_MEANING, NativeDefinition, read_cert, write_cert
+from provisioner.chips.certdef import COMP_CERT_SIZE, ChipCertChain
 from provisioner.chips.crc import crc16
 from provisioner.chips.interrupts import deferred_sigint
 from provisioner.chips.library import (
@@ -30,7 +32,9 @@ from provisioner.chips.profile import SLOT_SIZES, ChipProfile
 from provisioner.errors import (
     ChipAbsentError,
     ChipCommandError,
+    ChipError,
     ChipStateError,
+    ConfigError,
     InvalidInputError,
 )
 from provisioner.ports import ChipIdentity
@@ -44,7 +48,6 @@ _MEANING = {
     ATCA_COMM_FAIL: "communication failure",
     ATCA_WAKE_FAILED: "no response to wake",
 }
-_CERT_LEN_BYTES = 2
 _LOCK_SLOT = 0x02  # Lock mode: one data slot (slot number in bits 2-5), summary checked
 
 
@@ -68,9 +71,17 @@ class _Guarded:
 class CryptoAuthChip:
     """A :class:`~provisioner.ports.SecureElement` over the unmodified cryptoauthlib."""
 
-    def __init__(self, locator: str, cfg: Any, profile: ChipProfile, keepalive: Any = None) -> None:
+    def __init__(
+        self,
+        locator: str,
+        cfg: Any,
+        profile: ChipProfile,
+        keepalive: Any = None,
+        chain: Callable[[], ChipCertChain] | None = None,
+    ) -> None:
         self.locator = locator
         self.profile = profile
+        self._chain = chain  # the certificate chain's definitions, loaded when needed
         self._cfg = cfg  # the library keeps a pointer to it: keep it alive
         self._keepalive = keepalive  # e.g. the KitBridge whose callbacks cfg points to
         self._lib = _Guarded(cryptoauth())
@@ -210,68 +221,91 @@ class CryptoAuthChip:
         if not self.data_locked():
             self._check(self._lib.atcab_lock_data_zone_ext(self._dev), "Lock data zone")
 
+    def locked_slots(self) -> set[int]:
+        """The data slots locked one by one (config bytes 88-89, SlotLocked: 0 = locked)."""
+        mask = int.from_bytes(self.read_zone(0, 0, 88, 2), "little")
+        return {slot for slot in range(16) if not (mask >> slot) & 1}
+
     def slot_locked(self, slot: int) -> bool:
-        mask = int.from_bytes(self.read_zone(0, 0, 88, 2), "little")  # SlotLocked, 1 = open
-        return not (mask >> slot) & 1
+        return slot in self.locked_slots()
 
     def has_certificate(self) -> bool:
-        """Whether the certificate slots hold a (length-prefixed) certificate."""
-        try:
-            self.read_certificate()
-        except ChipStateError:
-            return False
-        return True
+        """Whether the chip already carries a certificate: a certificate slot is locked, or
+        the device certificate slot holds something other than blank bytes."""
+        if self.locked_slots() & set(self.profile.cert_slots):
+            return True
+        comp = self.read_zone(ZONE_DATA, self.profile.device_cert_slot, 0, COMP_CERT_SIZE)
+        return comp not in (bytes(COMP_CERT_SIZE), b"\xff" * COMP_CERT_SIZE)
+
+    # --- compressed certificates ------------------------------------------------------
+
+    def _definitions(self) -> tuple[ChipCertChain, NativeDefinition, NativeDefinition]:
+        if self._chain is None:
+            raise ConfigError(f"chip in {self.locator}: no certificate chain configured")
+        chain = self._chain()
+        signer = NativeDefinition(chain.signer)
+        return chain, NativeDefinition(chain.device, signer), signer
+
+    def _cert_check(self, status: int, what: str) -> None:
+        if status in CERT_MEANING:
+            raise ChipStateError(f"chip in {self.locator}: {what}: {CERT_MEANING[status]}")
+        self._check(status, what)
+
+    def _read_cert(self, native: NativeDefinition, ca_public_key: bytes, what: str) -> bytes:
+        with deferred_sigint():
+            status, der = read_cert(self._dev, native, ca_public_key)
+        self._cert_check(status, what)
+        return der
 
     def write_certificate(self, der: bytes) -> None:
-        """Length-prefixed DER across the certificate slots, each then locked for good.
+        """Store the device certificate and its signer compressed (Microchip's atcacert
+        format, through the library's own writer), read both back byte for byte, then lock
+        each certificate slot with the CRC of what the chip holds.
 
-        Needs the data zone locked first (the read-back needs it too). Each slot is written
-        whole and locked with the CRC of exactly what was written, so the chip confirms its
-        contents. Skeleton format; the chip issue replaces it with the compressed format."""
-        cap = self.profile.cert_capacity - _CERT_LEN_BYTES
-        if len(der) > cap:
-            raise InvalidInputError(
-                f"certificate is {len(der)} bytes; slots {self.profile.cert_slots} hold {cap}"
-            )
-        if all(self.slot_locked(s) for s in self.profile.cert_slots):
-            if self.read_certificate() != der:
+        Needs the data zone locked first (reading data slots needs it). Resumable: slots
+        already locked are only accepted if the chip rebuilds exactly this certificate."""
+        chain, device, signer = self._definitions()
+        locked = self.locked_slots() & set(self.profile.cert_slots)
+        started = bool(locked)
+        if not started:
+            for native, blob, what in (
+                (signer, chain.signer_der, "write signer certificate"),
+                (device, der, "write device certificate"),
+            ):
+                with deferred_sigint():
+                    status = write_cert(self._dev, native, blob)
+                self._cert_check(status, what)
+        have_signer = self._read_cert(signer, chain.root_public_key, "read signer certificate")
+        have = self._read_cert(device, chain.signer_public_key, "read device certificate")
+        if (have, have_signer) != (der, chain.signer_der):
+            if started:
                 raise ChipStateError(
                     f"chip in {self.locator} is already locked with another certificate "
                     "(provisioned elsewhere?)"
                 )
-            return
-        blob = len(der).to_bytes(_CERT_LEN_BYTES, "big") + der
-        pos = 0
-        for slot in self.profile.cert_slots:
-            size = SLOT_SIZES[slot]
-            chunk = blob[pos : pos + size].ljust(size, b"\x00")
-            pos += size
-            if self.slot_locked(slot):
-                continue  # a resumed write: locked slots were checked by their lock CRC
-            self.write_zone(ZONE_DATA, slot, 0, chunk)
-            crc = int.from_bytes(crc16(chunk), "little")
+            raise ChipError(
+                f"chip in {self.locator}: the certificate read back differs from the one "
+                "written (does the device profile match the signer's?)"
+            )
+        for slot in self.profile.cert_slots:  # the device certificate's slot last
+            if slot in locked:
+                continue
+            content = self.read_zone(ZONE_DATA, slot, 0, SLOT_SIZES[slot])
+            crc = int.from_bytes(crc16(content), "little")
             self._check(
                 self._lib.calib_lock(self._dev, _LOCK_SLOT | (slot << 2), crc),
                 f"Lock slot {slot}",
             )
 
     def read_certificate(self) -> bytes:
-        first = self.profile.cert_slots[0]
-        head = self.read_zone(ZONE_DATA, first, 0, 32)
-        n = int.from_bytes(head[:_CERT_LEN_BYTES], "big")
-        total = _CERT_LEN_BYTES + n
-        if n == 0 or total > self.profile.cert_capacity:
-            raise ChipStateError(f"chip in {self.locator} holds no certificate")
-        blob = b""
-        for slot in self.profile.cert_slots:
-            if len(blob) >= total:
-                break
-            size = SLOT_SIZES[slot]
-            want = min(size, total - len(blob))
-            if size % 32 == 0:
-                want += -want % 32
-            blob += self.read_zone(ZONE_DATA, slot, 0, want)[:size]
-        return blob[_CERT_LEN_BYTES:total]
+        """The device certificate, rebuilt by the library from the chip's compressed form."""
+        chain, device, _ = self._definitions()
+        return self._read_cert(device, chain.signer_public_key, "read device certificate")
+
+    def read_signer_certificate(self) -> bytes:
+        """The signer (intermediate CA) certificate, rebuilt from slots 11 and 12."""
+        chain, _, signer = self._definitions()
+        return self._read_cert(signer, chain.root_public_key, "read signer certificate")
 
     def close(self) -> None:
         if self._dev:

@@ -1,10 +1,19 @@
 """The chip profile: the config zone we give a blank chip, and which slots hold what.
 
-Trust&GO-like layout: slot 0 holds the device's P-256 private key (generated inside the
-chip, never readable, usable for external signatures and ECDH); slots 8, 9 and 10 hold the
-device certificate as length-prefixed DER (readable in clear; each slot locked for good
-once written). A DER device certificate is ~500 bytes and slot 8 holds 416, hence the
-chain; the chip issue replaces this with Microchip's 72-byte compressed format.
+Trust&GO-like layout (Microchip's own slot roles, so firmware written for those parts finds
+things where it expects them):
+
+- slot 0: the device's P-256 private key, generated inside the chip, never readable,
+  usable for external signatures and ECDH;
+- slot 8: the device certificate's serial number (ours are random, so the chip stores it);
+- slot 10: the device certificate, compressed (72 bytes, Microchip's atcacert format);
+- slot 11: the signer (intermediate CA) public key, padded to 72 bytes;
+- slot 12: the signer certificate, compressed.
+
+Certificate slots are readable in clear and locked one by one once written and read back.
+Template and chain IDs name the compressed-certificate definitions (they are checked when
+a certificate is rebuilt, so a chip read with the wrong definition is refused, never
+misread); ours differ from Microchip's Trust&GO IDs on purpose.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ SLOT_CONFIG_PRIVATE_KEY = 0x0085  # IsSecret | ReadKey: external sign + ECDH
 KEY_CONFIG_P256_PRIVATE = 0x0033  # Private | PubInfo | KeyType P-256 | Lockable
 SLOT_CONFIG_CERT = 0x0000  # clear reads and writes; each slot is locked once written
 KEY_CONFIG_DATA = 0x003C  # KeyType "not ECC" | Lockable
-
+KEY_CONFIG_P256_PUBLIC = 0x0030  # KeyType P-256 | Lockable: a public key Verify can use
 
 SLOT_SIZES = (36,) * 8 + (416,) + (72,) * 7
 
@@ -23,17 +32,37 @@ SLOT_SIZES = (36,) * 8 + (416,) + (72,) * 7
 @dataclass(frozen=True)
 class ChipProfile:
     key_slot: int = 0
-    cert_slots: tuple[int, ...] = (8, 9, 10)
+    serial_slot: int = 8
+    device_cert_slot: int = 10
+    signer_key_slot: int = 11
+    signer_cert_slot: int = 12
+    device_template_id: int = 8
+    signer_template_id: int = 7
+    chain_id: int = 0
 
     def __post_init__(self) -> None:
-        if self.key_slot in self.cert_slots or len(set(self.cert_slots)) != len(self.cert_slots):
-            raise ValueError("the key slot and certificate slots must all differ")
-        if not self.cert_slots:
-            raise ValueError("at least one certificate slot is needed")
+        slots = (self.key_slot, *self.cert_slots)
+        if len(set(slots)) != len(slots) or not all(0 <= s <= 15 for s in slots):
+            raise ValueError("the key slot and the certificate slots must be distinct (0-15)")
+        for name in ("device_cert_slot", "signer_key_slot", "signer_cert_slot"):
+            if SLOT_SIZES[getattr(self, name)] < 72:
+                raise ValueError(f"{name} must be a slot of at least 72 bytes (8-15)")
+        if SLOT_SIZES[self.serial_slot] < 32:
+            raise ValueError("serial_slot must hold at least 32 bytes")
+        ids = (self.device_template_id, self.signer_template_id, self.chain_id)
+        if not all(0 <= i <= 15 for i in ids) or self.device_template_id == self.signer_template_id:
+            raise ValueError("template IDs (distinct) and the chain ID are 4-bit values")
 
     @property
-    def cert_capacity(self) -> int:
-        return sum(SLOT_SIZES[s] for s in self.cert_slots)
+    def cert_slots(self) -> tuple[int, ...]:
+        """Every slot written with certificate data, in the order they are locked (the
+        device certificate last: once it is locked, the chip is provisioned)."""
+        return (
+            self.signer_key_slot,
+            self.signer_cert_slot,
+            self.serial_slot,
+            self.device_cert_slot,
+        )
 
     def config_template(self) -> bytes:
         """128 bytes for atcab_write_config_zone (which skips bytes 0-15 itself)."""
@@ -41,11 +70,11 @@ class ChipProfile:
         cfg[14] = 0x01  # I2C_Enable
         cfg[16] = 0xC0  # I2C address
         for slot in range(16):
-            slot_cfg, key_cfg = 0x0000, KEY_CONFIG_DATA
+            slot_cfg, key_cfg = SLOT_CONFIG_CERT, KEY_CONFIG_DATA
             if slot == self.key_slot:
                 slot_cfg, key_cfg = SLOT_CONFIG_PRIVATE_KEY, KEY_CONFIG_P256_PRIVATE
-            elif slot in self.cert_slots:
-                slot_cfg = SLOT_CONFIG_CERT
+            elif slot == self.signer_key_slot:
+                key_cfg = KEY_CONFIG_P256_PUBLIC
             cfg[20 + 2 * slot : 22 + 2 * slot] = slot_cfg.to_bytes(2, "little")
             cfg[96 + 2 * slot : 98 + 2 * slot] = key_cfg.to_bytes(2, "little")
         cfg[86] = 0x55  # LockValue / LockConfig: the Lock command sets them, not Write

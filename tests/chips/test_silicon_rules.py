@@ -120,25 +120,6 @@ def test_sign_works_after_the_data_lock(configured: CryptoAuthChip) -> None:
     assert configured.verify_extern(digest, configured.sign_digest(digest), key)
 
 
-def test_certificate_round_trip_is_byte_exact(configured: CryptoAuthChip) -> None:
-    configured.generate_key()
-    configured.lock_data_zone()
-    der = bytes(range(256)) * 2  # 512 bytes spans slots 8, 9 and 10
-    configured.write_certificate(der)
-    assert all(configured.slot_locked(s) for s in configured.profile.cert_slots)
-    with pytest.raises(ChipCommandError):  # a locked slot refuses writes
-        configured.write_zone(ZONE_DATA, 8, 0, b"\x00" * 32)
-    assert configured.read_certificate() == der
-    configured.write_certificate(der)  # a resumed device: same certificate accepted
-    with pytest.raises(ChipStateError, match="already locked with another certificate"):
-        configured.write_certificate(der[:-1] + b"\x00")
-
-
-def test_oversized_certificate_is_refused(configured: CryptoAuthChip) -> None:
-    with pytest.raises(InvalidInputError, match="hold"):
-        configured.write_certificate(b"\x00" * 600)
-
-
 def test_locked_config_with_another_layout_is_refused(connector: Connector) -> None:
     connector.jig("line1").insert_blank(0)
     with connector.open("emulated:line1/0") as chip:

@@ -13,6 +13,7 @@ from sqlmodel import select
 from provisioner import batches, pipeline
 from provisioner.audit import chain
 from provisioner.chips.emulator.faults import FaultPlan
+from provisioner.chips.library import ZONE_DATA
 from provisioner.db.engine import transaction
 from provisioner.db.models import Certificate, Step
 from provisioner.errors import ChipAbsentError, ChipCommandError, ChipError, ChipStateError
@@ -107,7 +108,8 @@ def test_chip_provisioned_elsewhere_is_refused(env: dict[str, Any]) -> None:
         chip.ensure_configured()
         chip.generate_key()
         chip.lock_data_zone()
-        chip.write_certificate(b"\x30\x82\x01\x00" + b"\x00" * 256)
+        # its compressed certificate (any 72-byte record) in the device certificate slot
+        chip.write_zone(ZONE_DATA, 10, 0, bytes(range(64)) + bytes.fromhex("2a0c0e0100800000"))
     with pytest.raises(ChipStateError, match="provisioned elsewhere"):
         _run(env, dev_id)
     assert env["ledger"].load(dev_id).step == Step.IDENTIFIED
