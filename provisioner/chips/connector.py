@@ -53,12 +53,11 @@ class Connector:
         return chip_chain(self.settings)
 
     def jig(self, station_id: str) -> StationJig:
-        sockets = (
-            self.settings.stations[station_id].sockets
-            if (station_id in self.settings.stations)
-            else 1
+        """The emulated jig of a configured station (an unknown station is an error, not a
+        one-socket jig: a typo must not provision chips nobody watches)."""
+        return StationJig(
+            self.settings.chips_dir, station_id, self.settings.station(station_id).sockets
         )
-        return StationJig(self.settings.chips_dir, station_id, sockets)
 
     def open(self, locator: str) -> CryptoAuthChip:
         cryptoauth()  # load the library and declare prototypes before building configs

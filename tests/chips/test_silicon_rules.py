@@ -20,6 +20,7 @@ from provisioner.errors import (
     ChipCommandError,
     ChipStateError,
     InvalidInputError,
+    NotFoundError,
 )
 from provisioner.settings import Settings
 
@@ -177,3 +178,10 @@ def test_two_chips_interleaved_in_one_process(connector: Connector) -> None:
 def test_malformed_locator(connector: Connector, bad: str) -> None:
     with pytest.raises(InvalidInputError, match="unknown chip locator"):
         connector.open(bad)
+
+
+def test_an_unknown_station_is_an_error_not_a_one_socket_jig(connector: Connector) -> None:
+    with pytest.raises(NotFoundError, match="unknown station 'line9'"):
+        connector.open("emulated:line9/0")
+    with pytest.raises(NotFoundError, match="has 4 sockets"):
+        connector.open("emulated:line1/4")

@@ -13,6 +13,7 @@ from sqlmodel import select
 from provisioner import batches, pipeline
 from provisioner.audit import chain
 from provisioner.chips.emulator.faults import FaultPlan
+from provisioner.chips.emulator.tray import provisioned_elsewhere
 from provisioner.chips.library import ZONE_DATA
 from provisioner.db.engine import transaction
 from provisioner.db.models import Certificate, Step
@@ -102,15 +103,34 @@ def test_a_noisy_bus_still_ends_with_one_certificate(env: dict[str, Any]) -> Non
 
 
 def test_chip_provisioned_elsewhere_is_refused(env: dict[str, Any]) -> None:
+    """From a foreign tray: locked, keyed, a compressed certificate locked in slot 10."""
     dev_id = _one_device(env)
-    env["jig"].insert_blank(0)
-    with env["connector"].open("emulated:line1/0") as chip:  # another factory's work
-        chip.ensure_configured()
-        chip.generate_key()
-        chip.lock_data_zone()
-        # its compressed certificate (any 72-byte record) in the device certificate slot
-        chip.write_zone(ZONE_DATA, 10, 0, bytes(range(64)) + bytes.fromhex("2a0c0e0100800000"))
+    config = env["settings"].chip.profile().config_template()
+    env["jig"].insert_chip(0, provisioned_elsewhere(config))
     with pytest.raises(ChipStateError, match="provisioned elsewhere"):
         _run(env, dev_id)
     assert env["ledger"].load(dev_id).step == Step.IDENTIFIED
+    assert _certificates(env) == 0
+
+
+def test_chip_with_a_foreign_certificate_left_unlocked_is_refused(env: dict[str, Any]) -> None:
+    dev_id = _one_device(env)
+    env["jig"].insert_blank(0)
+    with env["connector"].open("emulated:line1/0") as chip:  # another line's half-done work
+        chip.ensure_configured()
+        chip.generate_key()
+        chip.lock_data_zone()
+        chip.write_zone(ZONE_DATA, 10, 0, bytes(range(64)) + bytes.fromhex("2a0c0e0100800000"))
+    with pytest.raises(ChipStateError, match="provisioned elsewhere"):
+        _run(env, dev_id)
+    assert _certificates(env) == 0
+
+
+def test_chip_locked_with_another_layout_is_refused(env: dict[str, Any]) -> None:
+    dev_id = _one_device(env)
+    config = bytearray(env["settings"].chip.profile().config_template())
+    config[96:98] = (0x0053).to_bytes(2, "little")  # Trust&GO's slot-0 KeyConfig
+    env["jig"].insert_chip(0, provisioned_elsewhere(bytes(config)))
+    with pytest.raises(ChipStateError, match="KeyConfig is 0x0053"):
+        _run(env, dev_id)
     assert _certificates(env) == 0

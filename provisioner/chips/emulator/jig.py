@@ -51,7 +51,11 @@ class StationJig:
 
     def insert_blank(self, socket: int) -> Path:
         """Take a factory-fresh chip from the tray and put it in ``socket``."""
-        chip = EmulatedChip.blank()
+        return self.insert_chip(socket, EmulatedChip.blank())
+
+    def insert_chip(self, socket: int, chip: EmulatedChip) -> Path:
+        """Put ``chip`` (e.g. one from :mod:`provisioner.chips.emulator.tray`) in the tray's
+        pool and in ``socket``."""
         path = self.pool_path(chip.serial.hex())
         chip.save(path)
         self.insert(socket, path)
