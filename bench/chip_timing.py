@@ -89,7 +89,22 @@ def open_chip(
     return chip, bus
 
 
-def provision(chip: CryptoAuthChip, ca: LoadedCa, settings: Settings) -> float:
+Issue = Callable[[SigningRequest], bytes]
+
+
+def issuer_for(ca: LoadedCa, settings: Settings) -> Issue:
+    """Device certificates signed in the token, as the signer makes them (DER)."""
+
+    def issue(request: SigningRequest) -> bytes:
+        cert = build_device_certificate(
+            request, ca, settings.profile, random_serial_number(), datetime.now(UTC)
+        )
+        return cert.public_bytes(serialization.Encoding.DER)
+
+    return issue
+
+
+def provision(chip: CryptoAuthChip, issue: Issue) -> float:
     """One device; returns the seconds spent outside the chip (the HSM signature)."""
     ident = chip.identity()
     chip.ensure_configured()
@@ -99,11 +114,7 @@ def provision(chip: CryptoAuthChip, ca: LoadedCa, settings: Settings) -> float:
     challenge = b"bench challenge"
     signature = chip.sign_digest(hashlib.sha256(challenge).digest())
     t0 = time.perf_counter()
-    request = SigningRequest(0, 0, ident.serial_hex, point, challenge, signature)
-    cert = build_device_certificate(
-        request, ca, settings.profile, random_serial_number(), datetime.now(UTC)
-    )
-    der = cert.public_bytes(serialization.Encoding.DER)
+    der = issue(SigningRequest(0, 0, ident.serial_hex, point, challenge, signature))
     off_chip = time.perf_counter() - t0
     chip.write_certificate(der)
     assert chip.read_certificate() == der
@@ -118,7 +129,7 @@ def per_device(
         jig.insert_blank(0)
         chip, bus = open_chip(jig, 0, zero_delay, settings)
         t0 = time.perf_counter()
-        off_chip = provision(chip, ca, settings)
+        off_chip = provision(chip, issuer_for(ca, settings))
         times.append(time.perf_counter() - t0 - off_chip)
         chip.close()
         sent = bus.sent

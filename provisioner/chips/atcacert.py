@@ -6,10 +6,18 @@ and keeps every buffer it points to alive for as long as the struct lives. The c
 straight to the shared library with an explicit device handle: the Python wrapper's
 ``atcacert_read_cert`` drives the global device and passes a 4-byte int where C wants a
 ``size_t*`` (research notes).
+
+The library's reader and writer are not reentrant: ``atcacert_read_cert_ext`` and
+``atcacert_write_cert_ext`` stage each device location in a function-level ``static``
+buffer (lib/atcacert/atcacert_client.c), so two threads reading certificates from two
+chips at once corrupt each other ("decoding error", found by bench/chip_parallel.py).
+:data:`_LIBRARY_BUFFERS` serialises those calls within a process; the station runs one
+process per socket anyway.
 """
 
 from __future__ import annotations
 
+import threading
 from ctypes import POINTER, Structure, byref, c_int, c_size_t, c_uint8, c_void_p, cast
 from typing import Any
 
@@ -31,6 +39,8 @@ CERT_MEANING = {
     11: "the chip's compressed certificate belongs to another definition (template/chain ID)",
     12: "verification failed",
 }
+
+_LIBRARY_BUFFERS = threading.Lock()  # guards the C library's static buffers, per process
 
 _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "atcacert_write_cert_ext": (c_int, [c_void_p, c_void_p, POINTER(c_uint8), c_size_t]),
@@ -114,7 +124,8 @@ class NativeDefinition:
 def write_cert(device: c_void_p, native: NativeDefinition, der: bytes) -> int:
     """``atcacert_write_cert_ext``: the status (0 = written)."""
     data = buf(der)
-    return int(_lib().atcacert_write_cert_ext(device, byref(native.struct), data, len(der)))
+    with _LIBRARY_BUFFERS:
+        return int(_lib().atcacert_write_cert_ext(device, byref(native.struct), data, len(der)))
 
 
 def read_cert(
@@ -128,8 +139,9 @@ def read_cert(
     capacity = native.max_cert_size() + 16
     out = buf(capacity)
     size = c_size_t(capacity)
-    status = _lib().atcacert_read_cert_ext(
-        device, byref(native.struct), byref(key_buf), out, byref(size)
-    )
+    with _LIBRARY_BUFFERS:
+        status = _lib().atcacert_read_cert_ext(
+            device, byref(native.struct), byref(key_buf), out, byref(size)
+        )
     del key  # kept alive until here: key_buf points into it
     return int(status), bytes(out)[: size.value]

@@ -7,6 +7,7 @@ written under another definition, is refused with a reason, never misread.
 
 from __future__ import annotations
 
+import threading
 import tomllib
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -223,3 +224,30 @@ def test_an_intermediate_that_cannot_be_compressed_is_refused(tmp_path: Path) ->
 def test_no_ca_files_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CaNotInitialisedError, match="ca init"):
         chip_chain(Settings(var_dir=tmp_path))
+
+
+def test_chips_in_threads_of_one_process_each_get_their_own_certificate(tmp_path: Path) -> None:
+    """The library's atcacert reader/writer keep static buffers; without serialising them,
+    concurrent reads from two chips corrupt each other (bench/chip_parallel.py found it)."""
+    settings, ca = settings_with_ca(tmp_path)
+    connector = Connector(settings)
+    chips = [_ready_chip(connector, socket) for socket in range(4)]
+    ders = [issue_for(chip, ca, settings) for chip in chips]
+    errors: list[BaseException] = []
+
+    def run(chip: CryptoAuthChip, der: bytes) -> None:
+        try:
+            chip.write_certificate(der)
+            for _ in range(5):
+                assert chip.read_certificate() == der
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=pair) for pair in zip(chips, ders, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for chip in chips:
+        chip.close()
+    assert not errors, errors
