@@ -66,10 +66,7 @@ def _threads(root: str, sockets: int, devices: int) -> None:
 
 def _processes(root: str, sockets: int, devices: int) -> None:
     ctx = mp.get_context("spawn")
-    ps = [
-        ctx.Process(target=work, args=(root, s, devices, sockets, None))
-        for s in range(sockets)
-    ]
+    ps = [ctx.Process(target=work, args=(root, s, devices, sockets, None)) for s in range(sockets)]
     for p in ps:
         p.start()
     for p in ps:
