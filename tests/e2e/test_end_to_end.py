@@ -98,7 +98,7 @@ def test_certificates_verify_and_match_the_chips(
     provisioned: tuple[Station, dict, Supervisor],
 ) -> None:
     from provisioner.chips.connector import Connector
-    from provisioner.chips.emulator.jig import StationJig
+    from provisioner.settings import StationSettings
 
     st, report, _ = provisioned
     intermediate = x509.load_pem_x509_certificate(
@@ -112,8 +112,10 @@ def test_certificates_verify_and_match_the_chips(
         }
     assert len(ders) == N_CHIPS
     # An inspection jig (not the station's) to put each chip back in a socket.
-    jig = StationJig(st.settings.chips_dir, "inspect", 1)
-    connector = Connector(st.settings)
+    inspect = StationSettings(sockets=1)
+    stations = {**st.settings.stations, "inspect": inspect}
+    connector = Connector(st.settings.model_copy(update={"stations": stations}))
+    jig = connector.jig("inspect")
     for dev in report["devices"]:
         cert = x509.load_der_x509_certificate(ders[dev["device_id"]])
         cert.verify_directly_issued_by(intermediate)
@@ -124,7 +126,10 @@ def test_certificates_verify_and_match_the_chips(
         try:
             chip_point = b"\x04" + chip.public_key()  # atcab_get_pubkey_ext on the chip
             assert chip.identity().serial_hex == dev["chip_serial"]
-            assert chip.read_certificate() == ders[dev["device_id"]]
+            assert chip.read_certificate() == ders[dev["device_id"]]  # rebuilt from 72 bytes
+            assert chip.read_signer_certificate() == intermediate.public_bytes(
+                serialization.Encoding.DER
+            )
         finally:
             chip.close()
         cert_point = cert.public_key().public_bytes(
