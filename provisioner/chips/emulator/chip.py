@@ -6,9 +6,15 @@ CRC) or a 4-byte status packet. Rules follow the datasheet and cryptoauthlib's o
 each command; anything not implemented answers a parse/execution error as silicon refuses a
 command, never a fake success.
 
-Walking-skeleton scope (issue 2): Info, Read, Write, UpdateExtra, Lock, Random, Nonce,
-GenKey, Sign (external), Verify (external). Issue 3 deepens the rule set (SHA, Counter,
-SelfTest, internal Sign, encrypted writes, per-slot write rules after data lock).
+Implemented: Info (revision, KeyValid, state, GPIO, persistent latch), Read, Write,
+UpdateExtra, Lock (config, data+OTP, one slot; CRC checked unless told not to), Random,
+Nonce (random; pass-through to TempKey, the message-digest buffer or the alternate key
+buffer), GenKey (create, public key), Sign (external), Verify (external, stored), SHA
+(start, update, end, public key), Counter (read, increment), SelfTest. Refused as silicon
+refuses an unsupported request (parse error), never answered with a fake success:
+internal Sign, Verify validate/invalidate and MAC output, SHA HMAC and context
+save/restore, encrypted writes (execution error, as a plain write to an encrypt-only slot
+is), and after the data lock any write to a slot whose WriteConfig is not "always".
 Open point to verify against the full datasheet: whether Sign requires the data zone to be
 locked; here it requires only the config zone lock, as GenKey does.
 """
@@ -16,6 +22,7 @@ locked; here it requires only the config zone lock, as GenKey does.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import secrets
@@ -46,6 +53,8 @@ CRC_ERROR = 0xFF
 # Opcodes.
 OP_READ, OP_WRITE, OP_NONCE, OP_LOCK, OP_RANDOM = 0x02, 0x12, 0x16, 0x17, 0x1B
 OP_UPDATE_EXTRA, OP_INFO, OP_GENKEY, OP_SIGN, OP_VERIFY = 0x20, 0x30, 0x40, 0x41, 0x45
+OP_COUNTER, OP_SHA, OP_SELFTEST = 0x24, 0x47, 0x77
+COUNTER_MAX = 2_097_151
 
 SLOT_SIZES = (36,) * 8 + (416,) + (72,) * 7
 REV_608A = bytes.fromhex("00006002")
@@ -89,9 +98,16 @@ class EmulatedChip:
     otp: bytearray = field(default_factory=lambda: bytearray(64))
     slots: list[bytearray] = field(default_factory=lambda: [bytearray(n) for n in SLOT_SIZES])
     key_valid: list[bool] = field(default_factory=lambda: [False] * 16)
-    # volatile
+    counters: list[int] = field(default_factory=lambda: [0, 0])
+    # survives sleep, not a power cycle (a chip file loaded afresh)
+    latch: bool = False
+    gpio: bool = False
+    # volatile: lost on sleep and watchdog expiry
     tempkey: bytes | None = None
+    tempkey_from_input: bool = False  # TempKey.SourceFlag: pass-through, not random
     msg_digest: bytes | None = None
+    alt_key: bytes | None = None
+    sha: Any = None  # the SHA command's running context
 
     @classmethod
     def blank(cls, serial: bytes | None = None) -> EmulatedChip:
@@ -106,6 +122,7 @@ class EmulatedChip:
             "otp": self.otp.hex(),
             "slots": [base64.b64encode(s).decode() for s in self.slots],
             "key_valid": self.key_valid,
+            "counters": self.counters,
         }
 
     @classmethod
@@ -115,6 +132,7 @@ class EmulatedChip:
             otp=bytearray.fromhex(d["otp"]),
             slots=[bytearray(base64.b64decode(s)) for s in d["slots"]],
             key_valid=list(d["key_valid"]),
+            counters=list(d.get("counters", [0, 0])),  # files written before Counter existed
         )
 
     def save(self, path: Path) -> None:
@@ -162,6 +180,8 @@ class EmulatedChip:
         keeps them, which is what lets cryptoauthlib idle between Nonce and Sign."""
         self.tempkey = None
         self.msg_digest = None
+        self.alt_key = None
+        self.sha = None
 
     # --- the wire ------------------------------------------------------------------
 
@@ -194,8 +214,18 @@ class EmulatedChip:
             if p2 > 15:
                 raise CommandError(PARSE_ERROR)
             return bytes([int(self.key_valid[p2]), 0, 0, 0]), False
-        if mode == 0x02:  # device state: TempKey flags
-            return bytes([0x80 if self.tempkey else 0, 0, 0, 0]), False
+        if mode == 0x02:  # volatile state: TempKey.KeyID 0-3, SourceFlag 4, Valid 7
+            flags = (0x80 if self.tempkey else 0) | (0x10 if self.tempkey_from_input else 0)
+            return bytes([flags, 0, 0, 0]), False
+        if mode in (0x03, 0x04):  # GPIO pin state / persistent latch: p2 bit 1 = set
+            if p2 & ~0x03:
+                raise CommandError(PARSE_ERROR)
+            if p2 & 0x02:
+                if mode == 0x03:
+                    self.gpio = bool(p2 & 0x01)
+                else:
+                    self.latch = bool(p2 & 0x01)
+            return bytes([int(self.gpio if mode == 0x03 else self.latch), 0, 0, 0]), False
         raise CommandError(PARSE_ERROR)
 
     def _address(self, zone: int, addr: int, n: int) -> tuple[bytearray, int]:
@@ -330,16 +360,19 @@ class EmulatedChip:
             digest = hashes.Hash(hashes.SHA256())
             digest.update(rand + data + bytes([OP_NONCE, mode, 0x00]))
             self.tempkey = digest.finalize()
+            self.tempkey_from_input = False
             return rand, False
         if kind == 3:
             want = 64 if mode & 0x20 else 32
             if len(data) != want:
                 raise CommandError(PARSE_ERROR)
             if target == 0x00:
-                self.tempkey = data
+                self.tempkey, self.tempkey_from_input = data, True
             elif target == 0x40:
                 self.msg_digest = data
-            else:  # alternate key buffer: not in the skeleton
+            elif target == 0x80 and want == 32:
+                self.alt_key = data
+            else:
                 raise CommandError(PARSE_ERROR)
             return None, False
         raise CommandError(PARSE_ERROR)
@@ -398,24 +431,110 @@ class EmulatedChip:
         self.tempkey = None
         self.msg_digest = None
 
-    def cmd_verify(self, mode: int, key_type: int, data: bytes) -> tuple[bytes | None, bool]:
-        if mode & 0x07 != 0x02:  # only external mode in the skeleton
+    def _public_key_in(self, slot: int) -> bytes:
+        """X||Y of the public key stored (padded, 72 bytes) in a P-256 public-key slot."""
+        if slot > 15:
             raise CommandError(PARSE_ERROR)
-        if key_type != 0x0004 or len(data) != 128:
+        if self.is_private(slot) or not self.is_p256(slot) or len(self.slots[slot]) < 72:
+            raise CommandError(EXECUTION_ERROR)
+        raw = self.slots[slot]
+        return bytes(raw[4:36] + raw[40:72])
+
+    def cmd_verify(self, mode: int, p2: int, data: bytes) -> tuple[bytes | None, bool]:
+        kind = mode & 0x07
+        if mode & ~0x27:  # MAC output and other flags: not implemented, refused
+            raise CommandError(PARSE_ERROR)
+        if kind == 0x02:  # external: signature || public key, p2 = key type (P-256)
+            if p2 != 0x0004 or len(data) != 128:
+                raise CommandError(PARSE_ERROR)
+            sig, pub = data[:64], data[64:]
+        elif kind == 0x00:  # stored: the public key sits in slot p2
+            if len(data) != 64:
+                raise CommandError(PARSE_ERROR)
+            if not self.config_locked:
+                raise CommandError(EXECUTION_ERROR)
+            sig, pub = data, self._public_key_in(p2)
+        else:  # validate / invalidate: not implemented, refused
             raise CommandError(PARSE_ERROR)
         msg = self.msg_digest if mode & 0x20 else self.tempkey
         if msg is None:
             raise CommandError(EXECUTION_ERROR)
-        sig, pub = data[:64], data[64:]
         try:
             key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + pub)
-            der = encode_dss_signature(
-                int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
-            )
+        except ValueError:
+            raise CommandError(EXECUTION_ERROR) from None  # not a point on the curve
+        der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
+        try:
             key.verify(der, msg, ec.ECDSA(Prehashed(hashes.SHA256())))
         except Exception:
             raise CommandError(VERIFY_FAIL) from None
         return None, False
+
+    def cmd_sha(self, mode: int, p2: int, data: bytes) -> tuple[bytes | None, bool]:
+        """SHA-256 start / update (64 bytes) / end (0-63 bytes) / public (the public key
+        stored in slot p2; a private-key slot is refused); HMAC and context save/restore
+        are not implemented and refused. cryptoauthlib always sends p2 = 0 for mode 3
+        (calib_sha_base treats it as the ECC204's HMAC start), so through the library
+        "public" names slot 0."""
+        kind, target = mode & 0x07, mode & 0xC0
+        if kind == 0x00:
+            if data or p2:
+                raise CommandError(PARSE_ERROR)
+            self.sha = hashlib.sha256()
+            return None, False
+        if kind not in (0x01, 0x02, 0x03):
+            raise CommandError(PARSE_ERROR)
+        if self.sha is None:
+            raise CommandError(EXECUTION_ERROR)  # no context: start first
+        if kind == 0x01:
+            if p2 != 64 or len(data) != 64:
+                raise CommandError(PARSE_ERROR)
+            self.sha.update(data)
+            return None, False
+        if kind == 0x03:
+            if data:
+                raise CommandError(PARSE_ERROR)
+            self.sha.update(self._public_key_in(p2))
+            return None, False
+        if p2 != len(data) or p2 > 63 or target == 0x80:
+            raise CommandError(PARSE_ERROR)
+        self.sha.update(data)
+        digest: bytes = self.sha.digest()
+        self.sha = None
+        if target == 0x00:
+            self.tempkey, self.tempkey_from_input = digest, True
+        elif target == 0x40:
+            self.msg_digest = digest
+        return digest, False
+
+    def cmd_counter(self, mode: int, counter: int, data: bytes) -> tuple[bytes | None, bool]:
+        """Monotonic counters 0 and 1 (persistent). The config zone's initial counter
+        values (bytes 52-67) are not decoded: counters start at 0."""
+        if data or mode not in (0x00, 0x01) or counter not in (0, 1):
+            raise CommandError(PARSE_ERROR)
+        if mode == 0x01:
+            if self.counters[counter] >= COUNTER_MAX:
+                raise CommandError(EXECUTION_ERROR)
+            self.counters[counter] += 1
+        return self.counters[counter].to_bytes(4, "little"), mode == 0x01
+
+    def cmd_selftest(self, mode: int, p2: int, data: bytes) -> tuple[bytes | None, bool]:
+        """Runs real known-answer checks of what the emulator computes with; 0x00 = pass."""
+        if data or p2 or not mode or mode & ~0x3F:
+            raise CommandError(PARSE_ERROR)
+        ok = True
+        if mode & 0x20:  # SHA-256 known answer
+            ok &= hashlib.sha256(b"abc").hexdigest().startswith("ba7816bf")
+        if mode & 0x0E:  # ECDSA sign, ECDSA verify, ECDH: on a fresh key
+            key = ec.generate_private_key(ec.SECP256R1())
+            sig = key.sign(b"selftest", ec.ECDSA(hashes.SHA256()))
+            try:
+                key.public_key().verify(sig, b"selftest", ec.ECDSA(hashes.SHA256()))
+            except Exception:
+                ok = False
+        if mode & 0x01:  # RNG: two draws differ
+            ok &= secrets.token_bytes(32) != secrets.token_bytes(32)
+        return bytes([0x00 if ok else mode & 0x3F]), False
 
 
 def status_packet(status: int) -> bytes:
@@ -439,4 +558,7 @@ _HANDLERS = {
     OP_GENKEY: EmulatedChip.cmd_genkey,
     OP_SIGN: EmulatedChip.cmd_sign,
     OP_VERIFY: EmulatedChip.cmd_verify,
+    OP_SHA: EmulatedChip.cmd_sha,
+    OP_COUNTER: EmulatedChip.cmd_counter,
+    OP_SELFTEST: EmulatedChip.cmd_selftest,
 }
