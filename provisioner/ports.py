@@ -65,12 +65,13 @@ class SecureElement(Protocol):
         """Sign a 32-byte SHA-256 digest with the key slot's key; return raw R||S (64 bytes)."""
 
     def write_certificate(self, der: bytes) -> None:
-        """Store the device certificate in the profile's certificate slot(s) and lock them.
-        A chip whose slots are already locked with this same certificate is accepted (a
-        resumed device); another certificate raises ChipStateError."""
+        """Store the device certificate (and its signer's) on the chip, check both read
+        back byte-exact, then lock their slots. A chip whose slots are already locked with
+        this same certificate is accepted (a resumed device); another certificate raises
+        ChipStateError. On an ATECC608 the certificates are stored compressed."""
 
     def read_certificate(self) -> bytes:
-        """Read the device certificate back from the chip, as DER."""
+        """The device certificate as the chip gives it back (rebuilt DER)."""
 
     def close(self) -> None: ...
 
