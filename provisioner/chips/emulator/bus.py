@@ -4,6 +4,12 @@ Implements what the HAL's phy callbacks need: wake, idle, sleep, send a command 
 receive the response (``None`` while the chip is still executing, so the library polls).
 The chip is loaded from its file at wake (it may have been swapped in the jig meanwhile)
 and saved after every command that changed persistent state.
+
+Watchdog: it starts when the chip wakes from idle or sleep and only idle/sleep stop it; a
+wake token sent to a chip that is already awake does not restart it. So a host that wakes
+the chip and leaves it awake past WATCHDOG_S finds the volatile state (TempKey, digest
+buffer, alternate key buffer, SHA context) gone at its next wake or command. cryptoauthlib
+idles after every command, so only an explicit ``calib_wakeup`` left standing can hit it.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ class EmulatedBus:
         self._response: bytes | None = None
         self._ready_at = 0.0
         self._awake_since = 0.0
+        self._awake = False  # woken and not yet idled or put to sleep: the watchdog runs
         self._faults = FaultPlan()
 
     def _present(self) -> EmulatedChip:
@@ -40,19 +47,27 @@ class EmulatedBus:
             raise NoChip(f"socket {self.socket} of {self.jig.station_id} is empty")
         if self._chip is None or path != self._path:
             self._chip, self._path = EmulatedChip.load(path), path
+            self._awake = False  # another chip (or the same, powered up again): asleep
             self._faults = FaultPlan.load(path)
         return self._chip
 
     def wake(self) -> None:
-        self._present()
+        chip = self._present()
         self._response = None
-        self._awake_since = time.monotonic()
+        now = time.monotonic()
+        if self._awake and now - self._awake_since > WATCHDOG_S:
+            chip.sleep()  # it fell asleep by itself meanwhile: this wake starts afresh
+            self._awake = False
+        if not self._awake:  # an awake chip ignores the wake token: the watchdog runs on
+            self._awake, self._awake_since = True, now
 
     def idle(self) -> None:
         self._present()  # idle keeps TempKey and the digest buffer
+        self._awake = False
 
     def sleep(self) -> None:
         self._present().sleep()
+        self._awake = False
 
     def send(self, packet: bytes) -> None:
         chip = self._present()

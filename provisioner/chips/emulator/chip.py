@@ -6,17 +6,29 @@ CRC) or a 4-byte status packet. Rules follow the datasheet and cryptoauthlib's o
 each command; anything not implemented answers a parse/execution error as silicon refuses a
 command, never a fake success.
 
-Implemented: Info (revision, KeyValid, state, GPIO, persistent latch), Read, Write,
-UpdateExtra, Lock (config, data+OTP, one slot; CRC checked unless told not to), Random,
-Nonce (random; pass-through to TempKey, the message-digest buffer or the alternate key
-buffer), GenKey (create, public key), Sign (external), Verify (external, stored), SHA
-(start, update, end, public key), Counter (read, increment), SelfTest. Refused as silicon
-refuses an unsupported request (parse error), never answered with a fake success:
-internal Sign, Verify validate/invalidate and MAC output, SHA HMAC and context
-save/restore, encrypted writes (execution error, as a plain write to an encrypt-only slot
-is), and after the data lock any write to a slot whose WriteConfig is not "always".
-Open point to verify against the full datasheet: whether Sign requires the data zone to be
-locked; here it requires only the config zone lock, as GenKey does.
+Implemented: Info (revision, KeyValid, device state in the datasheet's TempKey-flags
+layout, persistent-latch read), Read, Write, UpdateExtra, Lock (config, data+OTP, one slot;
+CRC checked unless told not to), Random, Nonce (random; pass-through to TempKey, the
+message-digest buffer or the 32-byte alternate key buffer), GenKey (create, public key),
+Sign (external, from TempKey or the digest buffer), Verify (external; stored, with the
+public key of a P-256 public-key slot), SHA (start, 64-byte update, end with 0-63 bytes
+returning the digest and placing it in TempKey or the digest buffer per mode bits 6-7,
+public key of a slot), Counter (read, increment; persistent; max 2,097,151), SelfTest
+(real known-answer checks, :mod:`.selftest`). Volatile state (TempKey, digest buffer,
+alternate key buffer, SHA context) is lost on sleep and watchdog expiry, kept on idle.
+
+Refused as silicon refuses an unsupported request (parse error), never answered with a
+fake success: internal Sign, Verify validate/invalidate/validate-external and MAC output,
+SHA HMAC and context save/restore, Info GPIO (an I2C part has no GPIO pin). Refused with an
+execution error: setting or clearing the persistent latch (the authorization that lets
+silicon do it is not modelled), stored keys whose KeyConfig.PubInfo requires validation,
+encrypted writes (as a plain write to an encrypt-only slot is), and after the data lock
+any write to a slot whose WriteConfig is not "always".
+
+Not verified against silicon (no chip at hand; datasheet and library only): whether Sign
+and Verify stored require the data zone lock (here only the config lock, as GenKey);
+the counters' initial values (config bytes 52-67 use an unpublished encoding: counters
+start at 0); the status codes chosen for the refusals above.
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from provisioner.chips.crc import crc16
+from provisioner.chips.emulator.selftest import SELFTESTS
 
 WATCHDOG_S = 1.3  # after wake, the chip falls asleep by itself
 
@@ -99,9 +112,8 @@ class EmulatedChip:
     slots: list[bytearray] = field(default_factory=lambda: [bytearray(n) for n in SLOT_SIZES])
     key_valid: list[bool] = field(default_factory=lambda: [False] * 16)
     counters: list[int] = field(default_factory=lambda: [0, 0])
-    # survives sleep, not a power cycle (a chip file loaded afresh)
+    # survives sleep, not a power cycle (a chip file loaded afresh); nothing sets it here
     latch: bool = False
-    gpio: bool = False
     # volatile: lost on sleep and watchdog expiry
     tempkey: bytes | None = None
     tempkey_from_input: bool = False  # TempKey.SourceFlag: pass-through, not random
@@ -214,19 +226,28 @@ class EmulatedChip:
             if p2 > 15:
                 raise CommandError(PARSE_ERROR)
             return bytes([int(self.key_valid[p2]), 0, 0, 0]), False
-        if mode == 0x02:  # volatile state: TempKey.KeyID 0-3, SourceFlag 4, Valid 7
-            flags = (0x80 if self.tempkey else 0) | (0x10 if self.tempkey_from_input else 0)
-            return bytes([flags, 0, 0, 0]), False
-        if mode in (0x03, 0x04):  # GPIO pin state / persistent latch: p2 bit 1 = set
+        if mode == 0x02:  # device state
+            if p2:
+                raise CommandError(PARSE_ERROR)
+            return self.device_state(), False
+        if mode == 0x04:  # persistent latch (VolKeyPermit): read; setting is refused
             if p2 & ~0x03:
                 raise CommandError(PARSE_ERROR)
-            if p2 & 0x02:
-                if mode == 0x03:
-                    self.gpio = bool(p2 & 0x01)
-                else:
-                    self.latch = bool(p2 & 0x01)
-            return bytes([int(self.gpio if mode == 0x03 else self.latch), 0, 0, 0]), False
-        raise CommandError(PARSE_ERROR)
+            if p2 & 0x02:  # set/clear: needs an authorization this emulator does not model
+                raise CommandError(EXECUTION_ERROR)
+            return bytes([int(self.latch), 0, 0, 0]), False
+        raise CommandError(PARSE_ERROR)  # 0x03 GPIO: no GPIO pin on an I2C part; refused
+
+    def device_state(self) -> bytes:
+        """Info(State), datasheet "Info - Device State": byte 0 = TempKey.NoMacFlag (7),
+        GenKeyData (6), GenDigData (5), SourceFlag (4), KeyID (3:0); byte 1 = TempKey.Valid
+        (7), AuthComplete.KeyID (6:3), AuthComplete.Valid (2); bytes 2-3 zero. Nothing here
+        derives TempKey from a key (no GenDig/GenKey digest), so only SourceFlag and Valid
+        are ever set. SourceFlag follows cryptoauthlib's model (atca_host.h: 0 = random
+        nonce, 1 = input, i.e. pass-through or a SHA digest)."""
+        byte0 = 0x10 if self.tempkey is not None and self.tempkey_from_input else 0x00
+        byte1 = 0x80 if self.tempkey is not None else 0x00
+        return bytes([byte0, byte1, 0, 0])
 
     def _address(self, zone: int, addr: int, n: int) -> tuple[bytearray, int]:
         """Resolve (zone, address, length) to a buffer and byte offset, or refuse."""
@@ -432,10 +453,14 @@ class EmulatedChip:
         self.msg_digest = None
 
     def _public_key_in(self, slot: int) -> bytes:
-        """X||Y of the public key stored (padded, 72 bytes) in a P-256 public-key slot."""
+        """X||Y of the public key stored (padded, 72 bytes) in a P-256 public-key slot.
+        A slot whose KeyConfig.PubInfo (bit 1) says its key must first be validated is
+        refused: Verify validate/invalidate is not modelled, so no key is ever valid."""
         if slot > 15:
             raise CommandError(PARSE_ERROR)
         if self.is_private(slot) or not self.is_p256(slot) or len(self.slots[slot]) < 72:
+            raise CommandError(EXECUTION_ERROR)
+        if self.key_config(slot) & 0x02:
             raise CommandError(EXECUTION_ERROR)
         raw = self.slots[slot]
         return bytes(raw[4:36] + raw[40:72])
@@ -508,8 +533,12 @@ class EmulatedChip:
         return digest, False
 
     def cmd_counter(self, mode: int, counter: int, data: bytes) -> tuple[bytes | None, bool]:
-        """Monotonic counters 0 and 1 (persistent). The config zone's initial counter
-        values (bytes 52-67) are not decoded: counters start at 0."""
+        """Monotonic counters 0 and 1 (persistent, in :attr:`counters`); answers the 4-byte
+        little-endian value, after incrementing in mode 1; past 2,097,151 execution error.
+        Config bytes 52-67 hold the counters' initial values in an encoding Microchip does
+        not publish ("contact Microchip"); the library only reads the 4-byte answer, so
+        they are not decoded and every counter starts at 0, as Microchip's generic parts
+        document ("the counters are initialized to zero")."""
         if data or mode not in (0x00, 0x01) or counter not in (0, 1):
             raise CommandError(PARSE_ERROR)
         if mode == 0x01:
@@ -519,22 +548,17 @@ class EmulatedChip:
         return self.counters[counter].to_bytes(4, "little"), mode == 0x01
 
     def cmd_selftest(self, mode: int, p2: int, data: bytes) -> tuple[bytes | None, bool]:
-        """Runs real known-answer checks of what the emulator computes with; 0x00 = pass."""
+        """SelfTest: mode bits 0 DRBG, 1 ECDSA sign, 2 ECDSA verify, 3 ECDH, 4 AES, 5 SHA
+        (cryptoauthlib's "all" is 0x3B). Runs real known-answer checks of the primitives
+        the emulator computes with and answers one byte: 0x00 if all pass, else the bits
+        of the tests that failed. Mode 0 or bits 6-7 set: parse error."""
         if data or p2 or not mode or mode & ~0x3F:
             raise CommandError(PARSE_ERROR)
-        ok = True
-        if mode & 0x20:  # SHA-256 known answer
-            ok &= hashlib.sha256(b"abc").hexdigest().startswith("ba7816bf")
-        if mode & 0x0E:  # ECDSA sign, ECDSA verify, ECDH: on a fresh key
-            key = ec.generate_private_key(ec.SECP256R1())
-            sig = key.sign(b"selftest", ec.ECDSA(hashes.SHA256()))
-            try:
-                key.public_key().verify(sig, b"selftest", ec.ECDSA(hashes.SHA256()))
-            except Exception:
-                ok = False
-        if mode & 0x01:  # RNG: two draws differ
-            ok &= secrets.token_bytes(32) != secrets.token_bytes(32)
-        return bytes([0x00 if ok else mode & 0x3F]), False
+        failed = 0
+        for bit, check in SELFTESTS.items():
+            if mode & bit and not check():
+                failed |= bit
+        return bytes([failed]), False
 
 
 def status_packet(status: int) -> bytes:

@@ -14,7 +14,7 @@ EXEC_MS: dict[int, tuple[float, float, float]] = {
     0x17: (35, 35, 35),  # Lock
     0x1B: (23, 23, 23),  # Random
     0x20: (10, 10, 10),  # UpdateExtra
-    0x24: (20, 20, 20),  # Counter
+    0x24: (25, 25, 25),  # Counter (608 table; the 508A takes 20)
     0x30: (5, 5, 5),  # Info
     0x40: (115, 215, 653),  # GenKey
     0x41: (115, 220, 665),  # Sign
