@@ -8,10 +8,13 @@ tests/core and tests/e2e with SoftHSM.
 
 from __future__ import annotations
 
+from ctypes import POINTER, c_bool, c_int, c_size_t, c_uint8, c_uint16, c_uint32, c_void_p
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -24,8 +27,51 @@ from provisioner.ca.issuer import (
     random_serial_number,
 )
 from provisioner.chips.device import CryptoAuthChip
+from provisioner.chips.library import cryptoauth
 from provisioner.ports import SigningRequest
 from provisioner.settings import Settings
+
+# The calib_* functions the command tests call (each takes the device handle first).
+_u8p = POINTER(c_uint8)
+CALIB_PROTOTYPES: dict[str, list[Any]] = {
+    "calib_hw_sha2_256": [c_void_p, _u8p, c_size_t, _u8p],
+    "calib_sha_base": [c_void_p, c_uint8, c_uint16, _u8p, _u8p, POINTER(c_uint16)],
+    "calib_sha_start": [c_void_p],
+    "calib_sha_update": [c_void_p, _u8p],
+    "calib_sha_end": [c_void_p, _u8p, c_uint16, _u8p],
+    "calib_counter": [c_void_p, c_uint8, c_uint16, POINTER(c_uint32)],
+    "calib_counter_read": [c_void_p, c_uint16, POINTER(c_uint32)],
+    "calib_counter_increment": [c_void_p, c_uint16, POINTER(c_uint32)],
+    "calib_selftest": [c_void_p, c_uint8, c_uint16, _u8p],
+    "calib_verify": [c_void_p, c_uint8, c_uint16, _u8p, _u8p, _u8p, _u8p],
+    "calib_verify_stored": [c_void_p, _u8p, _u8p, c_uint16, POINTER(c_bool)],
+    "calib_verify_stored_with_tempkey": [c_void_p, _u8p, c_uint16, POINTER(c_bool)],
+    "calib_write_pubkey": [c_void_p, c_uint16, _u8p],
+    "calib_nonce_load": [c_void_p, c_uint8, _u8p, c_uint16],
+    "calib_nonce_rand": [c_void_p, _u8p, _u8p],
+    "calib_sign_base": [c_void_p, c_uint8, c_uint16, _u8p],
+    "calib_info_base": [c_void_p, c_uint8, c_uint16, _u8p],
+    "calib_info_set_latch": [c_void_p, c_bool],
+    "calib_info_get_latch": [c_void_p, POINTER(c_bool)],
+    "calib_wakeup": [c_void_p],
+    "calib_sleep": [c_void_p],
+    "calib_idle": [c_void_p],
+}
+
+
+@pytest.fixture(scope="module")
+def lib() -> Any:
+    """The library with the command tests' prototypes declared."""
+    library = cryptoauth()
+    for name, argtypes in CALIB_PROTOTYPES.items():
+        fn = getattr(library, name)
+        fn.restype, fn.argtypes = c_int, argtypes
+    return library
+
+
+def call(chip: CryptoAuthChip, name: str, *args: Any) -> int:
+    """A ``calib_*`` call on ``chip``'s device, through the driver's SIGINT guard."""
+    return int(getattr(chip._lib, name)(chip._dev, *args))
 
 
 @dataclass

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from ctypes import POINTER, byref, c_bool, c_int, c_size_t, c_uint8, c_uint16, c_uint32, c_void_p
+from ctypes import byref, c_bool, c_uint16, c_uint32
 from pathlib import Path
 from typing import Any
 
@@ -19,40 +19,14 @@ from provisioner.chips.connector import Connector
 from provisioner.chips.device import CryptoAuthChip
 from provisioner.chips.emulator import bus as bus_module
 from provisioner.chips.emulator.bus import EmulatedBus
-from provisioner.chips.emulator.chip import COUNTER_MAX, EmulatedChip
+from provisioner.chips.emulator.chip import COUNTER_MAX, EmulatedChip, command_packet
 from provisioner.chips.library import (
     ATCA_EXECUTION_ERROR,
     ATCA_PARSE_ERROR,
     ATCA_SUCCESS,
     buf,
-    cryptoauth,
 )
-from tests.chips.conftest import SoftwareCa, issue_for, settings_with_ca
-
-_u8p = POINTER(c_uint8)
-_PROTOTYPES: dict[str, list[Any]] = {
-    "calib_hw_sha2_256": [c_void_p, _u8p, c_size_t, _u8p],
-    "calib_sha_base": [c_void_p, c_uint8, c_uint16, _u8p, _u8p, POINTER(c_uint16)],
-    "calib_counter_read": [c_void_p, c_uint16, POINTER(c_uint32)],
-    "calib_counter_increment": [c_void_p, c_uint16, POINTER(c_uint32)],
-    "calib_selftest": [c_void_p, c_uint8, c_uint16, _u8p],
-    "calib_verify_stored": [c_void_p, _u8p, _u8p, c_uint16, POINTER(c_bool)],
-    "calib_nonce_load": [c_void_p, c_uint8, _u8p, c_uint16],
-    "calib_sign_base": [c_void_p, c_uint8, c_uint16, _u8p],
-    "calib_info_set_latch": [c_void_p, c_bool],
-    "calib_info_get_latch": [c_void_p, POINTER(c_bool)],
-    "calib_sleep": [c_void_p],
-    "calib_idle": [c_void_p],
-}
-
-
-@pytest.fixture(scope="module")
-def lib() -> Any:
-    library = cryptoauth()
-    for name, argtypes in _PROTOTYPES.items():
-        fn = getattr(library, name)
-        fn.restype, fn.argtypes = c_int, argtypes
-    return library
+from tests.chips.conftest import SoftwareCa, call, issue_for, settings_with_ca
 
 
 @pytest.fixture
@@ -66,16 +40,12 @@ def station(tmp_path: Path) -> Iterator[tuple[Connector, SoftwareCa, CryptoAuthC
     chip.close()
 
 
-def _call(chip: CryptoAuthChip, name: str, *args: Any) -> int:
-    return int(getattr(chip._lib, name)(chip._dev, *args))
-
-
 @pytest.mark.parametrize("size", [0, 1, 55, 63, 64, 65, 100, 1000])
 def test_sha256_matches_hashlib(lib: Any, station: Any, size: int) -> None:
     _, _, chip = station
     message = bytes((i * 7) & 0xFF for i in range(size))
     digest = buf(32)
-    assert _call(chip, "calib_hw_sha2_256", buf(message or b"\x00"), size, digest) == 0
+    assert call(chip, "calib_hw_sha2_256", buf(message or b"\x00"), size, digest) == 0
     assert bytes(digest) == hashlib.sha256(message).digest()
 
 
@@ -83,15 +53,13 @@ def test_sha_refuses_update_without_start_and_short_updates(lib: Any, station: A
     _, _, chip = station
     out, size = buf(64), c_uint16(64)
     update = 0x01
-    status = _call(chip, "calib_sha_base", update, 64, buf(bytes(64)), out, byref(size))
+    status = call(chip, "calib_sha_base", update, 64, buf(bytes(64)), out, byref(size))
     assert status == ATCA_EXECUTION_ERROR  # no context
-    assert _call(chip, "calib_sha_base", 0x00, 0, None, out, byref(size)) == 0  # start
-    status = _call(chip, "calib_sha_base", update, 10, buf(bytes(10)), out, byref(size))
+    assert call(chip, "calib_sha_base", 0x00, 0, None, out, byref(size)) == 0  # start
+    status = call(chip, "calib_sha_base", update, 10, buf(bytes(10)), out, byref(size))
     assert status == ATCA_PARSE_ERROR  # updates are whole 64-byte blocks
     hmac_start = 0x04
-    assert _call(chip, "calib_sha_base", hmac_start, 0, None, out, byref(size)) == (
-        ATCA_PARSE_ERROR
-    )
+    assert call(chip, "calib_sha_base", hmac_start, 0, None, out, byref(size)) == (ATCA_PARSE_ERROR)
 
 
 def test_counters_count_persist_and_stop_at_the_maximum(
@@ -99,24 +67,24 @@ def test_counters_count_persist_and_stop_at_the_maximum(
 ) -> None:
     connector, _, chip = station
     value = c_uint32()
-    assert _call(chip, "calib_counter_read", 1, byref(value)) == 0 and value.value == 0
+    assert call(chip, "calib_counter_read", 1, byref(value)) == 0 and value.value == 0
     for expected in (1, 2, 3):
-        assert _call(chip, "calib_counter_increment", 1, byref(value)) == 0
+        assert call(chip, "calib_counter_increment", 1, byref(value)) == 0
         assert value.value == expected
-    assert _call(chip, "calib_counter_read", 0, byref(value)) == 0 and value.value == 0
+    assert call(chip, "calib_counter_read", 0, byref(value)) == 0 and value.value == 0
     chip.close()
     with connector.open("emulated:line1/0") as again:  # the state lives in the chip's file
-        assert _call(again, "calib_counter_read", 1, byref(value)) == 0 and value.value == 3
+        assert call(again, "calib_counter_read", 1, byref(value)) == 0 and value.value == 3
     path = connector.jig("line1").chip_path(0)
     assert path is not None
     near_end = EmulatedChip.load(path)
     near_end.counters[0] = COUNTER_MAX - 1
     near_end.save(path)
     with connector.open("emulated:line1/0") as again:
-        assert _call(again, "calib_counter_increment", 0, byref(value)) == 0
+        assert call(again, "calib_counter_increment", 0, byref(value)) == 0
         assert value.value == COUNTER_MAX
-        assert _call(again, "calib_counter_increment", 0, byref(value)) == ATCA_EXECUTION_ERROR
-        assert _call(again, "calib_counter_read", 0, byref(value)) == 0
+        assert call(again, "calib_counter_increment", 0, byref(value)) == ATCA_EXECUTION_ERROR
+        assert call(again, "calib_counter_read", 0, byref(value)) == 0
         assert value.value == COUNTER_MAX
 
 
@@ -124,11 +92,11 @@ def test_selftest_passes_and_rejects_unknown_modes(lib: Any, station: Any) -> No
     _, _, chip = station
     result = buf(1)
     result[0] = 0xAA
-    assert _call(chip, "calib_selftest", 0x3B, 0, result) == 0  # the library's "all"
+    assert call(chip, "calib_selftest", 0x3B, 0, result) == 0  # the library's "all"
     assert result[0] == 0x00
     # Bit 6 is no test: the chip answers parse error (0x03), which the library hands back
     # as the result byte (its own comment: the two cannot be told apart).
-    assert _call(chip, "calib_selftest", 0x40, 0, result) == 0
+    assert call(chip, "calib_selftest", 0x40, 0, result) == 0
     assert result[0] == 0x03
 
 
@@ -144,13 +112,13 @@ def test_verify_stored_with_the_signer_key_the_chip_holds(lib: Any, station: Any
     good = r.to_bytes(32, "big") + s.to_bytes(32, "big")
     verified = c_bool()
     slot = connector.settings.chip.signer_key_slot
-    assert _call(chip, "calib_verify_stored", buf(message), buf(good), slot, byref(verified)) == 0
+    assert call(chip, "calib_verify_stored", buf(message), buf(good), slot, byref(verified)) == 0
     assert verified.value
     bad = good[:-1] + bytes([good[-1] ^ 1])
-    assert _call(chip, "calib_verify_stored", buf(message), buf(bad), slot, byref(verified)) == 0
+    assert call(chip, "calib_verify_stored", buf(message), buf(bad), slot, byref(verified)) == 0
     assert not verified.value
     # slot 8 is data (KeyConfig KeyType "not ECC"): no public key to verify with
-    status = _call(chip, "calib_verify_stored", buf(message), buf(good), 8, byref(verified))
+    status = call(chip, "calib_verify_stored", buf(message), buf(good), 8, byref(verified))
     assert status == ATCA_EXECUTION_ERROR
 
 
@@ -159,16 +127,16 @@ def test_nonce_targets_and_what_sleep_and_idle_keep(lib: Any, station: Any) -> N
     chip.generate_key()
     digest, signature = hashlib.sha256(b"m").digest(), buf(64)
     external_from_tempkey = 0x80
-    assert _call(chip, "calib_nonce_load", 0x00, buf(digest), 32) == 0  # TempKey
-    assert _call(chip, "calib_idle") == 0
-    assert _call(chip, "calib_sign_base", external_from_tempkey, 0, signature) == ATCA_SUCCESS
+    assert call(chip, "calib_nonce_load", 0x00, buf(digest), 32) == 0  # TempKey
+    assert call(chip, "calib_idle") == 0
+    assert call(chip, "calib_sign_base", external_from_tempkey, 0, signature) == ATCA_SUCCESS
     assert chip.verify_extern(digest, bytes(signature), chip.public_key())
-    assert _call(chip, "calib_nonce_load", 0x00, buf(digest), 32) == 0
-    assert _call(chip, "calib_sleep") == 0  # sleep loses TempKey
-    status = _call(chip, "calib_sign_base", external_from_tempkey, 0, signature)
+    assert call(chip, "calib_nonce_load", 0x00, buf(digest), 32) == 0
+    assert call(chip, "calib_sleep") == 0  # sleep loses TempKey
+    status = call(chip, "calib_sign_base", external_from_tempkey, 0, signature)
     assert status == ATCA_EXECUTION_ERROR
-    assert _call(chip, "calib_nonce_load", 0x80, buf(digest), 32) == 0  # alternate key buf
-    assert _call(chip, "calib_nonce_load", 0x80, buf(digest * 2), 64) == ATCA_PARSE_ERROR
+    assert call(chip, "calib_nonce_load", 0x80, buf(digest), 32) == 0  # alternate key buf
+    assert call(chip, "calib_nonce_load", 0x80, buf(digest * 2), 64) == ATCA_PARSE_ERROR
 
 
 def test_info_state_gpio_and_latch(lib: Any, station: Any) -> None:
@@ -177,16 +145,16 @@ def test_info_state_gpio_and_latch(lib: Any, station: Any) -> None:
     needs (not modelled); an I2C part has no GPIO pin."""
     _, _, chip = station
     out = buf(4)
-    assert _call(chip, "calib_info_base", 0x02, 0, out) == 0
+    assert call(chip, "calib_info_base", 0x02, 0, out) == 0
     assert out[1] & 0x80 == 0  # nothing has loaded TempKey yet
-    assert _call(chip, "calib_nonce_load", 0x00, buf(bytes(32)), 32) == 0
-    assert _call(chip, "calib_info_base", 0x02, 0, out) == 0
+    assert call(chip, "calib_nonce_load", 0x00, buf(bytes(32)), 32) == 0
+    assert call(chip, "calib_info_base", 0x02, 0, out) == 0
     assert (out[0] & 0x10, out[1] & 0x80) == (0x10, 0x80)  # from input (pass-through), valid
     latch = c_bool(True)
-    assert _call(chip, "calib_info_get_latch", byref(latch)) == 0 and not latch.value
-    assert _call(chip, "calib_info_set_latch", True) == ATCA_EXECUTION_ERROR
-    assert _call(chip, "calib_info_base", 0x03, 0x03, out) == ATCA_PARSE_ERROR
-    assert _call(chip, "calib_info_base", 0x05, 0, out) == ATCA_PARSE_ERROR
+    assert call(chip, "calib_info_get_latch", byref(latch)) == 0 and not latch.value
+    assert call(chip, "calib_info_set_latch", True) == ATCA_EXECUTION_ERROR
+    assert call(chip, "calib_info_base", 0x03, 0x03, out) == ATCA_PARSE_ERROR
+    assert call(chip, "calib_info_base", 0x05, 0, out) == ATCA_PARSE_ERROR
 
 
 def test_the_watchdog_loses_volatile_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -201,10 +169,7 @@ def test_the_watchdog_loses_volatile_state(tmp_path: Path, monkeypatch: pytest.M
     wire = EmulatedBus(jig, 0)
 
     def command(opcode: int, p1: int, p2: int, data: bytes = b"") -> bytes:
-        from provisioner.chips.crc import crc16
-
-        body = bytes([len(data) + 7, opcode, p1]) + p2.to_bytes(2, "little") + data
-        wire.send(body + crc16(body))
+        wire.send(command_packet(opcode, p1, p2, data))
         response = wire.receive()
         assert response is not None
         return response

@@ -24,7 +24,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
-from ctypes import POINTER, byref, c_bool, c_int, c_size_t, c_uint8, c_uint16, c_uint32, c_void_p
+from ctypes import byref, c_bool, c_uint16, c_uint32
 from pathlib import Path
 from typing import Any
 
@@ -45,37 +45,12 @@ from provisioner.chips.library import (
     ATCA_PARSE_ERROR,
     ATCA_SUCCESS,
     buf,
-    cryptoauth,
 )
 from provisioner.settings import Settings
+from tests.chips.conftest import call
 
 COUNTER_MAX = 2_097_151  # datasheet / calib_command.h COUNTER_MAX_VALUE
 
-_u8p = POINTER(c_uint8)
-_PROTOTYPES: dict[str, list[Any]] = {
-    "calib_hw_sha2_256": [c_void_p, _u8p, c_size_t, _u8p],
-    "calib_sha_base": [c_void_p, c_uint8, c_uint16, _u8p, _u8p, POINTER(c_uint16)],
-    "calib_sha_start": [c_void_p],
-    "calib_sha_update": [c_void_p, _u8p],
-    "calib_sha_end": [c_void_p, _u8p, c_uint16, _u8p],
-    "calib_counter": [c_void_p, c_uint8, c_uint16, POINTER(c_uint32)],
-    "calib_counter_read": [c_void_p, c_uint16, POINTER(c_uint32)],
-    "calib_counter_increment": [c_void_p, c_uint16, POINTER(c_uint32)],
-    "calib_selftest": [c_void_p, c_uint8, c_uint16, _u8p],
-    "calib_verify": [c_void_p, c_uint8, c_uint16, _u8p, _u8p, _u8p, _u8p],
-    "calib_verify_stored": [c_void_p, _u8p, _u8p, c_uint16, POINTER(c_bool)],
-    "calib_verify_stored_with_tempkey": [c_void_p, _u8p, c_uint16, POINTER(c_bool)],
-    "calib_write_pubkey": [c_void_p, c_uint16, _u8p],
-    "calib_nonce_load": [c_void_p, c_uint8, _u8p, c_uint16],
-    "calib_nonce_rand": [c_void_p, _u8p, _u8p],
-    "calib_sign_base": [c_void_p, c_uint8, c_uint16, _u8p],
-    "calib_info_base": [c_void_p, c_uint8, c_uint16, _u8p],
-    "calib_info_set_latch": [c_void_p, c_bool],
-    "calib_info_get_latch": [c_void_p, POINTER(c_bool)],
-    "calib_wakeup": [c_void_p],
-    "calib_sleep": [c_void_p],
-    "calib_idle": [c_void_p],
-}
 
 # Mode bytes as the library names them (calib_command.h).
 SHA_END = 0x02
@@ -88,15 +63,6 @@ VERIFY_VALIDATE, VERIFY_INVALIDATE, VERIFY_VALIDATE_EXTERNAL = 0x03, 0x07, 0x01
 PUBLIC_SLOT = 13  # KeyConfig 0x0030: P-256 public key, usable without validation
 VALIDATED_PUBLIC_SLOT = 14  # KeyConfig 0x0032: PubInfo set, the key needs validating first
 DATA_SLOT = 9  # KeyConfig 0x003C: "not ECC"
-
-
-@pytest.fixture(scope="module")
-def lib() -> Any:
-    library = cryptoauth()
-    for name, argtypes in _PROTOTYPES.items():
-        fn = getattr(library, name)
-        fn.restype, fn.argtypes = c_int, argtypes
-    return library
 
 
 @pytest.fixture
@@ -129,13 +95,9 @@ def configured(blank: CryptoAuthChip) -> CryptoAuthChip:
     return blank
 
 
-def _call(chip: CryptoAuthChip, name: str, *args: Any) -> int:
-    return int(getattr(chip._lib, name)(chip._dev, *args))
-
-
 def _state(chip: CryptoAuthChip) -> bytes:
     out = buf(4)
-    assert _call(chip, "calib_info_base", INFO_STATE, 0, out) == ATCA_SUCCESS
+    assert call(chip, "calib_info_base", INFO_STATE, 0, out) == ATCA_SUCCESS
     return bytes(out)
 
 
@@ -152,7 +114,7 @@ def _signs_digest(chip: CryptoAuthChip, public64: bytes, mode: int, digest: byte
     """Sign (external) from TempKey or the digest buffer; True if the signature is over
     ``digest`` (checked with cryptography on the prehashed digest)."""
     signature = buf(64)
-    assert _call(chip, "calib_sign_base", mode, 0, signature) == ATCA_SUCCESS
+    assert call(chip, "calib_sign_base", mode, 0, signature) == ATCA_SUCCESS
     key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + public64)
     raw = bytes(signature)
     der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
@@ -170,7 +132,7 @@ def _signs_digest(chip: CryptoAuthChip, public64: bytes, mode: int, digest: byte
 def test_sha256_of_several_lengths_equals_hashlib(configured: CryptoAuthChip, size: int) -> None:
     message = bytes((i * 31 + 7) & 0xFF for i in range(size))
     digest = buf(32)
-    status = _call(configured, "calib_hw_sha2_256", buf(message or b"\x00"), size, digest)
+    status = call(configured, "calib_hw_sha2_256", buf(message or b"\x00"), size, digest)
     assert status == ATCA_SUCCESS
     assert bytes(digest) == hashlib.sha256(message).digest()
 
@@ -181,11 +143,11 @@ def test_sha_start_update_end_by_hand_and_the_digest_lands_in_tempkey(
     chip = configured
     public = chip.generate_key()
     message = bytes(range(64)) + b"tail of 19 bytes..."
-    assert _call(chip, "calib_sha_start") == ATCA_SUCCESS
-    assert _call(chip, "calib_sha_update", buf(message[:64])) == ATCA_SUCCESS
+    assert call(chip, "calib_sha_start") == ATCA_SUCCESS
+    assert call(chip, "calib_sha_update", buf(message[:64])) == ATCA_SUCCESS
     digest = buf(32)
     tail = message[64:]
-    assert _call(chip, "calib_sha_end", digest, len(tail), buf(tail)) == ATCA_SUCCESS
+    assert call(chip, "calib_sha_end", digest, len(tail), buf(tail)) == ATCA_SUCCESS
     want = hashlib.sha256(message).digest()
     assert bytes(digest) == want
     # Mode 0x02 targets TempKey: valid, SourceFlag "input"; a Sign from TempKey signs it.
@@ -197,18 +159,18 @@ def test_sha_end_to_the_digest_buffer_and_output_only(configured: CryptoAuthChip
     chip = configured
     public = chip.generate_key()
     out, size = buf(32), c_uint16(32)
-    assert _call(chip, "calib_sha_start") == ATCA_SUCCESS
+    assert call(chip, "calib_sha_start") == ATCA_SUCCESS
     end_to_buffer = SHA_END | SHA_TARGET_MSGDIGBUF
-    assert _call(chip, "calib_sha_base", end_to_buffer, 3, buf(b"abc"), out, byref(size)) == 0
+    assert call(chip, "calib_sha_base", end_to_buffer, 3, buf(b"abc"), out, byref(size)) == 0
     assert size.value == 32 and bytes(out) == hashlib.sha256(b"abc").digest()
     assert not _tempkey_valid(chip)  # the digest went to the buffer, not TempKey
     assert _signs_digest(
         chip, public, SIGN_EXTERNAL | SIGN_SOURCE_MSGDIGBUF, hashlib.sha256(b"abc").digest()
     )
-    assert _call(chip, "calib_sha_start") == ATCA_SUCCESS
+    assert call(chip, "calib_sha_start") == ATCA_SUCCESS
     size.value = 32
     end_out_only = SHA_END | SHA_TARGET_OUT_ONLY
-    assert _call(chip, "calib_sha_base", end_out_only, 2, buf(b"xy"), out, byref(size)) == 0
+    assert call(chip, "calib_sha_base", end_out_only, 2, buf(b"xy"), out, byref(size)) == 0
     assert bytes(out) == hashlib.sha256(b"xy").digest()
     assert not _tempkey_valid(chip)
 
@@ -217,33 +179,33 @@ def test_sha_refusals(configured: CryptoAuthChip) -> None:
     chip = configured
     out, size = buf(64), c_uint16(64)
     # no context yet: execution error
-    assert _call(chip, "calib_sha_update", buf(bytes(64))) == ATCA_EXECUTION_ERROR
-    assert _call(chip, "calib_sha_start") == ATCA_SUCCESS
+    assert call(chip, "calib_sha_update", buf(bytes(64))) == ATCA_EXECUTION_ERROR
+    assert call(chip, "calib_sha_start") == ATCA_SUCCESS
     # updates are whole 64-byte blocks
-    assert _call(chip, "calib_sha_base", 0x01, 10, buf(bytes(10)), out, byref(size)) == (
+    assert call(chip, "calib_sha_base", 0x01, 10, buf(bytes(10)), out, byref(size)) == (
         ATCA_PARSE_ERROR
     )
     # bits 6-7 = 0b10 is no target
     end_reserved = SHA_END | SHA_TARGET_RESERVED
-    status = _call(chip, "calib_sha_base", end_reserved, 0, None, out, byref(size))
+    status = call(chip, "calib_sha_base", end_reserved, 0, None, out, byref(size))
     assert status == ATCA_PARSE_ERROR
     # HMAC start (4), context read (6) and write (7) are not implemented: refused
     for mode, data in ((0x04, None), (0x06, None), (0x07, buf(bytes(40)))):
         length = 40 if data is not None else 0
         size.value = 64
-        assert _call(chip, "calib_sha_base", mode, length, data, out, byref(size)) == (
+        assert call(chip, "calib_sha_base", mode, length, data, out, byref(size)) == (
             ATCA_PARSE_ERROR
         ), hex(mode)
     # sleep loses the SHA context
-    assert _call(chip, "calib_sha_start") == ATCA_SUCCESS
-    assert _call(chip, "calib_sleep") == ATCA_SUCCESS
-    assert _call(chip, "calib_sha_update", buf(bytes(64))) == ATCA_EXECUTION_ERROR
+    assert call(chip, "calib_sha_start") == ATCA_SUCCESS
+    assert call(chip, "calib_sleep") == ATCA_SUCCESS
+    assert call(chip, "calib_sha_update", buf(bytes(64))) == ATCA_EXECUTION_ERROR
     # idle keeps it
-    assert _call(chip, "calib_sha_start") == ATCA_SUCCESS
-    assert _call(chip, "calib_idle") == ATCA_SUCCESS
-    assert _call(chip, "calib_sha_update", buf(bytes(64))) == ATCA_SUCCESS
+    assert call(chip, "calib_sha_start") == ATCA_SUCCESS
+    assert call(chip, "calib_idle") == ATCA_SUCCESS
+    assert call(chip, "calib_sha_update", buf(bytes(64))) == ATCA_SUCCESS
     digest = buf(32)
-    assert _call(chip, "calib_sha_end", digest, 0, None) == ATCA_SUCCESS
+    assert call(chip, "calib_sha_end", digest, 0, None) == ATCA_SUCCESS
     assert bytes(digest) == hashlib.sha256(bytes(64)).digest()
 
 
@@ -254,20 +216,20 @@ def test_counters_read_increment_and_persist_across_reopening(
     connector: Connector, configured: CryptoAuthChip
 ) -> None:
     value = c_uint32(0xDEAD)
-    assert _call(configured, "calib_counter_read", 0, byref(value)) == 0 and value.value == 0
+    assert call(configured, "calib_counter_read", 0, byref(value)) == 0 and value.value == 0
     for expected in (1, 2, 3):
-        assert _call(configured, "calib_counter_increment", 0, byref(value)) == ATCA_SUCCESS
+        assert call(configured, "calib_counter_increment", 0, byref(value)) == ATCA_SUCCESS
         assert value.value == expected
-    assert _call(configured, "calib_counter_increment", 1, byref(value)) == ATCA_SUCCESS
+    assert call(configured, "calib_counter_increment", 1, byref(value)) == ATCA_SUCCESS
     assert value.value == 1
     configured.close()
     with connector.open("emulated:line1/0") as again:  # another session, same chip file
-        assert _call(again, "calib_counter_read", 0, byref(value)) == 0 and value.value == 3
-        assert _call(again, "calib_counter_read", 1, byref(value)) == 0 and value.value == 1
-        assert _call(again, "calib_counter_increment", 0, byref(value)) == 0
+        assert call(again, "calib_counter_read", 0, byref(value)) == 0 and value.value == 3
+        assert call(again, "calib_counter_read", 1, byref(value)) == 0 and value.value == 1
+        assert call(again, "calib_counter_increment", 0, byref(value)) == 0
         assert value.value == 4
         # mode 2 is no Counter mode: the chip refuses it
-        assert _call(again, "calib_counter", 0x02, 0, byref(value)) == ATCA_PARSE_ERROR
+        assert call(again, "calib_counter", 0x02, 0, byref(value)) == ATCA_PARSE_ERROR
 
 
 def test_counter_at_its_maximum_refuses(connector: Connector, configured: CryptoAuthChip) -> None:
@@ -279,15 +241,15 @@ def test_counter_at_its_maximum_refuses(connector: Connector, configured: Crypto
     path.write_text(json.dumps(state))
     value = c_uint32()
     with connector.open("emulated:line1/0") as chip:
-        assert _call(chip, "calib_counter_increment", 1, byref(value)) == ATCA_SUCCESS
+        assert call(chip, "calib_counter_increment", 1, byref(value)) == ATCA_SUCCESS
         assert value.value == COUNTER_MAX - 1
-        assert _call(chip, "calib_counter_increment", 1, byref(value)) == ATCA_SUCCESS
+        assert call(chip, "calib_counter_increment", 1, byref(value)) == ATCA_SUCCESS
         assert value.value == COUNTER_MAX
         value.value = 0
-        assert _call(chip, "calib_counter_increment", 1, byref(value)) == ATCA_EXECUTION_ERROR
-        assert _call(chip, "calib_counter_read", 1, byref(value)) == ATCA_SUCCESS
+        assert call(chip, "calib_counter_increment", 1, byref(value)) == ATCA_EXECUTION_ERROR
+        assert call(chip, "calib_counter_read", 1, byref(value)) == ATCA_SUCCESS
         assert value.value == COUNTER_MAX  # the refused increment left it where it was
-        assert _call(chip, "calib_counter_read", 0, byref(value)) == 0 and value.value == 0
+        assert call(chip, "calib_counter_read", 0, byref(value)) == 0 and value.value == 0
 
 
 # --- SelfTest --------------------------------------------------------------------------
@@ -297,7 +259,7 @@ def test_counter_at_its_maximum_refuses(connector: Connector, configured: Crypto
 def test_selftest_passes(configured: CryptoAuthChip, mode: int) -> None:
     result = buf(1)
     result[0] = 0xAA
-    assert _call(configured, "calib_selftest", mode, 0, result) == ATCA_SUCCESS
+    assert call(configured, "calib_selftest", mode, 0, result) == ATCA_SUCCESS
     assert result[0] == 0x00
 
 
@@ -309,7 +271,7 @@ def test_selftest_with_no_test_or_an_unknown_bit_is_a_parse_error(
     result = buf(1)
     for mode in (0x40, 0x80):
         result[0] = 0xAA
-        assert _call(configured, "calib_selftest", mode, 0, result) == ATCA_SUCCESS
+        assert call(configured, "calib_selftest", mode, 0, result) == ATCA_SUCCESS
         assert result[0] == 0x03, hex(mode)
 
 
@@ -332,7 +294,7 @@ def test_verify_stored_with_a_public_key_slot(
     configured: CryptoAuthChip, signer: ec.EllipticCurvePrivateKey
 ) -> None:
     chip = configured
-    assert _call(chip, "calib_write_pubkey", PUBLIC_SLOT, buf(_xy(signer))) == ATCA_SUCCESS
+    assert call(chip, "calib_write_pubkey", PUBLIC_SLOT, buf(_xy(signer))) == ATCA_SUCCESS
     message = b"firmware image 1.2.3"
     digest = hashlib.sha256(message).digest()
     good = _raw_signature(signer.sign(message, ec.ECDSA(hashes.SHA256())))
@@ -343,22 +305,18 @@ def test_verify_stored_with_a_public_key_slot(
     verified = c_bool()
     for signature, want in ((good, True), (bad, False), (other, False)):
         verified.value = not want
-        status = _call(
+        status = call(
             chip, "calib_verify_stored", buf(digest), buf(signature), PUBLIC_SLOT, byref(verified)
         )
         assert status == ATCA_SUCCESS  # a mismatch (0x01) is a result, not an error
         assert verified.value is want
     # the same from TempKey (mode 0x00 source) instead of the digest buffer
-    assert _call(chip, "calib_nonce_load", NONCE_TARGET_TEMPKEY, buf(digest), 32) == 0
-    status = _call(
-        chip, "calib_verify_stored_with_tempkey", buf(good), PUBLIC_SLOT, byref(verified)
-    )
+    assert call(chip, "calib_nonce_load", NONCE_TARGET_TEMPKEY, buf(digest), 32) == 0
+    status = call(chip, "calib_verify_stored_with_tempkey", buf(good), PUBLIC_SLOT, byref(verified))
     assert status == ATCA_SUCCESS and verified.value
     wrong_digest = hashlib.sha256(b"another image").digest()
-    assert _call(chip, "calib_nonce_load", NONCE_TARGET_TEMPKEY, buf(wrong_digest), 32) == 0
-    status = _call(
-        chip, "calib_verify_stored_with_tempkey", buf(good), PUBLIC_SLOT, byref(verified)
-    )
+    assert call(chip, "calib_nonce_load", NONCE_TARGET_TEMPKEY, buf(wrong_digest), 32) == 0
+    status = call(chip, "calib_verify_stored_with_tempkey", buf(good), PUBLIC_SLOT, byref(verified))
     assert status == ATCA_SUCCESS and not verified.value
 
 
@@ -368,12 +326,12 @@ def test_verify_stored_refuses_slots_without_a_usable_public_key(
     chip = configured
     chip.generate_key()  # slot 0: a private key
     for slot in (VALIDATED_PUBLIC_SLOT, DATA_SLOT):
-        assert _call(chip, "calib_write_pubkey", slot, buf(_xy(signer))) == ATCA_SUCCESS
+        assert call(chip, "calib_write_pubkey", slot, buf(_xy(signer))) == ATCA_SUCCESS
     digest = hashlib.sha256(b"m").digest()
     good = _raw_signature(signer.sign(b"m", ec.ECDSA(hashes.SHA256())))
     verified = c_bool(True)
     for slot in (DATA_SLOT, 0, VALIDATED_PUBLIC_SLOT):
-        status = _call(chip, "calib_verify_stored", buf(digest), buf(good), slot, byref(verified))
+        status = call(chip, "calib_verify_stored", buf(digest), buf(good), slot, byref(verified))
         assert status == ATCA_EXECUTION_ERROR, slot
         assert not verified.value
 
@@ -382,15 +340,15 @@ def test_verify_validate_and_invalidate_are_refused(
     configured: CryptoAuthChip, signer: ec.EllipticCurvePrivateKey
 ) -> None:
     chip = configured
-    assert _call(chip, "calib_write_pubkey", VALIDATED_PUBLIC_SLOT, buf(_xy(signer))) == 0
-    assert _call(chip, "calib_nonce_load", NONCE_TARGET_TEMPKEY, buf(bytes(32)), 32) == 0
+    assert call(chip, "calib_write_pubkey", VALIDATED_PUBLIC_SLOT, buf(_xy(signer))) == 0
+    assert call(chip, "calib_nonce_load", NONCE_TARGET_TEMPKEY, buf(bytes(32)), 32) == 0
     signature, other_data = buf(bytes(64)), buf(bytes(19))
     for mode in (VERIFY_VALIDATE, VERIFY_INVALIDATE):
-        status = _call(
+        status = call(
             chip, "calib_verify", mode, VALIDATED_PUBLIC_SLOT, signature, None, other_data, None
         )
         assert status == ATCA_PARSE_ERROR, mode
-    status = _call(
+    status = call(
         chip, "calib_verify", VERIFY_VALIDATE_EXTERNAL, 4, signature, buf(_xy(signer)), None, None
     )
     assert status == ATCA_PARSE_ERROR
@@ -402,42 +360,42 @@ def test_verify_validate_and_invalidate_are_refused(
 def test_nonce_to_the_alternate_key_buffer(configured: CryptoAuthChip) -> None:
     chip = configured
     key = bytes(range(32))
-    assert _call(chip, "calib_nonce_load", NONCE_TARGET_ALTKEYBUF, buf(key), 32) == ATCA_SUCCESS
+    assert call(chip, "calib_nonce_load", NONCE_TARGET_ALTKEYBUF, buf(key), 32) == ATCA_SUCCESS
     assert _state(chip) == bytes(4)  # TempKey untouched
     # the alternate key buffer takes 32 bytes only
-    status = _call(chip, "calib_nonce_load", NONCE_TARGET_ALTKEYBUF, buf(key * 2), 64)
+    status = call(chip, "calib_nonce_load", NONCE_TARGET_ALTKEYBUF, buf(key * 2), 64)
     assert status == ATCA_PARSE_ERROR
     # the digest buffer takes 64 (message + MAC nonce), TempKey 32 or 64
-    assert _call(chip, "calib_nonce_load", NONCE_TARGET_MSGDIGBUF, buf(key * 2), 64) == 0
+    assert call(chip, "calib_nonce_load", NONCE_TARGET_MSGDIGBUF, buf(key * 2), 64) == 0
     assert _state(chip) == bytes(4)
-    assert _call(chip, "calib_nonce_load", NONCE_TARGET_TEMPKEY, buf(key), 32) == 0
+    assert call(chip, "calib_nonce_load", NONCE_TARGET_TEMPKEY, buf(key), 32) == 0
     assert _state(chip) == bytes([0x10, 0x80, 0, 0])
 
 
 def test_info_modes(configured: CryptoAuthChip) -> None:
     chip = configured
     out = buf(4)
-    assert _call(chip, "calib_info_base", INFO_REVISION, 0, out) == 0
+    assert call(chip, "calib_info_base", INFO_REVISION, 0, out) == 0
     assert bytes(out) == bytes.fromhex("00006002")
-    assert _call(chip, "calib_info_base", INFO_KEY_VALID, 0, out) == 0 and out[0] == 0
+    assert call(chip, "calib_info_base", INFO_KEY_VALID, 0, out) == 0 and out[0] == 0
     chip.generate_key()
-    assert _call(chip, "calib_info_base", INFO_KEY_VALID, 0, out) == 0 and out[0] == 1
+    assert call(chip, "calib_info_base", INFO_KEY_VALID, 0, out) == 0 and out[0] == 1
     # State: byte 0 TempKey flags (SourceFlag bit 4), byte 1 bit 7 TempKey.Valid
     assert _state(chip) == bytes(4)
     rand = buf(32)
-    assert _call(chip, "calib_nonce_rand", buf(bytes(20)), rand) == ATCA_SUCCESS
+    assert call(chip, "calib_nonce_rand", buf(bytes(20)), rand) == ATCA_SUCCESS
     assert _state(chip) == bytes([0x00, 0x80, 0, 0])  # valid, from the RNG
-    assert _call(chip, "calib_nonce_load", NONCE_TARGET_TEMPKEY, buf(bytes(32)), 32) == 0
+    assert call(chip, "calib_nonce_load", NONCE_TARGET_TEMPKEY, buf(bytes(32)), 32) == 0
     assert _state(chip) == bytes([0x10, 0x80, 0, 0])  # valid, from input
-    assert _call(chip, "calib_info_base", INFO_STATE, 1, out) == ATCA_PARSE_ERROR
+    assert call(chip, "calib_info_base", INFO_STATE, 1, out) == ATCA_PARSE_ERROR
     # Persistent latch (mode 4): clear after power-up; setting it is not modelled: refused
     latch = c_bool(True)
-    assert _call(chip, "calib_info_get_latch", byref(latch)) == 0 and latch.value is False
-    assert _call(chip, "calib_info_set_latch", True) == ATCA_EXECUTION_ERROR
-    assert _call(chip, "calib_info_get_latch", byref(latch)) == 0 and latch.value is False
+    assert call(chip, "calib_info_get_latch", byref(latch)) == 0 and latch.value is False
+    assert call(chip, "calib_info_set_latch", True) == ATCA_EXECUTION_ERROR
+    assert call(chip, "calib_info_get_latch", byref(latch)) == 0 and latch.value is False
     # GPIO (mode 3): an I2C part has no GPIO pin; unknown modes: refused
-    assert _call(chip, "calib_info_base", INFO_GPIO, 0, out) == ATCA_PARSE_ERROR
-    assert _call(chip, "calib_info_base", 0x05, 0, out) == ATCA_PARSE_ERROR
+    assert call(chip, "calib_info_base", INFO_GPIO, 0, out) == ATCA_PARSE_ERROR
+    assert call(chip, "calib_info_base", 0x05, 0, out) == ATCA_PARSE_ERROR
 
 
 def test_sleep_loses_tempkey_and_idle_keeps_it(configured: CryptoAuthChip) -> None:
@@ -445,16 +403,16 @@ def test_sleep_loses_tempkey_and_idle_keeps_it(configured: CryptoAuthChip) -> No
     public = chip.generate_key()
     digest = hashlib.sha256(b"keep me").digest()
     signature = buf(64)
-    assert _call(chip, "calib_nonce_load", NONCE_TARGET_TEMPKEY, buf(digest), 32) == 0
-    assert _call(chip, "calib_idle") == ATCA_SUCCESS
+    assert call(chip, "calib_nonce_load", NONCE_TARGET_TEMPKEY, buf(digest), 32) == 0
+    assert call(chip, "calib_idle") == ATCA_SUCCESS
     assert _signs_digest(chip, public, SIGN_EXTERNAL, digest)
-    assert _call(chip, "calib_nonce_load", NONCE_TARGET_TEMPKEY, buf(digest), 32) == 0
-    assert _call(chip, "calib_nonce_load", NONCE_TARGET_MSGDIGBUF, buf(digest), 32) == 0
-    assert _call(chip, "calib_sleep") == ATCA_SUCCESS
+    assert call(chip, "calib_nonce_load", NONCE_TARGET_TEMPKEY, buf(digest), 32) == 0
+    assert call(chip, "calib_nonce_load", NONCE_TARGET_MSGDIGBUF, buf(digest), 32) == 0
+    assert call(chip, "calib_sleep") == ATCA_SUCCESS
     assert _state(chip) == bytes(4)
-    assert _call(chip, "calib_sign_base", SIGN_EXTERNAL, 0, signature) == ATCA_EXECUTION_ERROR
+    assert call(chip, "calib_sign_base", SIGN_EXTERNAL, 0, signature) == ATCA_EXECUTION_ERROR
     mode = SIGN_EXTERNAL | SIGN_SOURCE_MSGDIGBUF
-    assert _call(chip, "calib_sign_base", mode, 0, signature) == ATCA_EXECUTION_ERROR
+    assert call(chip, "calib_sign_base", mode, 0, signature) == ATCA_EXECUTION_ERROR
 
 
 # --- Watchdog --------------------------------------------------------------------------
@@ -465,14 +423,14 @@ def test_the_watchdog_expires_on_a_chip_left_awake(configured: CryptoAuthChip) -
     chip = configured
     public = chip.generate_key()
     digest = hashlib.sha256(b"watchdog").digest()
-    assert _call(chip, "calib_nonce_load", NONCE_TARGET_TEMPKEY, buf(digest), 32) == 0
-    assert _call(chip, "calib_wakeup") == ATCA_SUCCESS  # awake: the watchdog runs
+    assert call(chip, "calib_nonce_load", NONCE_TARGET_TEMPKEY, buf(digest), 32) == 0
+    assert call(chip, "calib_wakeup") == ATCA_SUCCESS  # awake: the watchdog runs
     time.sleep(1.4)  # past the 1.3 s watchdog: the chip fell asleep by itself
     signature = buf(64)
-    assert _call(chip, "calib_sign_base", SIGN_EXTERNAL, 0, signature) == ATCA_EXECUTION_ERROR
+    assert call(chip, "calib_sign_base", SIGN_EXTERNAL, 0, signature) == ATCA_EXECUTION_ERROR
     assert _state(chip) == bytes(4)
     # control: a fresh TempKey signs fine right away
-    assert _call(chip, "calib_nonce_load", NONCE_TARGET_TEMPKEY, buf(digest), 32) == 0
+    assert call(chip, "calib_nonce_load", NONCE_TARGET_TEMPKEY, buf(digest), 32) == 0
     assert _signs_digest(chip, public, SIGN_EXTERNAL, digest)
 
 
@@ -481,9 +439,9 @@ def test_an_idle_chip_keeps_tempkey_past_the_watchdog(configured: CryptoAuthChip
     chip = configured
     public = chip.generate_key()
     digest = hashlib.sha256(b"idle").digest()
-    assert _call(chip, "calib_nonce_load", NONCE_TARGET_TEMPKEY, buf(digest), 32) == 0
-    assert _call(chip, "calib_wakeup") == ATCA_SUCCESS
-    assert _call(chip, "calib_idle") == ATCA_SUCCESS  # idle stops the watchdog
+    assert call(chip, "calib_nonce_load", NONCE_TARGET_TEMPKEY, buf(digest), 32) == 0
+    assert call(chip, "calib_wakeup") == ATCA_SUCCESS
+    assert call(chip, "calib_idle") == ATCA_SUCCESS  # idle stops the watchdog
     time.sleep(1.4)
     assert _state(chip) == bytes([0x10, 0x80, 0, 0])
     assert _signs_digest(chip, public, SIGN_EXTERNAL, digest)

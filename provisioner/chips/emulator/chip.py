@@ -561,6 +561,12 @@ class EmulatedChip:
         return bytes([failed]), False
 
 
+def command_packet(opcode: int, p1: int, p2: int, data: bytes = b"") -> bytes:
+    """A command as the host puts it on the wire: count, opcode, p1, p2 (LE), data, CRC."""
+    body = bytes([len(data) + 7, opcode, p1]) + p2.to_bytes(2, "little") + data
+    return body + crc16(body)
+
+
 def status_packet(status: int) -> bytes:
     body = bytes([4, status])
     return body + crc16(body)

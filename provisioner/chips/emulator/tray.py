@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import os
 
-from provisioner.chips.crc import crc16
-from provisioner.chips.emulator.chip import OK, EmulatedChip
+from provisioner.chips.emulator.chip import OK, EmulatedChip, command_packet
 
 _WRITE, _LOCK, _GENKEY = 0x12, 0x17, 0x40
 _ZONE_CONFIG, _ZONE_DATA, _BLOCK = 0x00, 0x02, 0x80
@@ -20,8 +19,7 @@ _LOCK_CONFIG, _LOCK_DATA, _LOCK_SLOT, _SKIP_CRC = 0x00, 0x01, 0x02, 0x80
 
 
 def _send(chip: EmulatedChip, opcode: int, p1: int, p2: int, data: bytes = b"") -> bytes:
-    body = bytes([len(data) + 7, opcode, p1]) + p2.to_bytes(2, "little") + data
-    response, _ = chip.execute(body + crc16(body))
+    response, _ = chip.execute(command_packet(opcode, p1, p2, data))
     if len(response) == 4 and response[1] != OK:
         raise RuntimeError(f"opcode 0x{opcode:02X} refused with status 0x{response[1]:02X}")
     return response
