@@ -3,30 +3,63 @@
 A :class:`Pkcs11Module` owns one loaded-and-initialised module for one process; closing it
 finalises the module (python-pkcs11 re-initialises on the next open, which also makes
 SoftHSM re-read its configuration). Tokens are found by label, never by slot number.
+
+Login is per process and token (PKCS#11): the first session logs in, every later session of
+the process shares that login, and closing the logged-in session logs all of them out.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pkcs11
 from pkcs11 import exceptions as p11e
 
-from hsm.pins import read_pin
+from hsm.pins import PinSource
 from provisioner.errors import HsmError, HsmLoginError
+
+T = TypeVar("T")
+
+# Failures that mean the token (or our connection to it) is gone, not that the request was
+# wrong: a circuit breaker reacts to these, and only to these.
+TOKEN_LOST: tuple[type[p11e.PKCS11Error], ...] = (
+    p11e.DeviceRemoved,
+    p11e.DeviceError,
+    p11e.DeviceMemory,
+    p11e.TokenNotPresent,
+    p11e.TokenNotRecognised,
+    p11e.SessionHandleInvalid,
+    p11e.SessionClosed,
+    p11e.ObjectHandleInvalid,
+    p11e.KeyHandleInvalid,
+    p11e.GeneralError,
+    p11e.UserNotLoggedIn,
+)
 
 
 class TokenSession:
-    """One logged-in user session on one token; operations are serialised by a lock
-    (python-pkcs11 sessions are not safe to share between threads)."""
+    """One session on one token; operations are serialised by a lock (python-pkcs11
+    sessions are not safe to share between threads). ``keys`` caches object handles found
+    in this session; they die with it."""
 
-    def __init__(self, token_label: str, session: Any) -> None:
+    def __init__(self, token_label: str, session: Any, generation: int = 0) -> None:
         self.token_label = token_label
         self.session = session
+        self.generation = generation
         self.lock = threading.RLock()
+        self.keys: dict[object, Any] = {}
+
+    def run(self, fn: Callable[[TokenSession], T]) -> T:
+        """Run ``fn`` on this session (the same call shape as a pool's)."""
+        with self.lock:
+            try:
+                return fn(self)
+            except TOKEN_LOST as exc:
+                raise HsmError(f"token {self.token_label!r} failed: {type(exc).__name__}") from None
 
     def close(self) -> None:
         with self.lock, contextlib.suppress(p11e.PKCS11Error):
@@ -56,6 +89,14 @@ class Pkcs11Module:
         with contextlib.suppress(p11e.PKCS11Error):
             self.lib.finalize()
 
+    def reinitialize(self) -> None:
+        """Finalise and initialise again: the only way back after a token was lost (slot
+        listing keeps failing until then; research/hsm.md)."""
+        try:
+            self.lib.reinitialize()
+        except p11e.PKCS11Error as exc:
+            raise HsmError(f"cannot re-initialise {self.module_path}: {exc!r}") from None
+
     def __enter__(self) -> Pkcs11Module:
         return self
 
@@ -76,20 +117,21 @@ class Pkcs11Module:
         except p11e.PKCS11Error as exc:
             raise HsmError(f"cannot list tokens of {self.module_path}: {exc!r}") from None
 
-    def open_token(self, label: str, pin_file: Path) -> TokenSession:
-        """Log in as user to the token labelled ``label`` with the PIN in ``pin_file``."""
+    def open_token(self, label: str, pin: PinSource | Path, generation: int = 0) -> TokenSession:
+        """Log in as user to the token labelled ``label`` (the PIN from ``pin``)."""
+        source = pin if isinstance(pin, PinSource) else PinSource.file(pin, label)
         token = self.find_token(label)
         if token is None:
             raise HsmError(
                 f"no PKCS#11 token labelled {label!r} in {self.module_path}: "
                 "run `provisioner ca init`"
             )
-        pin = read_pin(pin_file)
+        secret = source.read()
         try:
-            session = token.open(rw=True, user_pin=pin)
+            session = token.open(rw=True, user_pin=secret)
         except (p11e.PinIncorrect, p11e.PinInvalid, p11e.PinLenRange):
             raise HsmLoginError(
-                f"token {label!r} rejected the PIN from {pin_file}: check the pin file"
+                f"token {label!r} rejected the PIN from {source.describe()}"
             ) from None
         except p11e.PinLocked:
             raise HsmLoginError(f"token {label!r}: the user PIN is locked") from None
@@ -98,5 +140,15 @@ class Pkcs11Module:
         except p11e.PKCS11Error as exc:
             raise HsmError(f"cannot log in to token {label!r}: {type(exc).__name__}") from None
         finally:
-            del pin
-        return TokenSession(label, session)
+            del secret
+        return TokenSession(label, session, generation)
+
+    def open_session(self, label: str, generation: int = 0) -> TokenSession:
+        """Another session on a token this process is already logged in to."""
+        token = self.find_token(label)
+        if token is None:
+            raise HsmError(f"token {label!r} is no longer present in {self.module_path}")
+        try:
+            return TokenSession(label, token.open(rw=True), generation)
+        except p11e.PKCS11Error as exc:
+            raise HsmError(f"cannot open a session on {label!r}: {type(exc).__name__}") from None

@@ -1,12 +1,72 @@
-"""PIN files: the only way a PIN reaches this code (never argv, env, logs or exceptions)."""
+"""Where a PIN comes from: a file (RFC 7512 ``pin-source``) or an interactive prompt.
+
+Never argv, never the environment, never a log line or an exception message: errors name
+the file, not its content. A :class:`PinSource` is read each time a login needs it (a
+re-login after the token came back reads the file again); a prompted PIN is asked once and
+kept in this process's memory only, since a worker cannot prompt.
+"""
 
 from __future__ import annotations
 
+import getpass
 import os
 import secrets
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote
 
 from provisioner.errors import HsmError
+
+PROMPT = "prompt"
+
+
+@dataclass
+class PinSource:
+    """``file:/path``, a bare path, or ``prompt``; see :meth:`parse`."""
+
+    path: Path | None = None  # None: prompt
+    label: str = "token"  # what the prompt names
+    _prompted: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def parse(cls, source: str, label: str = "token") -> PinSource:
+        """Accept ``prompt``, ``file:/abs/path`` (RFC 7512 pin-source form) or a path."""
+        if source == PROMPT:
+            return cls(None, label)
+        if source.startswith("file:"):
+            source = unquote(source.removeprefix("file:"))
+            if source.startswith("//"):  # file:///abs/path
+                source = source[2:]
+        if not source:
+            raise HsmError("empty pin-source: give file:/path/to/pin or 'prompt'")
+        return cls(Path(source), label)
+
+    @classmethod
+    def file(cls, path: Path, label: str = "token") -> PinSource:
+        return cls(path, label)
+
+    def describe(self) -> str:
+        """Where the PIN comes from, for messages (never the PIN)."""
+        return "an interactive prompt" if self.path is None else f"PIN file {self.path}"
+
+    def read(self) -> str:
+        if self.path is not None:
+            return read_pin(self.path)
+        if self._prompted is None:
+            if not sys.stdin.isatty():
+                raise HsmError(
+                    f"the PIN of {self.label!r} is to be typed, but there is no terminal: "
+                    "run interactively or give --pin-source file:/path"
+                )
+            pin = getpass.getpass(f"PIN for token {self.label!r}: ").strip()
+            if not pin:
+                raise HsmError(f"no PIN typed for {self.label!r}")
+            self._prompted = pin
+        return self._prompted
+
+    def __repr__(self) -> str:  # the dataclass repr would be fine too; be explicit
+        return f"PinSource({self.describe()})"
 
 
 def read_pin(path: Path) -> str:

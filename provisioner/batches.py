@@ -77,23 +77,35 @@ class BatchReport:
         }
 
 
-def validate_request(settings: Settings, *, station_id: str, count: int) -> None:
+def validate_request(
+    settings: Settings, *, station_id: str, count: int, quota: int | None = None
+) -> None:
     """Reject a bad count or an unknown station before anything else is looked at."""
     if count <= 0 or count > MAX_BATCH:
         raise InvalidInputError(f"--count must be between 1 and {MAX_BATCH}, got {count}")
+    if quota is not None and not 1 <= quota <= count:
+        raise InvalidInputError(f"--quota must be between 1 and the count ({count}), got {quota}")
     settings.station(station_id)  # NotFoundError for an unknown station
 
 
 def create_batch(
-    engine: Engine, settings: Settings, *, station_id: str, count: int, actor: str
+    engine: Engine,
+    settings: Settings,
+    *,
+    station_id: str,
+    count: int,
+    actor: str,
+    quota: int | None = None,
 ) -> int:
-    """Create a batch of ``count`` devices on a configured station; returns its id."""
-    validate_request(settings, station_id=station_id, count=count)
+    """Create a batch of ``count`` devices on a configured station; returns its id.
+
+    ``quota`` caps the certificates the signer issues for it (default: ``count``)."""
+    validate_request(settings, station_id=station_id, count=count, quota=quota)
     with transaction(engine) as s:
         if s.get(Station, station_id) is None:
             s.add(Station(id=station_id))
             s.flush()
-        batch = Batch(station_id=station_id, count=count, created_by=actor)
+        batch = Batch(station_id=station_id, count=count, quota=quota, created_by=actor)
         s.add(batch)
         s.flush()
         assert batch.id is not None
@@ -104,7 +116,7 @@ def create_batch(
             actor=actor,
             station_id=station_id,
             batch_id=batch.id,
-            payload={"count": count},
+            payload={"count": count, "quota": quota if quota is not None else count},
         )
         return batch.id
 

@@ -82,6 +82,18 @@ class HsmKeyNotFoundError(HsmError):
     """No key with the requested label/id exists in the token."""
 
 
+class HsmUnavailableError(HsmError, ServiceUnavailableError):
+    """The token is gone (removed, device error): signing is stopped until it is back."""
+
+    exit_code = 4
+
+
+class HsmBusyError(HsmError, ServiceUnavailableError):
+    """Every session of the pool stayed busy past the acquire timeout."""
+
+    exit_code = 4
+
+
 class CaNotInitialisedError(ProvisionerError):
     """The factory CA has not been created yet."""
 

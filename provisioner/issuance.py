@@ -3,21 +3,42 @@
 This is what runs behind the ``hsm`` queue (or in-process). It implements
 :class:`~provisioner.ports.CertificateSigner` and is idempotent per device: a device that
 already has a certificate for the same public key gets that certificate back, never a second
-one. Clones (a serial or public key already certified for another device) are refused and
-recorded as incidents.
+one. Before every signature the policy checks, in this order:
+
+1. the request itself (stateless): a well-formed ATECC serial, a P-256 point on the curve,
+   a proof-of-possession signature that verifies with that key;
+2. against every batch, in the issuing transaction: the request matches what the station
+   recorded, the serial and the public key belong to no other device (a clone, or a key
+   reused: refused and recorded as an incident), and the batch's quota has room, claimed
+   with a conditional UPDATE so several signer processes together never exceed it.
+
+After signing, the certificate is verified with the CA public key before it leaves
+(:func:`provisioner.ca.issuer.build_device_certificate`).
+
+The token connection is a session pool behind a circuit breaker: when the token is lost,
+signing stops (every request fails fast with HsmUnavailableError), the loss and the recovery
+each land in the audit trail and in ``<var>/run/hsm-signer-<pid>.json``, and the breaker
+reconnects by itself with backoff.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
+from sqlalchemy import func, update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
+from hsm.breaker import BreakerState, BreakerStatus
 from provisioner.audit import chain
-from provisioner.ca.ceremony import LoadedCa
+from provisioner.ca.ceremony import LoadedCa, load_ca, store_of
 from provisioner.ca.issuer import (
     build_device_certificate,
     check_public_key,
@@ -25,34 +46,76 @@ from provisioner.ca.issuer import (
     random_serial_number,
     verify_proof_of_possession,
 )
+from provisioner.ca.store import fingerprint
 from provisioner.db.engine import transaction
-from provisioner.db.models import Certificate, Device, Step
-from provisioner.errors import PolicyViolationError
+from provisioner.db.models import Batch, Certificate, Device, Step
+from provisioner.errors import PolicyViolationError, ProvisionerError
 from provisioner.ledger import get_device, record_step
 from provisioner.ports import IssuedCertificate, SigningRequest
-from provisioner.settings import ProfileSettings
+from provisioner.settings import ProfileSettings, Settings
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """A policy refusal found inside the issuing transaction (which then rolls back)."""
+
+    event_type: str
+    reason: str
 
 
 class IssuanceService:
     """Issues device certificates with the intermediate CA key held in the token."""
 
     def __init__(
-        self, engine: Engine, ca: LoadedCa, profile: ProfileSettings, actor: str = "signer"
+        self,
+        engine: Engine,
+        ca: LoadedCa,
+        profile: ProfileSettings,
+        actor: str = "signer",
+        settings: Settings | None = None,
     ) -> None:
         self.engine = engine
         self.ca = ca
         self.profile = profile
         self.actor = actor
-        self._ca_fingerprint = hashlib.sha256(
-            ca.intermediate_cert.public_bytes(serialization.Encoding.DER)
-        ).hexdigest()
+        self._settings = settings
+        self._ca_fingerprint = fingerprint(ca.intermediate_cert)
+        self._ca_mtime = self._intermediate_mtime()
+        self._on_change: Callable[[BreakerStatus], None] | None = None
+
+    @classmethod
+    def open(cls, engine: Engine, settings: Settings, actor: str = "signer") -> IssuanceService:
+        """The signer of a worker process: the CA loaded with its breaker reporting to the
+        audit trail and the status file, and reconnecting in the background."""
+        holder: list[IssuanceService] = []
+
+        def on_change(status: BreakerStatus) -> None:
+            if holder:
+                holder[0]._breaker_changed(status)
+
+        ca = load_ca(settings, on_change=on_change)
+        svc = cls(engine, ca, settings.profile, actor, settings)
+        svc._on_change = on_change
+        holder.append(svc)
+        svc._write_status(ca.status)
+        ca.pool.breaker.start_background_retry()
+        return svc
+
+    def close(self) -> None:
+        self.ca.close()
+        path = self._status_file()
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+    # --- signing ----------------------------------------------------------------------
 
     def sign(self, request: SigningRequest) -> IssuedCertificate:
         # Stateless checks first: nothing is locked or written for a malformed request.
         check_serial(request.chip_serial_hex)
         check_public_key(request.public_key)
         verify_proof_of_possession(request.public_key, request.pop_challenge, request.pop_signature)
-        incident: str | None = None
+        self._follow_rotation()
+        refusal: _Refusal | None = None
         with transaction(self.engine) as s:
             dev = get_device(s, request.device_id)
             existing = s.exec(
@@ -64,34 +127,80 @@ class IssuanceService:
                         f"device {request.device_id} already has a certificate for another key"
                     )
                 return _issued(existing)
-            incident = self._clone_check(s, dev, request)
-            if incident is None:
+            refusal = self._clone_check(s, dev, request) or self._claim_quota(s, dev)
+            if refusal is None:
                 return self._issue(s, dev, request)
         # The refusal is recorded in its own transaction (the one above rolled back).
         with transaction(self.engine) as s:
             chain.append(
                 s,
-                "incident.clone_refused",
+                refusal.event_type,
                 actor=self.actor,
                 batch_id=request.batch_id,
                 device_id=request.device_id,
                 chip_serial=request.chip_serial_hex,
                 payload={
-                    "reason": incident,
+                    "reason": refusal.reason,
                     "public_key_sha256": hashlib.sha256(request.public_key).hexdigest(),
                 },
             )
-        raise PolicyViolationError(f"refused to sign: {incident}")
+        raise PolicyViolationError(f"refused to sign: {refusal.reason}")
 
-    def _clone_check(self, s: Session, dev: Device, req: SigningRequest) -> str | None:
+    def sign_many(
+        self, requests: Sequence[SigningRequest]
+    ) -> list[IssuedCertificate | ProvisionerError]:
+        """Several requests in one call (one task on the ``hsm`` queue): each is decided on
+        its own, so one refusal does not fail the others."""
+        out: list[IssuedCertificate | ProvisionerError] = []
+        for r in requests:
+            try:
+                out.append(self.sign(r))
+            except ProvisionerError as exc:
+                out.append(exc)
+        return out
+
+    def _clone_check(self, s: Session, dev: Device, req: SigningRequest) -> _Refusal | None:
         if dev.chip_serial != req.chip_serial_hex or dev.public_key != req.public_key.hex():
-            return f"request for device {dev.id} does not match what its station recorded"
+            return _Refusal(
+                "incident.clone_refused",
+                f"request for device {dev.id} does not match what its station recorded",
+            )
         other = s.exec(
             select(Device.id).where(Device.chip_serial == req.chip_serial_hex, Device.id != dev.id)
         ).first()
         if other is not None:
-            return f"serial {req.chip_serial_hex} already belongs to device {other} (clone?)"
+            return _Refusal(
+                "incident.clone_refused",
+                f"serial {req.chip_serial_hex} already belongs to device {other} (clone?)",
+            )
+        reused = s.exec(
+            select(Device.id).where(Device.public_key == req.public_key.hex(), Device.id != dev.id)
+        ).first()
+        if reused is not None:
+            return _Refusal(
+                "incident.key_reused",
+                f"public key already recorded for device {reused}: never certified twice",
+            )
         return None
+
+    def _claim_quota(self, s: Session, dev: Device) -> _Refusal | None:
+        """Take one certificate from the batch's quota, atomically: the conditional UPDATE
+        holds the row lock (PostgreSQL) or the write lock (SQLite's BEGIN IMMEDIATE) until
+        the transaction ends, so concurrent signers are serialised on the count."""
+        limit = func.coalesce(col(Batch.quota), col(Batch.count))
+        res = s.execute(
+            update(Batch)
+            .where(col(Batch.id) == dev.batch_id, col(Batch.issued) < limit)
+            .values(issued=col(Batch.issued) + 1)
+        )
+        if res.rowcount == 1:  # type: ignore[attr-defined]
+            return None
+        batch = s.get(Batch, dev.batch_id)
+        quota = batch.quota if batch is not None and batch.quota is not None else "count"
+        return _Refusal(
+            "incident.quota_exceeded",
+            f"batch {dev.batch_id} has used its certificate quota ({quota})",
+        )
 
     def _issue(self, s: Session, dev: Device, req: SigningRequest) -> IssuedCertificate:
         cert = build_device_certificate(
@@ -119,9 +228,68 @@ class IssuanceService:
                 "serial_number": row.serial_number,
                 "fingerprint_sha256": row.fingerprint_sha256,
                 "issuer_fingerprint_sha256": self._ca_fingerprint,
+                "issuer": self.ca.name,
             },
         )
         return _issued(row)
+
+    # --- CA rotation and token health ------------------------------------------------------
+
+    def _intermediate_mtime(self) -> float | None:
+        if self._settings is None:
+            return None
+        try:
+            return store_of(self._settings).intermediate_pem.stat().st_mtime
+        except OSError:
+            return None
+
+    def _follow_rotation(self) -> None:
+        """After `ca rotate` / `ca import-cert`, sign with the new intermediate: a running
+        signer notices the changed file and reloads (cheap: one stat per request)."""
+        mtime = self._intermediate_mtime()
+        if self._settings is None or mtime == self._ca_mtime:
+            return
+        current = store_of(self._settings).intermediate()
+        if fingerprint(current) != self._ca_fingerprint:
+            old = self.ca
+            self.ca = load_ca(self._settings, on_change=self._on_change)
+            self.ca.pool.breaker.start_background_retry()
+            self._ca_fingerprint = fingerprint(current)
+            old.close()
+        self._ca_mtime = mtime
+
+    def _status_file(self) -> Path | None:
+        if self._settings is None:
+            return None
+        return self._settings.var / "run" / f"hsm-signer-{os.getpid()}.json"
+
+    def _write_status(self, status: BreakerStatus) -> None:
+        path = self._status_file()
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        body = {"pid": os.getpid(), "token_label": self.ca.pool.token_label, **status.as_json()}
+        tmp.write_text(json.dumps(body))
+        os.replace(tmp, path)
+
+    def _breaker_changed(self, status: BreakerStatus) -> None:
+        """Token lost or back: audit event + status file (never a PIN: the breaker's
+        error text is an exception class and the module's message)."""
+        self._write_status(status)
+        event = "hsm.unavailable" if status.state is BreakerState.OPEN else "hsm.recovered"
+        with transaction(self.engine) as s:
+            chain.append(
+                s,
+                event,
+                actor=self.actor,
+                payload={
+                    "hsm": self.ca.pool.token_label,
+                    "trips": status.trips,
+                    "error": status.last_error,
+                    "pid": os.getpid(),
+                },
+            )
 
 
 def _issued(row: Certificate) -> IssuedCertificate:

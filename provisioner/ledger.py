@@ -8,6 +8,7 @@ reverse).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -148,6 +149,44 @@ class DeviceLedger:
         raise PolicyViolationError(
             f"chip {serial_hex} in {locator} already belongs to device {other}: "
             "a clone or a chip fed twice; remove it from the line"
+        )
+
+    def record_key(self, device_id: int, point: bytes) -> Device:
+        """Record the public key the chip generated; a key already recorded for another
+        device means a cloned or replayed chip: refused, with an incident in the trail."""
+        key_hash = hashlib.sha256(point).hexdigest()
+        with transaction(self.engine) as s:
+            other = s.exec(
+                select(Device.id).where(Device.public_key == point.hex(), Device.id != device_id)
+            ).first()
+            if other is None:
+                dev = get_device(s, device_id)
+                dev.public_key = point.hex()
+                record_step(
+                    s,
+                    dev,
+                    Step.KEY_GENERATED,
+                    "device.key_generated",
+                    actor=self.actor,
+                    station_id=self.station_id,
+                    payload={"public_key_sha256": key_hash},
+                )
+                return dev
+        with transaction(self.engine) as s:
+            dev = get_device(s, device_id)
+            chain.append(
+                s,
+                "incident.key_reused",
+                actor=self.actor,
+                station_id=self.station_id,
+                batch_id=dev.batch_id,
+                device_id=device_id,
+                chip_serial=dev.chip_serial,
+                payload={"already_device": other, "public_key_sha256": key_hash},
+            )
+        raise PolicyViolationError(
+            f"chip {dev.chip_serial} reports public key {key_hash[:16]}…, already recorded for "
+            f"device {other}: a cloned chip; remove it from the line"
         )
 
     def fail(self, device_id: int, error: str) -> None:

@@ -82,13 +82,7 @@ def provision_device(
             )
         else:  # our previous attempt locked it after GenKey but crashed before recording
             point = b"\x04" + chip.public_key()
-        dev = ledger.advance(
-            device_id,
-            Step.KEY_GENERATED,
-            "device.key_generated",
-            fields={"public_key": point.hex()},
-            payload={"public_key_sha256": hashlib.sha256(point).hexdigest()},
-        )
+        dev = ledger.record_key(device_id, point)
 
     # 3. Read the public key back: it must be the one recorded.
     point = b"\x04" + chip.public_key()

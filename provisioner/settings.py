@@ -50,8 +50,40 @@ class HsmSettings(_Section):
     root_token: str = "root"
     pin_file: Path | None = None  # default: <var>/hsm/factory.pin
     root_pin_file: Path | None = None  # default: <var>/hsm/root.pin
-    ca_key_label: str = "intermediate-ca"
+    ca_key_label: str = "intermediate-ca"  # the first intermediate; rotations add -2, -3 ...
     root_key_label: str = "root-ca"
+    # Where the factory token's PIN comes from: file:/path (RFC 7512 pin-source) or
+    # "prompt" (interactive CLI only; a worker cannot type). Default: file:<pin_file>.
+    pin_source: str | None = None
+    root_key_algorithm: Literal["ec-p256", "rsa-2048", "rsa-3072"] = "ec-p256"
+    # One RFC 7512 URI instead of the fields above, e.g.
+    # "pkcs11:token=factory;object=intermediate-ca?module-path=/usr/lib/x.so
+    #  &pin-source=file:/etc/factory.pin" (one line)
+    token_uri: str | None = None
+    # The signer's connection to the token: sessions, acquire timeout, reconnect backoff.
+    session_pool_size: int = Field(default=2, ge=1, le=64)
+    acquire_timeout_s: float = Field(default=10.0, gt=0)
+    retry_base_s: float = Field(default=1.0, gt=0)
+    retry_max_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_token_uri(cls, data: Any) -> Any:
+        """``token_uri`` sets the token, key label, module and PIN source it names."""
+        if not isinstance(data, dict) or not data.get("token_uri"):
+            return data
+        from hsm.uri import Pkcs11Uri
+
+        uri = Pkcs11Uri.parse(str(data["token_uri"]))
+        if uri.token is None:
+            raise ValueError("token_uri must name the token (pkcs11:token=...)")
+        fields = {
+            "factory_token": uri.token,
+            "ca_key_label": uri.object,
+            "module": uri.module_path,
+            "pin_source": uri.pin_source,
+        }
+        return {**data, **{k: v for k, v in fields.items() if v is not None}}
 
 
 class ProfileSettings(_Section):
@@ -131,6 +163,9 @@ class StationSettings(_Section):
 class CelerySettings(_Section):
     sign_timeout_s: float = Field(default=60.0, gt=0)
     task_retry_max: int = Field(default=5, ge=0)
+    # How often a device waits for a stopped signer (token lost) before it is failed;
+    # the waits back off 1, 2, 4 ... 30 s, so the default covers about 10 minutes.
+    hsm_wait_retries: int = Field(default=24, ge=0)
 
 
 class Settings(BaseSettings):
@@ -208,6 +243,25 @@ class Settings(BaseSettings):
     @property
     def root_pin_file(self) -> Path:
         return (self.hsm.root_pin_file or self.var / "hsm" / "root.pin").resolve()
+
+    @property
+    def pin_source(self) -> str:
+        """The factory token's PIN source (``file:/path`` or ``prompt``)."""
+        return self.hsm.pin_source or f"file:{self.pin_file}"
+
+    def ca_key_uri(self, label: str) -> str:
+        """The RFC 7512 URI of a CA key in the factory token (no PIN value, ever)."""
+        from hsm.uri import Pkcs11Uri
+
+        return str(
+            Pkcs11Uri(
+                token=self.hsm.factory_token,
+                object=label,
+                type="private",
+                module_path=self.hsm.module,
+                pin_source=self.pin_source,
+            )
+        )
 
     @property
     def ca_dir(self) -> Path:

@@ -69,10 +69,9 @@ def _open(settings: Settings, queues: frozenset[str], index: int) -> WorkerRunti
             )
         rt.socket = index
     if HSM_QUEUE in queues:
-        from provisioner.ca.ceremony import load_ca
         from provisioner.issuance import IssuanceService
 
-        rt.signer = IssuanceService(engine, load_ca(settings), settings.profile)
+        rt.signer = IssuanceService.open(engine, settings)
     if REGISTRY_QUEUE in queues:
         from provisioner.registry.client import CloudIotRegistry
 
@@ -103,6 +102,8 @@ def _process_shutdown(**_: Any) -> None:
     if rt is not None:
         if rt.registry is not None:
             rt.registry.close()
+        if rt.signer is not None:
+            rt.signer.close()
         rt.engine.dispose()
 
 

@@ -16,7 +16,9 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from provisioner import pipeline
 from provisioner.errors import (
     CaNotInitialisedError,
+    HsmBusyError,
     HsmError,
+    HsmUnavailableError,
     NotFoundError,
     PolicyViolationError,
     ProvisionerError,
@@ -72,7 +74,14 @@ class RemoteSigner:
 # Errors the signer may report, rebuilt with their type on the station's side.
 _REMOTE_ERRORS: dict[str, type[ProvisionerError]] = {
     cls.__name__: cls
-    for cls in (PolicyViolationError, HsmError, CaNotInitialisedError, NotFoundError)
+    for cls in (
+        PolicyViolationError,
+        HsmError,
+        HsmUnavailableError,
+        HsmBusyError,
+        CaNotInitialisedError,
+        NotFoundError,
+    )
 }
 
 
@@ -101,7 +110,7 @@ def request_from_json(d: dict[str, Any]) -> SigningRequest:
 def register(app: Celery) -> None:
     """Register the product's tasks on ``app``."""
 
-    @app.task(name=PROVISION_TASK, bind=True, acks_late=True)
+    @app.task(name=PROVISION_TASK, bind=True, acks_late=True, max_retries=None)
     def provision_device(self: Task, device_id: int) -> dict[str, Any]:
         from provisioner.station import open_socket
 
@@ -119,6 +128,15 @@ def register(app: Celery) -> None:
                     registry=f"projects/{registry.project}/locations/{registry.location}"
                     f"/registries/{registry.registry}",
                 )
+        except (HsmUnavailableError, HsmBusyError) as exc:
+            # The signer stopped (token lost) or is saturated: the chip stays in its socket
+            # and the device waits at its step, without an error, until the signer is back.
+            retries = self.request.retries
+            if retries < rt.settings.celery.hsm_wait_retries:
+                log.warning("device %s waits for the signer (try %s): %s", device_id, retries, exc)
+                raise self.retry(countdown=min(30, 2**retries), exc=exc) from None
+            ledger.fail(device_id, f"signer unavailable after {retries + 1} tries: {exc}")
+            return {"device_id": device_id, "ok": False, "error": str(exc)}
         except ProvisionerError as exc:
             log.warning("device %s failed: %s", device_id, exc)
             ledger.fail(device_id, str(exc))

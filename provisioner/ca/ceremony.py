@@ -1,37 +1,59 @@
-"""The development CA ceremony on SoftHSM, and loading the CA for the signer.
+"""The CA ceremony, and loading the CA for the signer.
 
-Two tokens: ``root`` holds the root key, ``factory`` the intermediate key that signs device
-certificates. Both keys are generated inside their token (sensitive, not extractable).
-Public certificates go to ``<var>/ca``. In production the root stays offline (issue 4 adds
-CSR export/import); here both tokens live under ``<var>/hsm`` for the demo and the tests.
+Two tokens: ``root`` holds the root key, ``factory`` the intermediate keys that sign device
+certificates. Every key is generated inside its token (sensitive, not extractable). Public
+certificates live in ``<var>/ca`` (:mod:`provisioner.ca.store`).
+
+Two ways to get an intermediate certificate:
+
+* dev / single-site: ``ca init`` makes the root in its own token and signs the intermediate
+  with it; ``ca rotate`` makes the next intermediate the same way;
+* offline root: ``ca csr`` makes the next intermediate key in the factory token and writes
+  its CSR; the root signs it elsewhere; ``ca import-cert`` checks the certificate belongs to
+  that key, chains to the root, is a CA and can be stored compressed, then installs it.
+
+The root never touches a station: the stations and the signer only read ``root.pem``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    CertificatePublicKeyTypes,
+)
 from cryptography.x509.oid import NameOID
 
 from hsm import softhsm
-from hsm.keys import delete_keys, find_private_key, generate_ec_p256
+from hsm.breaker import BreakerStatus
+from hsm.keys import KeyAlgorithm, KeyRef, delete_keys, find_private_key, generate
 from hsm.module import Pkcs11Module, TokenSession
-from hsm.pins import write_new_pin
-from hsm.signer import HsmEcPrivateKey
+from hsm.pins import PinSource, write_new_pin
+from hsm.pool import TokenPool
+from hsm.signer import HsmEcPrivateKey, token_key
 from hsm.tokens import init_token
 from provisioner.ca.issuer import device_validity, key_usage, random_serial_number
+from provisioner.ca.store import CaStore, fingerprint
 from provisioner.errors import (
     CaExistsError,
     CaNotInitialisedError,
     HsmError,
     HsmKeyNotFoundError,
+    InvalidInputError,
 )
 from provisioner.settings import Settings
+
+E = TypeVar("E", bound=x509.ExtensionType)
 
 ROOT_YEARS = 30
 INTERMEDIATE_YEARS = 25
@@ -44,25 +66,31 @@ class CaInfo:
     root_fingerprint_sha256: str
     intermediate_subject: str
     intermediate_fingerprint_sha256: str
+    intermediate_name: str = ""
 
 
 @dataclass
 class LoadedCa:
-    """The intermediate CA, ready to sign: its token key and the public certificates."""
+    """The current intermediate, ready to sign: its token key and the public certificates.
 
-    module: Pkcs11Module
-    session: TokenSession
+    ``name`` is the key's label, which also names the CA's CRL."""
+
+    pool: TokenPool
     key: HsmEcPrivateKey
     intermediate_cert: x509.Certificate
     root_cert: x509.Certificate
+    name: str
+
+    @property
+    def status(self) -> BreakerStatus:
+        return self.pool.status
 
     def close(self) -> None:
-        self.session.close()
-        self.module.close()
+        self.pool.close()
 
 
-def _paths(settings: Settings) -> tuple[Path, Path]:
-    return settings.ca_dir / "root.pem", settings.ca_dir / "intermediate.pem"
+def store_of(settings: Settings) -> CaStore:
+    return CaStore(settings.ca_dir)
 
 
 def open_module(settings: Settings) -> Pkcs11Module:
@@ -72,35 +100,30 @@ def open_module(settings: Settings) -> Pkcs11Module:
     return Pkcs11Module(settings.hsm.module)
 
 
+def factory_pin(settings: Settings, pin_source: str | None = None) -> PinSource:
+    return PinSource.parse(pin_source or settings.pin_source, settings.hsm.factory_token)
+
+
 def _so_pin_file(pin_file: Path) -> Path:
     return pin_file.with_suffix(".so-pin")
 
 
-def _fingerprint(cert: x509.Certificate) -> str:
-    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
-
-
-def _info(created: bool, root: x509.Certificate, inter: x509.Certificate) -> CaInfo:
+def _info(created: bool, root: x509.Certificate, inter: x509.Certificate, name: str) -> CaInfo:
     return CaInfo(
         created=created,
         root_subject=root.subject.rfc4514_string(),
-        root_fingerprint_sha256=_fingerprint(root),
+        root_fingerprint_sha256=fingerprint(root),
         intermediate_subject=inter.subject.rfc4514_string(),
-        intermediate_fingerprint_sha256=_fingerprint(inter),
+        intermediate_fingerprint_sha256=fingerprint(inter),
+        intermediate_name=name,
     )
 
 
-def _ensure_tokens(settings: Settings) -> None:
-    """Create the root and factory tokens if absent (before the module is opened)."""
+def _ensure_tokens(settings: Settings, labels: list[tuple[str, Path]]) -> None:
+    """Create the named tokens if absent (before the module is opened for use). Each new
+    token gets random SO and user PINs in 0600 files; a PIN never reaches argv."""
     with open_module(settings) as mod:
-        missing = [
-            (label, pin_file)
-            for label, pin_file in (
-                (settings.hsm.root_token, settings.root_pin_file),
-                (settings.hsm.factory_token, settings.pin_file),
-            )
-            if mod.find_token(label) is None
-        ]
+        missing = [(label, pin) for label, pin in labels if mod.find_token(label) is None]
     for label, pin_file in missing:
         so_pin = write_new_pin(_so_pin_file(pin_file))
         user_pin = write_new_pin(pin_file)
@@ -120,26 +143,25 @@ def _name(settings: Settings, cn: str) -> x509.Name:
 def _ca_cert(
     subject: x509.Name,
     issuer: x509.Name,
-    subject_key: HsmEcPrivateKey,
-    signing_key: HsmEcPrivateKey,
+    public_key: CertificatePublicKeyTypes,
+    signing_key: CertificateIssuerPrivateKeyTypes,
     years: int,
     path_length: int | None,
     issuer_ski: x509.SubjectKeyIdentifier | None,
 ) -> x509.Certificate:
     # On the hour and whole years: the intermediate travels to every chip compressed.
     not_before, not_after = device_validity(datetime.now(UTC), years)
-    pub = subject_key.public_key()
     b = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer)
-        .public_key(pub)
+        .public_key(public_key)
         .serial_number(random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(key_usage(ca=True), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
     if issuer_ski is not None:
         b = b.add_extension(
@@ -149,31 +171,45 @@ def _ca_cert(
     return b.sign(signing_key, hashes.SHA256())
 
 
-def _write_pem(path: Path, cert: x509.Certificate) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    os.replace(tmp, path)
+def _sign_intermediate(
+    settings: Settings,
+    root_key: CertificateIssuerPrivateKeyTypes,
+    root: x509.Certificate,
+    inter_public: ec.EllipticCurvePublicKey,
+) -> x509.Certificate:
+    root_ski = root.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    inter = _ca_cert(
+        _name(settings, settings.profile.ca_common_name),
+        root.subject,
+        inter_public,
+        root_key,
+        INTERMEDIATE_YEARS,
+        0,
+        root_ski,
+    )
+    inter.verify_directly_issued_by(root)
+    return inter
 
 
 def _existing(settings: Settings, mod: Pkcs11Module) -> CaInfo | None:
     """The CA's info if it exists *and* is consistent; None if nothing exists at all.
     Raises CaExistsError for a partial or inconsistent CA (needs --force)."""
-    root_pem, inter_pem = _paths(settings)
-    have_files = root_pem.exists() or inter_pem.exists()
+    store = store_of(settings)
+    have_files = store.root_pem.exists() or store.intermediate_pem.exists()
     have_key = False
     if mod.find_token(settings.hsm.factory_token) is not None and settings.pin_file.exists():
-        ts = mod.open_token(settings.hsm.factory_token, settings.pin_file)
+        ts = mod.open_token(settings.hsm.factory_token, factory_pin(settings))
         try:
-            find_private_key(ts, settings.hsm.ca_key_label)
+            name = settings.hsm.ca_key_label
+            if store.intermediate_pem.exists():
+                name = store.current_name(name)
+            find_private_key(ts, name)
             have_key = True
-            if have_files and root_pem.exists() and inter_pem.exists():
-                root = x509.load_pem_x509_certificate(root_pem.read_bytes())
-                inter = x509.load_pem_x509_certificate(inter_pem.read_bytes())
-                key = HsmEcPrivateKey(ts, settings.hsm.ca_key_label)
-                if key.public_key() == inter.public_key():
+            if store.root_pem.exists() and store.intermediate_pem.exists():
+                root, inter = store.root(), store.intermediate()
+                if HsmEcPrivateKey(ts, name).public_key() == inter.public_key():
                     inter.verify_directly_issued_by(root)
-                    return _info(False, root, inter)
+                    return _info(False, root, inter, name)
         except HsmKeyNotFoundError:
             pass
         finally:
@@ -188,74 +224,249 @@ def _existing(settings: Settings, mod: Pkcs11Module) -> CaInfo | None:
 
 
 def init_ca(settings: Settings, *, force: bool = False) -> CaInfo:
-    """Create the dev CA, or report the existing one (``created=False``).
-
-    With ``force``, the existing keys and certificates are destroyed and made anew."""
+    """Create the dev CA (root in its own token), or report the existing one
+    (``created=False``). With ``force``, existing keys and certificates are destroyed."""
     if not force:
         with open_module(settings) as mod:
             existing = _existing(settings, mod)
         if existing is not None:
             return existing
-    _ensure_tokens(settings)
+    _ensure_tokens(
+        settings,
+        [
+            (settings.hsm.root_token, settings.root_pin_file),
+            (settings.hsm.factory_token, settings.pin_file),
+        ],
+    )
+    store = store_of(settings)
+    name = settings.hsm.ca_key_label
     with open_module(settings) as mod:
         root_ts = mod.open_token(settings.hsm.root_token, settings.root_pin_file)
-        fac_ts = mod.open_token(settings.hsm.factory_token, settings.pin_file)
+        fac_ts = mod.open_token(settings.hsm.factory_token, factory_pin(settings))
         try:
             delete_keys(root_ts, settings.hsm.root_key_label)
-            delete_keys(fac_ts, settings.hsm.ca_key_label)
-            generate_ec_p256(root_ts, settings.hsm.root_key_label, b"\x01")
-            generate_ec_p256(fac_ts, settings.hsm.ca_key_label, b"\x02")
-            root_key = HsmEcPrivateKey(root_ts, settings.hsm.root_key_label)
-            inter_key = HsmEcPrivateKey(fac_ts, settings.hsm.ca_key_label)
+            for old in [name, *store.intermediates(), *store.pending()]:
+                delete_keys(fac_ts, old)
+            store.clear()
+            root_ref = KeyRef(settings.hsm.root_key_label, os.urandom(16))
+            generate(root_ts, root_ref, KeyAlgorithm(settings.hsm.root_key_algorithm))
+            generate(fac_ts, KeyRef(name, os.urandom(16)), KeyAlgorithm.EC_P256)
+            root_key = token_key(root_ts, root_ref)
+            inter_key = HsmEcPrivateKey(fac_ts, name)
             root_name = _name(settings, settings.profile.root_common_name)
-            root = _ca_cert(root_name, root_name, root_key, root_key, ROOT_YEARS, None, None)
-            root_ski = root.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-            inter = _ca_cert(
-                _name(settings, settings.profile.ca_common_name),
-                root_name,
-                inter_key,
-                root_key,
-                INTERMEDIATE_YEARS,
-                0,
-                root_ski,
+            root = _ca_cert(
+                root_name, root_name, root_key.public_key(), root_key, ROOT_YEARS, None, None
             )
-            inter.verify_directly_issued_by(root)
-            root_pem, inter_pem = _paths(settings)
-            _write_pem(root_pem, root)
-            _write_pem(inter_pem, inter)
+            inter = _sign_intermediate(settings, root_key, root, inter_key.public_key())
+            store.write_root(root)
+            store.install_intermediate(name, inter)
         finally:
             root_ts.close()
             fac_ts.close()
-        return _info(True, root, inter)
+    return _info(True, root, inter, name)
 
 
-def load_ca(settings: Settings) -> LoadedCa:
-    """Open the factory token and the intermediate key for signing (caller closes)."""
-    root_pem, inter_pem = _paths(settings)
-    if not inter_pem.exists() or not root_pem.exists():
-        raise CaNotInitialisedError(f"{inter_pem} is missing")
-    if not settings.pin_file.exists():
-        raise CaNotInitialisedError(f"PIN file {settings.pin_file} is missing")
-    mod = open_module(settings)
-    try:
-        if mod.find_token(settings.hsm.factory_token) is None:
-            raise CaNotInitialisedError(f"no token {settings.hsm.factory_token!r}")
-        ts = mod.open_token(settings.hsm.factory_token, settings.pin_file)
+def _new_factory_key(settings: Settings, ts: TokenSession) -> tuple[str, HsmEcPrivateKey]:
+    """The next intermediate key (P-256: chips verify and store its certificates)."""
+    store = store_of(settings)
+    name = store.next_name(settings.hsm.ca_key_label, _labels(ts))
+    generate(ts, KeyRef(name, os.urandom(16)), KeyAlgorithm.EC_P256)
+    return name, HsmEcPrivateKey(ts, name)
+
+
+def _labels(ts: TokenSession) -> set[str]:
+    from hsm.keys import key_labels
+
+    return set(key_labels(ts))
+
+
+def make_csr(settings: Settings, pin_source: str | None = None) -> tuple[str, Path]:
+    """Generate the next intermediate key in the factory token and write its CSR (for a
+    root kept offline). Returns the key's name and the CSR file."""
+    _ensure_tokens(settings, [(settings.hsm.factory_token, settings.pin_file)])
+    with open_module(settings) as mod:
+        ts = mod.open_token(settings.hsm.factory_token, factory_pin(settings, pin_source))
         try:
-            key = HsmEcPrivateKey(ts, settings.hsm.ca_key_label)
-        except HsmKeyNotFoundError:
+            name, key = _new_factory_key(settings, ts)
+            csr = (
+                x509.CertificateSigningRequestBuilder()
+                .subject_name(_name(settings, settings.profile.ca_common_name))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                .add_extension(key_usage(ca=True), critical=True)
+                .sign(key, hashes.SHA256())
+            )
+        finally:
             ts.close()
-            raise CaNotInitialisedError(f"no key {settings.hsm.ca_key_label!r}") from None
-    except BaseException:
-        mod.close()
-        raise
-    inter = x509.load_pem_x509_certificate(inter_pem.read_bytes())
-    root = x509.load_pem_x509_certificate(root_pem.read_bytes())
-    if key.public_key() != inter.public_key():
-        ts.close()
-        mod.close()
-        raise HsmError(
-            f"{inter_pem} does not belong to key {settings.hsm.ca_key_label!r} in token "
-            f"{settings.hsm.factory_token!r}: re-run `provisioner ca init --force`"
+    return name, store_of(settings).write_csr(name, csr)
+
+
+def import_certificate(
+    settings: Settings,
+    cert_file: Path,
+    root_file: Path | None = None,
+    pin_source: str | None = None,
+) -> CaInfo:
+    """Install a root-signed intermediate certificate for a key made by :func:`make_csr`.
+
+    Refused unless the certificate's key is one of the pending keys (and still in the
+    token), it chains to the root, it is a CA certificate limited to signing end entities,
+    and chips can store it compressed. ``root_file`` is needed the first time (no
+    ``root.pem`` yet) and must otherwise be the same root."""
+    from provisioner.chips.certdef import signer_definition
+
+    store = store_of(settings)
+    cert = _load(cert_file)
+    root = _root_for_import(store, root_file)
+    try:
+        cert.verify_directly_issued_by(root)
+    except (InvalidSignature, ValueError, TypeError):
+        raise InvalidInputError(
+            f"{cert_file} is not signed by the root {root.subject.rfc4514_string()}"
+        ) from None
+    bc = _ext(cert, x509.BasicConstraints)
+    if bc is None or not bc.ca:
+        raise InvalidInputError(f"{cert_file} is not a CA certificate (basicConstraints)")
+    ku = _ext(cert, x509.KeyUsage)
+    if ku is None or not ku.key_cert_sign:
+        raise InvalidInputError(f"{cert_file} does not allow keyCertSign")
+    if not isinstance(cert.public_key(), ec.EllipticCurvePublicKey):
+        raise InvalidInputError(f"{cert_file}: the intermediate must be a P-256 key")
+    pending = store.pending()
+    name = next((n for n, csr in pending.items() if csr.public_key() == cert.public_key()), None)
+    if name is None:
+        raise InvalidInputError(
+            f"{cert_file} does not belong to any pending key "
+            f"({', '.join(pending) or 'none: run `provisioner ca csr` first'})"
         )
-    return LoadedCa(mod, ts, key, inter, root)
+    try:
+        signer_definition(
+            cert.public_bytes(serialization.Encoding.DER),
+            key_slot=settings.chip.signer_key_slot,
+            cert_slot=settings.chip.signer_cert_slot,
+            template_id=settings.chip.signer_template_id,
+            chain_id=settings.chip.chain_id,
+        )
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{cert_file}: chips cannot store it: {exc}") from None
+    with open_module(settings) as mod:
+        ts = mod.open_token(settings.hsm.factory_token, factory_pin(settings, pin_source))
+        try:
+            if HsmEcPrivateKey(ts, name).public_key() != cert.public_key():
+                raise InvalidInputError(f"the key {name!r} in the token does not match")
+        finally:
+            ts.close()
+    if not store.root_pem.exists():
+        store.write_root(root)
+    store.install_intermediate(name, cert)
+    return _info(True, root, cert, name)
+
+
+def _load(path: Path) -> x509.Certificate:
+    from provisioner.ca.store import load_cert_file
+
+    return load_cert_file(path)
+
+
+def _root_for_import(store: CaStore, root_file: Path | None) -> x509.Certificate:
+    have = store.root() if store.root_pem.exists() else None
+    if root_file is None:
+        if have is None:
+            raise InvalidInputError("no root.pem yet: pass --root ROOT.pem (the root cert)")
+        return have
+    given = _load(root_file)
+    if have is not None and given != have:
+        raise InvalidInputError(
+            f"{root_file} is not this CA's root ({store.root_pem}); a new root needs "
+            "`provisioner ca init --force`"
+        )
+    try:
+        given.verify_directly_issued_by(given)
+    except (InvalidSignature, ValueError, TypeError):
+        raise InvalidInputError(f"{root_file} is not a self-signed root") from None
+    return given
+
+
+def _ext(cert: x509.Certificate, kind: type[E]) -> E | None:
+    try:
+        return cert.extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def rotate(settings: Settings, pin_source: str | None = None) -> CaInfo:
+    """Make the next intermediate, signed by the root token, and make it current. The
+    previous intermediate stays archived (and its key in the token) for CRLs. With the root
+    kept offline, use ``ca csr`` + ``ca import-cert`` instead."""
+    store = store_of(settings)
+    root = store.root()
+    with open_module(settings) as mod:
+        if mod.find_token(settings.hsm.root_token) is None or not settings.root_pin_file.exists():
+            raise HsmError(
+                f"the root token {settings.hsm.root_token!r} is not on this machine (root "
+                "kept offline): run `provisioner ca csr`, have the root sign it, then "
+                "`provisioner ca import-cert`"
+            )
+        root_ts = mod.open_token(settings.hsm.root_token, settings.root_pin_file)
+        fac_ts = mod.open_token(settings.hsm.factory_token, factory_pin(settings, pin_source))
+        try:
+            root_key = token_key(root_ts, settings.hsm.root_key_label)
+            if root_key.public_key() != root.public_key():
+                raise HsmError(f"the root token's key does not match {store.root_pem}")
+            if not store.intermediates():  # a CA from before rotations: archive it first
+                store.install_intermediate(settings.hsm.ca_key_label, store.intermediate())
+            name, key = _new_factory_key(settings, fac_ts)
+            inter = _sign_intermediate(settings, root_key, root, key.public_key())
+            store.install_intermediate(name, inter)
+        finally:
+            root_ts.close()
+            fac_ts.close()
+    return _info(True, root, inter, name)
+
+
+def load_ca(
+    settings: Settings,
+    *,
+    pin_source: str | None = None,
+    on_change: Callable[[BreakerStatus], None] | None = None,
+) -> LoadedCa:
+    """Open the factory token (a session pool behind a circuit breaker) and the current
+    intermediate key for signing; the caller closes it."""
+    store = store_of(settings)
+    for path in (store.root_pem, store.intermediate_pem):
+        if not path.exists():
+            raise CaNotInitialisedError(f"{path} is missing")
+    source = factory_pin(settings, pin_source)
+    if source.path is not None and not source.path.exists():
+        raise CaNotInitialisedError(f"PIN file {source.path} is missing")
+    name = store.current_name(settings.hsm.ca_key_label)
+    softhsm.write_conf(settings.softhsm_conf, settings.token_dir)
+    softhsm.use_conf(settings.softhsm_conf)
+    h = settings.hsm
+    pool = TokenPool(
+        h.module,
+        h.factory_token,
+        source,
+        size=h.session_pool_size,
+        acquire_timeout_s=h.acquire_timeout_s,
+        retry_base_s=h.retry_base_s,
+        retry_max_s=h.retry_max_s,
+        on_change=on_change,
+        probe=lambda ts: find_private_key(ts, name),
+    )
+    try:
+        pool.open()
+        try:
+            key = HsmEcPrivateKey(pool, name)
+        except HsmKeyNotFoundError:
+            raise CaNotInitialisedError(f"no key {name!r} in token {h.factory_token!r}") from None
+    except BaseException:
+        pool.close()
+        raise
+    inter, root = store.intermediate(), store.root()
+    if key.public_key() != inter.public_key():
+        pool.close()
+        raise HsmError(
+            f"{store.intermediate_pem} does not belong to key {name!r} in token "
+            f"{h.factory_token!r}: re-run `provisioner ca init --force`"
+        )
+    return LoadedCa(pool, key, inter, root, name)

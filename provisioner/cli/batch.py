@@ -28,20 +28,30 @@ def create(
     ctx: typer.Context,
     count: int = typer.Option(..., "--count", "-n", help="Number of chips in the batch (>= 1)."),
     station: str = typer.Option(..., "--station", "-s", help="Station id from the config."),
+    quota: int | None = typer.Option(
+        None,
+        "--quota",
+        help="Most certificates the signer may issue for this batch (default: the count); "
+        "enforced atomically across signer processes.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Create a batch of COUNT devices on STATION (checks the CA, PIN and Redis first)."""
     c = ctx_of(ctx)
-    batches.validate_request(c.settings, station_id=station, count=count)
+    batches.validate_request(c.settings, station_id=station, count=count, quota=quota)
     preflight.check_ca(c.settings)
     preflight.check_redis(c.settings)
     batch_id = batches.create_batch(
-        c.engine, c.settings, station_id=station, count=count, actor=c.actor
+        c.engine, c.settings, station_id=station, count=count, actor=c.actor, quota=quota
     )
+    limit = quota if quota is not None else count
     if as_json:
-        typer.echo(json.dumps({"id": batch_id, "station": station, "count": count}))
+        typer.echo(json.dumps({"id": batch_id, "station": station, "count": count, "quota": limit}))
     else:
-        typer.echo(f"batch {batch_id} created: {count} chips on station {station}")
+        typer.echo(
+            f"batch {batch_id} created: {count} chips on station {station} "
+            f"(certificate quota {limit})"
+        )
 
 
 def start_batch(

@@ -1,19 +1,36 @@
-"""``provisioner ca ...``: the administrator's CA ceremony (dev CA on SoftHSM for now)."""
+"""``provisioner ca ...``: the administrator's CA ceremony.
+
+Every command that changes the CA appends an audit event; none prints or takes a PIN on the
+command line (``--pin-source`` names a file, or ``prompt`` to type it)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import typer
 
 from provisioner.audit import chain
-from provisioner.cli.context import ctx_of
+from provisioner.cli.context import CliContext, ctx_of
 from provisioner.db.engine import transaction
 
 app = typer.Typer(
-    help="Create the factory CA (its keys are generated in, and stay in, the PKCS#11 token).",
+    help="The factory CA: its keys are generated in, and stay in, the PKCS#11 token.\n\n"
+    "Dev / single site: `ca init`, later `ca rotate`. Root kept offline: `ca csr`, have the "
+    "root sign it, `ca import-cert`. `ca show` tells what is installed.",
     no_args_is_help=True,
 )
+
+PIN_SOURCE_HELP = (
+    "Where the factory token's PIN comes from: file:/path/to/pin, or 'prompt' to type it "
+    "(default: hsm.pin_source, else the PIN file under var/hsm). Never the PIN itself."
+)
+
+
+def _audit(c: CliContext, event: str, payload: dict[str, Any]) -> None:
+    with transaction(c.engine) as s:
+        chain.append(s, event, actor=c.admin, payload=payload)
 
 
 @app.command("init")
@@ -22,6 +39,12 @@ def init(
     force: bool = typer.Option(
         False, "--force", help="Replace an existing CA (every issued certificate loses its CA)."
     ),
+    root_key: str | None = typer.Option(
+        None,
+        "--root-key",
+        help="Root key algorithm: ec-p256 (default, hsm.root_key_algorithm), rsa-2048 or "
+        "rsa-3072. The intermediate is always P-256: chips verify and store it.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Create the root key (own token) and the intermediate key (factory token), both
@@ -29,15 +52,24 @@ def init(
 
     Idempotent: an existing, consistent CA is reported and left alone."""
     from provisioner.ca.ceremony import init_ca
+    from provisioner.errors import InvalidInputError
 
     c = ctx_of(ctx)
-    info = init_ca(c.settings, force=force)
+    settings = c.settings
+    if root_key is not None:
+        if root_key not in ("ec-p256", "rsa-2048", "rsa-3072"):
+            raise InvalidInputError(
+                f"--root-key must be ec-p256, rsa-2048 or rsa-3072, got {root_key!r}"
+            )
+        hsm = settings.hsm.model_copy(update={"root_key_algorithm": root_key})
+        settings = settings.model_copy(update={"hsm": hsm})
+    info = init_ca(settings, force=force)
     if info.created:
         with transaction(c.engine) as s:
             chain.append(
                 s,
                 "ca.initialised",
-                actor=f"admin:{c.actor.split(':', 1)[1]}",
+                actor=c.admin,
                 payload={
                     "root_subject": info.root_subject,
                     "root_fingerprint_sha256": info.root_fingerprint_sha256,
@@ -65,3 +97,135 @@ def init(
     typer.echo(f"                SHA-256 {info.root_fingerprint_sha256}")
     typer.echo(f"  intermediate  {info.intermediate_subject}")
     typer.echo(f"                SHA-256 {info.intermediate_fingerprint_sha256}")
+
+
+@app.command("csr")
+def csr(
+    ctx: typer.Context,
+    pin_source: str | None = typer.Option(None, "--pin-source", help=PIN_SOURCE_HELP),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Also copy the CSR here (it is kept under var/ca/pending)."
+    ),
+) -> None:
+    """Generate the next intermediate key inside the factory token and write its CSR, for a
+    root kept offline. Take the CSR to the root, then run `ca import-cert` with the
+    certificate it signs (P-256, CA, pathLen 0, validity on whole hours)."""
+    from provisioner.ca.ceremony import make_csr
+
+    c = ctx_of(ctx)
+    name, path = make_csr(c.settings, pin_source)
+    if out is not None:
+        out.write_bytes(path.read_bytes())
+    _audit(c, "ca.csr_created", {"key": name, "csr": str(path)})
+    typer.echo(f"key {name!r} generated in token {c.settings.hsm.factory_token!r}")
+    typer.echo(f"CSR: {out or path}")
+    typer.echo("next: have the root sign it, then `provisioner ca import-cert CERT.pem`")
+
+
+@app.command("import-cert")
+def import_cert(
+    ctx: typer.Context,
+    cert: Path = typer.Argument(..., help="The intermediate certificate the root signed."),
+    root: Path | None = typer.Option(
+        None, "--root", help="The root certificate (needed once, when no root.pem exists yet)."
+    ),
+    pin_source: str | None = typer.Option(None, "--pin-source", help=PIN_SOURCE_HELP),
+) -> None:
+    """Install a root-signed intermediate certificate for a key made by `ca csr`.
+
+    Refused unless it belongs to a pending key in the token, chains to the root, is a CA
+    certificate and chips can store it compressed. The previous intermediate stays for
+    verification and CRLs; running signers switch to the new one by themselves."""
+    from provisioner.ca.ceremony import import_certificate
+
+    c = ctx_of(ctx)
+    info = import_certificate(c.settings, cert, root, pin_source)
+    _audit(
+        c,
+        "ca.certificate_imported",
+        {
+            "key": info.intermediate_name,
+            "intermediate_subject": info.intermediate_subject,
+            "intermediate_fingerprint_sha256": info.intermediate_fingerprint_sha256,
+            "root_fingerprint_sha256": info.root_fingerprint_sha256,
+        },
+    )
+    typer.echo(f"intermediate {info.intermediate_name!r} installed and current")
+    typer.echo(f"  {info.intermediate_subject}  SHA-256 {info.intermediate_fingerprint_sha256}")
+
+
+@app.command("rotate")
+def rotate(
+    ctx: typer.Context,
+    pin_source: str | None = typer.Option(None, "--pin-source", help=PIN_SOURCE_HELP),
+) -> None:
+    """Make a new intermediate (new key in the factory token, signed by the root token) and
+    make it current. The old one stays for verification and CRLs. Refused while a batch is
+    running. With the root offline, use `ca csr` + `ca import-cert`."""
+    from provisioner.ca.ceremony import rotate as rotate_ca
+
+    c = ctx_of(ctx)
+    _refuse_if_running(c)
+    info = rotate_ca(c.settings, pin_source)
+    _audit(
+        c,
+        "ca.rotated",
+        {
+            "key": info.intermediate_name,
+            "intermediate_fingerprint_sha256": info.intermediate_fingerprint_sha256,
+        },
+    )
+    typer.echo(f"new intermediate {info.intermediate_name!r} is current")
+    typer.echo(f"  {info.intermediate_subject}  SHA-256 {info.intermediate_fingerprint_sha256}")
+
+
+def _refuse_if_running(c: CliContext) -> None:
+    from sqlmodel import select
+
+    from provisioner.db.models import Batch, BatchState
+    from provisioner.errors import InvalidInputError
+
+    with transaction(c.engine) as s:
+        running = s.exec(select(Batch.id).where(Batch.state == BatchState.RUNNING)).all()
+    if running:
+        raise InvalidInputError(
+            f"batch(es) {', '.join(map(str, running))} are running: finish them before "
+            "rotating (a device issued under the old intermediate must be written with it)"
+        )
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Show the root, the current and previous intermediates, pending CSRs, the CA key's
+    PKCS#11 URI and each running signer's token state (public information only)."""
+    from provisioner.ca.overview import ca_overview
+
+    c = ctx_of(ctx)
+    data = ca_overview(c.settings)
+    if as_json:
+        typer.echo(json.dumps(data))
+        return
+    if not data["initialised"]:
+        typer.echo("no CA installed: run `provisioner ca init` (or `ca csr` + `ca import-cert`)")
+        for name in data["pending"]:
+            typer.echo(f"pending CSR: {name}")
+        return
+    for title, cert in (("root", data["root"]), ("intermediate", data["intermediate"])):
+        typer.echo(f"{title:13} {cert['subject']}  ({cert['key']})")
+        typer.echo(f"{'':13} valid {cert['not_before']} .. {cert['not_after']}")
+        typer.echo(f"{'':13} SHA-256 {cert['sha256']}")
+    typer.echo(f"{'key':13} {data['intermediate']['key_uri']}")
+    for prev in data["previous"]:
+        typer.echo(f"{'previous':13} {prev['name']}: {prev['subject']} SHA-256 {prev['sha256']}")
+    for name in data["pending"]:
+        typer.echo(f"{'pending CSR':13} {name}")
+    for st in data["signers"]:
+        typer.echo(
+            f"{'signer':13} pid {st['pid']}: token {st['token_label']!r} {st['state']}"
+            + (" (stale: process gone)" if st["stale"] else "")
+            + (f", last error {st['last_error']}" if st.get("last_error") else "")
+            + f", trips {st['trips']}"
+        )

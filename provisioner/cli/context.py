@@ -34,6 +34,11 @@ class CliContext:
         """Who is acting, for the audit trail (OS user until issue 6 brings accounts)."""
         return f"operator:{getpass.getuser()}"
 
+    @property
+    def admin(self) -> str:
+        """The actor of CA and registry administration."""
+        return f"admin:{getpass.getuser()}"
+
 
 def ctx_of(ctx: typer.Context) -> CliContext:
     obj = ctx.obj

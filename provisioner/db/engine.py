@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, inspect
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, SQLModel, create_engine
@@ -52,11 +52,39 @@ def create_schema(engine: Engine) -> None:
     """Create missing tables (idempotent). Migrations arrive with the first schema change."""
     try:
         SQLModel.metadata.create_all(engine)
+        _add_missing_columns(engine)
     except OperationalError as exc:
         raise ServiceUnavailableError(
             f"cannot open the database {engine.url.render_as_string(hide_password=True)}: "
             f"{exc.orig}"
         ) from None
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Add columns that newer code declares to tables an older version created.
+
+    The schema only ever grows by nullable or server-defaulted columns, so ``ALTER TABLE
+    ADD COLUMN`` is the whole migration; anything else would need a real migration tool."""
+    with engine.begin() as conn:
+        insp = inspect(conn)
+        for table in SQLModel.metadata.sorted_tables:
+            if not insp.has_table(table.name):
+                continue
+            have = {c["name"] for c in insp.get_columns(table.name)}
+            for col in table.columns:
+                if col.name in have:
+                    continue
+                ddl = col.type.compile(dialect=engine.dialect)
+                default = col.server_default
+                clause = f" DEFAULT {default.arg}" if default is not None else ""  # type: ignore[attr-defined]
+                if not col.nullable and default is None:
+                    raise ServiceUnavailableError(
+                        f"table {table.name} lacks column {col.name}, which cannot be added "
+                        "automatically: migrate the database"
+                    )
+                conn.exec_driver_sql(
+                    f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {ddl}{clause}'
+                )
 
 
 @contextmanager

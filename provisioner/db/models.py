@@ -67,6 +67,11 @@ class Batch(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     station_id: str = Field(foreign_key="station.id", index=True)
     count: int
+    # Certificates this batch may consume (the order's licensed quantity); the signer
+    # increments ``issued`` in the issuing transaction, conditionally, so several signer
+    # processes together never exceed it.
+    quota: int | None = None  # None: ``count``
+    issued: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     state: BatchState = Field(default=BatchState.CREATED)
     created_by: str
     created_at: datetime = Field(default_factory=utcnow)
