@@ -69,6 +69,19 @@ class TokenSession:
         return f"TokenSession(token={self.token_label!r})"
 
 
+class _Users:
+    """How many open :class:`Pkcs11Module` objects share each loaded library.
+
+    A PKCS#11 library is initialised once per process (python-pkcs11 keeps one ``lib`` per
+    path), and C_Finalize ends *every* session of the process. So the last user finalises,
+    never an earlier one: a ceremony step run in the signer's process (or the signer
+    reloading after a rotation) must not log the other users out. This mirrors state the C
+    library already holds per process; it is not configuration."""
+
+    lock = threading.Lock()
+    count: dict[str, int] = {}  # noqa: RUF012  (process-wide by nature, see above)
+
+
 class Pkcs11Module:
     """A PKCS#11 module loaded in this process (SoftHSM via p11-kit's proxy by default)."""
 
@@ -79,15 +92,26 @@ class Pkcs11Module:
                 "or set hsm.module"
             )
         self.module_path = module_path
-        try:
-            self.lib: Any = pkcs11.lib(module_path)
-        except p11e.PKCS11Error as exc:
-            raise HsmError(f"cannot load PKCS#11 module {module_path}: {exc!r}") from None
+        with _Users.lock:
+            try:
+                self.lib: Any = pkcs11.lib(module_path)
+            except p11e.PKCS11Error as exc:
+                raise HsmError(f"cannot load PKCS#11 module {module_path}: {exc!r}") from None
+            _Users.count[module_path] = _Users.count.get(module_path, 0) + 1
+        self._open = True
 
     def close(self) -> None:
-        """Finalise the module: every session of this process on it ends."""
-        with contextlib.suppress(p11e.PKCS11Error):
-            self.lib.finalize()
+        """Release the module; the last user in the process finalises it (every session of
+        the process on it then ends)."""
+        with _Users.lock:
+            if not self._open:
+                return
+            self._open = False
+            left = _Users.count.get(self.module_path, 1) - 1
+            _Users.count[self.module_path] = left
+            if left == 0:
+                with contextlib.suppress(p11e.PKCS11Error):
+                    self.lib.finalize()
 
     def reinitialize(self) -> None:
         """Finalise and initialise again: the only way back after a token was lost (slot

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -81,7 +81,6 @@ class IssuanceService:
         self._settings = settings
         self._ca_fingerprint = fingerprint(ca.intermediate_cert)
         self._ca_mtime = self._intermediate_mtime()
-        self._on_change: Callable[[BreakerStatus], None] | None = None
 
     @classmethod
     def open(cls, engine: Engine, settings: Settings, actor: str = "signer") -> IssuanceService:
@@ -95,7 +94,6 @@ class IssuanceService:
 
         ca = load_ca(settings, on_change=on_change)
         svc = cls(engine, ca, settings.profile, actor, settings)
-        svc._on_change = on_change
         holder.append(svc)
         svc._write_status(ca.status)
         ca.pool.breaker.start_background_retry()
@@ -249,13 +247,8 @@ class IssuanceService:
         mtime = self._intermediate_mtime()
         if self._settings is None or mtime == self._ca_mtime:
             return
-        current = store_of(self._settings).intermediate()
-        if fingerprint(current) != self._ca_fingerprint:
-            old = self.ca
-            self.ca = load_ca(self._settings, on_change=self._on_change)
-            self.ca.pool.breaker.start_background_retry()
-            self._ca_fingerprint = fingerprint(current)
-            old.close()
+        if self.ca.follow(self._settings):
+            self._ca_fingerprint = fingerprint(self.ca.intermediate_cert)
         self._ca_mtime = mtime
 
     def _status_file(self) -> Path | None:

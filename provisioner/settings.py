@@ -55,7 +55,6 @@ class HsmSettings(_Section):
     # Where the factory token's PIN comes from: file:/path (RFC 7512 pin-source) or
     # "prompt" (interactive CLI only; a worker cannot type). Default: file:<pin_file>.
     pin_source: str | None = None
-    root_key_algorithm: Literal["ec-p256", "rsa-2048", "rsa-3072"] = "ec-p256"
     # One RFC 7512 URI instead of the fields above, e.g.
     # "pkcs11:token=factory;object=intermediate-ca?module-path=/usr/lib/x.so
     #  &pin-source=file:/etc/factory.pin" (one line)
@@ -101,6 +100,26 @@ class ProfileSettings(_Section):
     validity_years: int = Field(default=15, ge=0, le=31)
     ca_common_name: str = "Factory Intermediate CA"
     root_common_name: str = "Factory Root CA"
+    # Optional CRL distribution point put in every device certificate. ``{ca}`` stands for
+    # the issuing intermediate's name (its key label), so each intermediate keeps its own
+    # stable URL across rotations; `provisioner services run` serves the CRLs at
+    # http://<api.listen_host>:<api.listen_port>/crl/<name>.crl.
+    crl_url: str | None = Field(default=None, max_length=200)
+
+    @field_validator("crl_url")
+    @classmethod
+    def _crl_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return url
+        if not url.isascii() or not url.startswith(("http://", "https://")):
+            raise ValueError(f"crl_url must be an ASCII http:// or https:// URL, got {url!r}")
+        if any(ch.isspace() for ch in url) or "{" in url.replace("{ca}", ""):
+            raise ValueError(f"crl_url: no spaces, and {{ca}} is the only placeholder: {url!r}")
+        return url
+
+    def crl_url_for(self, ca_name: str) -> str | None:
+        """The distribution point of certificates issued by the intermediate ``ca_name``."""
+        return self.crl_url.replace("{ca}", ca_name) if self.crl_url else None
 
     @field_validator("validity_years")
     @classmethod

@@ -4,6 +4,10 @@ Two tokens: ``root`` holds the root key, ``factory`` the intermediate keys that 
 certificates. Every key is generated inside its token (sensitive, not extractable). Public
 certificates live in ``<var>/ca`` (:mod:`provisioner.ca.store`).
 
+Root and intermediate are P-256, always: an ATECC608 stores the intermediate compressed and
+rebuilds it from a 64-byte ECDSA signature and the root's P-256 key, so an RSA root (which
+:mod:`hsm.keys` can generate) would give chips a chain they cannot hold.
+
 Two ways to get an intermediate certificate:
 
 * dev / single-site: ``ca init`` makes the root in its own token and signs the intermediate
@@ -84,6 +88,27 @@ class LoadedCa:
     @property
     def status(self) -> BreakerStatus:
         return self.pool.status
+
+    def follow(self, settings: Settings) -> bool:
+        """Switch to the current intermediate after a rotation or import, on the same token
+        connection (a second login in this process would share, and on close end, this
+        one's). Returns whether it changed."""
+        store = store_of(settings)
+        inter = store.intermediate()
+        if inter == self.intermediate_cert:
+            return False
+        name = store.current_name(settings.hsm.ca_key_label)
+        key = HsmEcPrivateKey(self.pool, name)
+        if key.public_key() != inter.public_key():
+            raise HsmError(f"{store.intermediate_pem} does not belong to key {name!r}")
+        self.pool.probe = lambda ts: find_private_key(ts, name)
+        self.key, self.intermediate_cert, self.root_cert, self.name = (
+            key,
+            inter,
+            store.root(),
+            name,
+        )
+        return True
 
     def close(self) -> None:
         self.pool.close()
@@ -249,7 +274,7 @@ def init_ca(settings: Settings, *, force: bool = False) -> CaInfo:
                 delete_keys(fac_ts, old)
             store.clear()
             root_ref = KeyRef(settings.hsm.root_key_label, os.urandom(16))
-            generate(root_ts, root_ref, KeyAlgorithm(settings.hsm.root_key_algorithm))
+            generate(root_ts, root_ref, KeyAlgorithm.EC_P256)
             generate(fac_ts, KeyRef(name, os.urandom(16)), KeyAlgorithm.EC_P256)
             root_key = token_key(root_ts, root_ref)
             inter_key = HsmEcPrivateKey(fac_ts, name)
@@ -329,8 +354,13 @@ def import_certificate(
     ku = _ext(cert, x509.KeyUsage)
     if ku is None or not ku.key_cert_sign:
         raise InvalidInputError(f"{cert_file} does not allow keyCertSign")
-    if not isinstance(cert.public_key(), ec.EllipticCurvePublicKey):
-        raise InvalidInputError(f"{cert_file}: the intermediate must be a P-256 key")
+    for what, c in (("the intermediate", cert), ("the root", root)):
+        pub = c.public_key()
+        if not isinstance(pub, ec.EllipticCurvePublicKey) or pub.curve.name != "secp256r1":
+            raise InvalidInputError(
+                f"{what} must have a P-256 key: chips verify the chain and store the "
+                "intermediate compressed, with its P-256 ECDSA signature"
+            )
     pending = store.pending()
     name = next((n for n, csr in pending.items() if csr.public_key() == cert.public_key()), None)
     if name is None:

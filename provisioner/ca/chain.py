@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from provisioner.ca.issuer import device_template
+from provisioner.ca.store import CaStore
 from provisioner.chips.certdef import ChipCertChain, device_definition, signer_definition
 from provisioner.errors import CaNotInitialisedError, InvalidInputError
 from provisioner.settings import Settings
@@ -39,7 +40,11 @@ def chip_chain(settings: Settings) -> ChipCertChain:
     signer_der = inter.public_bytes(serialization.Encoding.DER)
     try:
         device = device_definition(
-            device_template(inter, settings.profile),
+            device_template(
+                inter,
+                settings.profile,
+                CaStore(settings.ca_dir).current_name(settings.hsm.ca_key_label),
+            ),
             key_slot=layout.key_slot,
             serial_slot=layout.serial_slot,
             cert_slot=layout.device_cert_slot,

@@ -105,6 +105,7 @@ def _device_builder(
     profile: ProfileSettings,
     serial_number: int,
     validity: tuple[datetime, datetime],
+    crl_url: str | None,
 ) -> x509.CertificateBuilder:
     """Every device certificate, and the compressed-format template, come from here: one
     layout, so the template's offsets fit each issued certificate."""
@@ -115,7 +116,7 @@ def _device_builder(
         )
     attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, chip_serial_hex))
     issuer_ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    return (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name(attrs))
         .issuer_name(issuer.subject)
@@ -132,9 +133,18 @@ def _device_builder(
             critical=False,
         )
     )
+    if crl_url is not None:
+        point = x509.DistributionPoint(
+            full_name=[x509.UniformResourceIdentifier(crl_url)],
+            relative_name=None,
+            reasons=None,
+            crl_issuer=None,
+        )
+        builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
+    return builder
 
 
-def device_template(issuer: x509.Certificate, profile: ProfileSettings) -> bytes:
+def device_template(issuer: x509.Certificate, profile: ProfileSettings, ca_name: str) -> bytes:
     """The compressed-format template for ``profile`` under ``issuer`` (DER).
 
     Placeholders stand where each device differs (CN, key, serial, dates, signature); the
@@ -148,6 +158,7 @@ def device_template(issuer: x509.Certificate, profile: ProfileSettings) -> bytes
         profile,
         1 << (8 * SERIAL_BYTES - 8),
         device_validity(datetime(2000, 1, 1, tzinfo=UTC), profile.validity_years),
+        profile.crl_url_for(ca_name),
     )
     return builder.sign(placeholder, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
@@ -164,7 +175,13 @@ def build_device_certificate(
     issuer = ca.intermediate_cert
     validity = device_validity(now, profile.validity_years)
     cert = _device_builder(
-        request.chip_serial_hex, pub, issuer, profile, serial_number, validity
+        request.chip_serial_hex,
+        pub,
+        issuer,
+        profile,
+        serial_number,
+        validity,
+        profile.crl_url_for(ca.name),
     ).sign(ca.key, hashes.SHA256())
     try:
         cert.verify_directly_issued_by(issuer)

@@ -39,12 +39,6 @@ def init(
     force: bool = typer.Option(
         False, "--force", help="Replace an existing CA (every issued certificate loses its CA)."
     ),
-    root_key: str | None = typer.Option(
-        None,
-        "--root-key",
-        help="Root key algorithm: ec-p256 (default, hsm.root_key_algorithm), rsa-2048 or "
-        "rsa-3072. The intermediate is always P-256: chips verify and store it.",
-    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Create the root key (own token) and the intermediate key (factory token), both
@@ -52,18 +46,9 @@ def init(
 
     Idempotent: an existing, consistent CA is reported and left alone."""
     from provisioner.ca.ceremony import init_ca
-    from provisioner.errors import InvalidInputError
 
     c = ctx_of(ctx)
-    settings = c.settings
-    if root_key is not None:
-        if root_key not in ("ec-p256", "rsa-2048", "rsa-3072"):
-            raise InvalidInputError(
-                f"--root-key must be ec-p256, rsa-2048 or rsa-3072, got {root_key!r}"
-            )
-        hsm = settings.hsm.model_copy(update={"root_key_algorithm": root_key})
-        settings = settings.model_copy(update={"hsm": hsm})
-    info = init_ca(settings, force=force)
+    info = init_ca(c.settings, force=force)
     if info.created:
         with transaction(c.engine) as s:
             chain.append(

@@ -79,6 +79,7 @@ class SoftwareCa:
     key: ec.EllipticCurvePrivateKey
     intermediate_cert: x509.Certificate
     root_cert: x509.Certificate
+    name: str = "intermediate-ca"  # the key label a token CA would have
 
 
 def _ca_cert(

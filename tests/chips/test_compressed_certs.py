@@ -47,6 +47,9 @@ SHIPPED: dict[str, dict[str, Any]] = {
     "example-toml": {"profile": EXAMPLE["profile"], "chip": EXAMPLE["chip"]},
     "no-expiry": {"profile": {"validity_years": 0}},
     "with-ou": {"profile": {"organizational_unit": "Line 1", "validity_years": 10}},
+    "with-crl": {
+        "profile": {"crl_url": "http://127.0.0.1:8712/crl/{ca}.crl", "validity_years": 10}
+    },
 }
 
 
