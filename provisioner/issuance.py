@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -81,6 +82,11 @@ class IssuanceService:
         self._settings = settings
         self._ca_fingerprint = fingerprint(ca.intermediate_cert)
         self._ca_mtime = self._intermediate_mtime()
+        # Breaker changes seen while this thread holds the issuing transaction wait here:
+        # appending to the audit trail from inside it would wait on our own write lock.
+        self._local = threading.local()
+        self._pending_events: list[BreakerStatus] = []
+        self._pending_lock = threading.Lock()
 
     @classmethod
     def open(cls, engine: Engine, settings: Settings, actor: str = "signer") -> IssuanceService:
@@ -108,6 +114,14 @@ class IssuanceService:
     # --- signing ----------------------------------------------------------------------
 
     def sign(self, request: SigningRequest) -> IssuedCertificate:
+        self._local.in_transaction = True
+        try:
+            return self._sign(request)
+        finally:
+            self._local.in_transaction = False
+            self._flush_health_events()
+
+    def _sign(self, request: SigningRequest) -> IssuedCertificate:
         # Stateless checks first: nothing is locked or written for a malformed request.
         check_serial(request.chip_serial_hex)
         check_public_key(request.public_key)
@@ -267,22 +281,33 @@ class IssuanceService:
         os.replace(tmp, path)
 
     def _breaker_changed(self, status: BreakerStatus) -> None:
-        """Token lost or back: audit event + status file (never a PIN: the breaker's
-        error text is an exception class and the module's message)."""
+        """Token lost or back: status file now, audit event as soon as this thread holds no
+        transaction (never a PIN: the breaker's error text is an exception class and the
+        module's message)."""
         self._write_status(status)
-        event = "hsm.unavailable" if status.state is BreakerState.OPEN else "hsm.recovered"
-        with transaction(self.engine) as s:
-            chain.append(
-                s,
-                event,
-                actor=self.actor,
-                payload={
-                    "hsm": self.ca.pool.token_label,
-                    "trips": status.trips,
-                    "error": status.last_error,
-                    "pid": os.getpid(),
-                },
-            )
+        with self._pending_lock:
+            self._pending_events.append(status)
+        if not getattr(self._local, "in_transaction", False):
+            self._flush_health_events()
+
+    def _flush_health_events(self) -> None:
+        with self._pending_lock:
+            pending, self._pending_events = self._pending_events, []
+        for status in pending:
+            event = "hsm.unavailable" if status.state is BreakerState.OPEN else "hsm.recovered"
+            with transaction(self.engine) as s:
+                chain.append(
+                    s,
+                    event,
+                    actor=self.actor,
+                    payload={
+                        "hsm": self.ca.pool.token_label,
+                        "trips": status.trips,
+                        "error": status.last_error,
+                        "since": status.since.isoformat(),
+                        "pid": os.getpid(),
+                    },
+                )
 
 
 def _issued(row: Certificate) -> IssuedCertificate:
