@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -36,31 +36,58 @@ def check_serial(serial_hex: str) -> None:
         raise PolicyViolationError(f"chip serial {serial_hex!r} is not a well-formed ATECC serial")
 
 
-def check_public_key(point: bytes) -> ec.EllipticCurvePublicKey:
-    """An uncompressed P-256 point that lies on the curve."""
-    if len(point) != 65 or point[0] != 0x04:
-        raise PolicyViolationError("public key is not an uncompressed P-256 point (65 bytes)")
+SubjectKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+MIN_RSA_BITS = 2048
+
+
+def check_public_key(data: bytes) -> SubjectKey:
+    """The subject key the policy accepts: an uncompressed P-256 point that lies on the
+    curve (what an ATECC608 reports), or a DER SubjectPublicKeyInfo holding such a point or
+    an RSA key of at least 2048 bits with e = 65537 (devices without a secure element)."""
+    if len(data) == 65 and data[0] == 0x04:
+        try:
+            return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), data)
+        except ValueError:
+            raise PolicyViolationError("public key is not a point on P-256") from None
     try:
-        return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
-    except ValueError:
-        raise PolicyViolationError("public key is not a point on P-256") from None
+        key = serialization.load_der_public_key(data)
+    except (ValueError, TypeError):
+        raise PolicyViolationError(
+            "public key is neither an uncompressed P-256 point (65 bytes) nor a DER "
+            "SubjectPublicKeyInfo"
+        ) from None
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if not isinstance(key.curve, ec.SECP256R1):
+            raise PolicyViolationError(f"EC public key on {key.curve.name}: only P-256")
+        return key
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < MIN_RSA_BITS:
+            raise PolicyViolationError(f"RSA key of {key.key_size} bits: at least {MIN_RSA_BITS}")
+        if key.public_numbers().e != 65537:
+            raise PolicyViolationError("RSA public exponent must be 65537")
+        return key
+    raise PolicyViolationError(f"{type(key).__name__} keys are not certified: P-256 or RSA")
 
 
 def verify_proof_of_possession(point: bytes, challenge: bytes, raw_signature: bytes) -> None:
-    """The chip's raw R||S signature over SHA-256(challenge) verifies with its public key."""
+    """The subject signed SHA-256(challenge): raw R||S (64 bytes) for P-256, as the chip
+    returns it; PKCS#1 v1.5 with SHA-256 for RSA."""
     pub = check_public_key(point)
     if len(challenge) < 16:
         raise PolicyViolationError("proof of possession: challenge shorter than 16 bytes")
-    if len(raw_signature) != 64:
-        raise PolicyViolationError("proof of possession: signature is not 64 bytes (R||S)")
-    der = encode_dss_signature(
-        int.from_bytes(raw_signature[:32], "big"), int.from_bytes(raw_signature[32:], "big")
-    )
     try:
+        if isinstance(pub, rsa.RSAPublicKey):
+            pub.verify(raw_signature, challenge, padding.PKCS1v15(), hashes.SHA256())
+            return
+        if len(raw_signature) != 64:
+            raise PolicyViolationError("proof of possession: signature is not 64 bytes (R||S)")
+        der = encode_dss_signature(
+            int.from_bytes(raw_signature[:32], "big"), int.from_bytes(raw_signature[32:], "big")
+        )
         pub.verify(der, challenge, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         raise PolicyViolationError(
-            "proof of possession failed: the chip's signature does not verify with its key"
+            "proof of possession failed: the signature does not verify with the subject's key"
         ) from None
 
 
@@ -100,7 +127,7 @@ def device_validity(now: datetime, years: int) -> tuple[datetime, datetime]:
 
 def _device_builder(
     chip_serial_hex: str,
-    public_key: ec.EllipticCurvePublicKey,
+    public_key: SubjectKey,
     issuer: x509.Certificate,
     profile: ProfileSettings,
     serial_number: int,

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -351,3 +352,55 @@ def test_cli_offline_root_rotation_and_show(station: Station, tmp_path: Path) ->
     # The audit trail recorded the ceremony.
     audit = _cli(station, "audit", "verify")
     assert audit.returncode == 0, audit.stdout + audit.stderr
+
+
+def _run_in_terminal(station: Station, args: list[str], typed: str) -> tuple[int, str]:
+    """Run the CLI on a real pseudo-terminal and type ``typed`` at the PIN prompt."""
+    import pty
+    import select
+
+    main_fd, child_fd = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "provisioner.cli.main", *args],
+        stdin=child_fd,
+        stdout=child_fd,
+        stderr=child_fd,
+        env=station.env(),
+        start_new_session=True,
+    )
+    os.close(child_fd)
+    seen = b""
+    sent = False
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([main_fd], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(main_fd, 1024)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        if not sent and b"PIN for token" in seen:
+            os.write(main_fd, typed.encode() + b"\n")
+            sent = True
+        if proc.poll() is not None and not ready:
+            break
+    proc.wait(30)
+    os.close(main_fd)
+    return proc.returncode, seen.decode(errors="replace")
+
+
+def test_pin_typed_at_a_prompt_is_never_echoed(station: Station) -> None:
+    assert _cli(station, "ca", "init").returncode == 0
+    pin = station.settings.pin_file.read_text().strip()
+    code, out = _run_in_terminal(station, ["ca", "csr", "--pin-source", "prompt"], pin)
+    assert code == 0, out
+    assert "PIN for token 'factory'" in out and "generated in token" in out
+    assert pin not in out
+    code, out = _run_in_terminal(station, ["ca", "csr", "--pin-source", "prompt"], "11112222")
+    assert code != 0 and "rejected the PIN from an interactive prompt" in out
+    assert "11112222" not in out
+    no_tty = _cli(station, "ca", "csr", "--pin-source", "prompt")
+    assert no_tty.returncode != 0 and "no terminal" in no_tty.stderr

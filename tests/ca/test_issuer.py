@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from provisioner.ca.ceremony import CaInfo, LoadedCa, load_ca
 from provisioner.ca.issuer import (
     build_device_certificate,
+    check_public_key,
     check_serial,
     random_serial_number,
     verify_proof_of_possession,
@@ -118,3 +119,56 @@ def test_serial_numbers_are_positive_fixed_length_and_distinct() -> None:
     for n in seen:
         assert 0 < n < 2**127 and n.to_bytes(16, "big")[0] != 0
     assert hashlib.sha256(str(sorted(seen)).encode())  # non-trivial set
+
+
+def _rsa_request(bits: int, exponent: int = 65537) -> SigningRequest:
+    key = rsa.generate_private_key(exponent, bits)
+    challenge = os.urandom(32)
+    spki = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    sig = key.sign(challenge, padding.PKCS1v15(), hashes.SHA256())
+    return SigningRequest(1, 1, SERIAL, spki, challenge, sig)
+
+
+def test_rsa_subject_keys_of_2048_bits_and_e_65537_are_certified(
+    ca_settings: Settings, loaded: LoadedCa
+) -> None:
+    req = _rsa_request(2048)
+    verify_proof_of_possession(req.public_key, req.pop_challenge, req.pop_signature)
+    cert = build_device_certificate(
+        req, loaded, ca_settings.profile, random_serial_number(), datetime.now(UTC)
+    )
+    assert isinstance(cert.public_key(), rsa.RSAPublicKey)
+    cert.verify_directly_issued_by(loaded.intermediate_cert)
+    forged = bytes([req.pop_signature[0] ^ 1]) + req.pop_signature[1:]
+    with pytest.raises(PolicyViolationError, match="proof of possession failed"):
+        verify_proof_of_possession(req.public_key, req.pop_challenge, forged)
+
+
+def test_weak_or_foreign_subject_keys_are_refused() -> None:
+    with pytest.raises(PolicyViolationError, match="RSA key of 1024 bits"):
+        check_public_key(_rsa_request(1024).public_key)
+    with pytest.raises(PolicyViolationError, match="exponent must be 65537"):
+        check_public_key(_rsa_request(2048, exponent=3).public_key)
+    p384 = ec.generate_private_key(ec.SECP384R1()).public_key()
+    spki = p384.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    with pytest.raises(PolicyViolationError, match="only P-256"):
+        check_public_key(spki)
+    ed = ed25519.Ed25519PrivateKey.generate().public_key()
+    with pytest.raises(PolicyViolationError, match="P-256 or RSA"):
+        check_public_key(
+            ed.public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+    with pytest.raises(PolicyViolationError, match="neither an uncompressed P-256 point"):
+        check_public_key(b"\x30\x03garbage")
+    # A P-256 key as SubjectPublicKeyInfo is the same key as the raw point.
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    assert check_public_key(der) == key
