@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -27,6 +28,7 @@ from provisioner.errors import (
     HsmBusyError,
     HsmError,
     HsmKeyNotFoundError,
+    HsmLoginError,
     HsmUnavailableError,
 )
 
@@ -83,12 +85,31 @@ class TokenPool:
         raises here (not through the breaker: a signer that never started must say why)."""
         self._module = Pkcs11Module(self.module_path)
         try:
-            self._connect()
+            self._connect_with_retries()
         except BaseException:
             self._module.close()
             self._module = None
             raise
         return self
+
+    def _connect_with_retries(self, attempts: int = 6) -> None:
+        """SoftHSM processes starting together on one token directory sometimes see the
+        token missing or get GeneralError while another one reads it (research/hsm.md):
+        retry such failures briefly. A rejected PIN is final at once."""
+        delay = 0.1
+        for attempt in range(attempts):
+            try:
+                self._connect()
+                return
+            except HsmLoginError:
+                raise
+            except HsmError:
+                if attempt == attempts - 1:
+                    raise
+            time.sleep(delay)
+            delay = min(1.0, delay * 2)
+            assert self._module is not None
+            self._module.reinitialize()
 
     def close(self) -> None:
         self.breaker.stop()

@@ -484,8 +484,8 @@ def load_ca(
         probe=lambda ts: find_private_key(ts, name),
     )
     try:
-        pool.open()
         try:
+            pool.open()
             key = HsmEcPrivateKey(pool, name)
         except HsmKeyNotFoundError:
             raise CaNotInitialisedError(f"no key {name!r} in token {h.factory_token!r}") from None
