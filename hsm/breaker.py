@@ -4,7 +4,9 @@ When the token is lost, signing must *stop*: no retry storm against a dead devic
 fallback to anything else. The breaker opens on the first token-lost failure; while open,
 calls fail at once with :class:`~provisioner.errors.HsmUnavailableError`; after a backoff
 delay (doubling up to a ceiling) one reconnect is attempted, by the next caller or by the
-optional background thread, and a successful reconnect closes the breaker again. Every state
+optional background thread, and a successful reconnect closes the breaker again. The
+first reconnect is due at once (a lost *session* comes straight back), the backoff starts
+when it fails. Every state
 change is reported to ``on_change`` (the signer turns it into an audit event and a status
 file); this module knows nothing about audit trails or batches.
 """
@@ -73,7 +75,6 @@ class CircuitBreaker:
         self._lock = threading.RLock()
         self._status = BreakerStatus(BreakerState.CLOSED, datetime.now(UTC), 0, 0, None, None)
         self._next_attempt = 0.0
-        self._delay = base_delay_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -93,8 +94,9 @@ class CircuitBreaker:
         """Record that the token was lost; returns the error for the caller to raise."""
         with self._lock:
             if self._status.state is BreakerState.CLOSED:
-                self._delay = self._base
-                self._next_attempt = self._clock() + self._delay
+                # The first reconnect is due at once: a lost session (not a lost token)
+                # comes back on the next call; the backoff starts when that fails.
+                self._next_attempt = self._clock()
                 self._status = BreakerStatus(
                     BreakerState.OPEN,
                     datetime.now(UTC),
@@ -125,12 +127,11 @@ class CircuitBreaker:
             try:
                 self._reconnect()
             except Exception as exc:
-                self._delay = min(self._max, self._delay * 2)
-                self._next_attempt = self._clock() + self._delay
+                failed = self._status.reconnect_attempts + 1
+                delay = min(self._max, self._base * 2 ** (failed - 1))
+                self._next_attempt = self._clock() + delay
                 self._status = replace(
-                    self._status,
-                    reconnect_attempts=self._status.reconnect_attempts + 1,
-                    last_error=_describe(exc),
+                    self._status, reconnect_attempts=failed, last_error=_describe(exc)
                 )
                 return False
             self._status = BreakerStatus(

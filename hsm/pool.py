@@ -183,6 +183,16 @@ class TokenPool:
             self._release(ts)
 
     def run(self, fn: Callable[[TokenSession], T]) -> T:
+        """Run ``fn`` on a leased session. If this very call found the connection lost and
+        an immediate reconnect succeeds (a dropped session, a restarted HSM service), it is
+        run once more; otherwise the breaker's error is raised."""
+        was_closed = not self.breaker.is_open
+        try:
+            with self.lease() as ts:
+                return fn(ts)
+        except HsmUnavailableError:
+            if not (was_closed and self.breaker.try_reconnect()):
+                raise
         with self.lease() as ts:
             return fn(ts)
 

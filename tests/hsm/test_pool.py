@@ -120,12 +120,30 @@ def test_breaker_backoff_doubles_and_is_bounded() -> None:
 
     br = CircuitBreaker("t", reconnect, base_delay_s=1.0, max_delay_s=4.0, clock=lambda: now[0])
     br.trip(HsmError("lost"))
-    for t in range(0, 20):
+    for t in range(20):
         now[0] = float(t)
         with contextlib.suppress(HsmUnavailableError):
             br.before_call()
-    # due at 1, then +2 -> 3, then +4 -> 7, then capped at +4 -> 11, 15, 19
-    assert attempts == [1.0, 3.0, 7.0, 11.0, 15.0, 19.0]
+    # at once, then +1 -> 1, +2 -> 3, +4 -> 7, then capped at +4 -> 11, 15, 19
+    assert attempts == [0.0, 1.0, 3.0, 7.0, 11.0, 15.0, 19.0]
+
+
+def test_a_dropped_session_comes_back_within_the_same_call(
+    ca_settings: Settings, ca: CaInfo
+) -> None:
+    seen: list[BreakerStatus] = []
+    loaded = load_ca(ca_settings, on_change=seen.append)
+    try:
+        _ecdsa(loaded.key)
+        persistent = loaded.pool._persistent
+        assert persistent is not None
+        persistent.session.close()  # the HSM drops our (logged-in) session
+        sig = _ecdsa(loaded.key)  # reconnects (re-initialise, log in) and signs
+        loaded.key.public_key().verify(sig, b"payload", ec.ECDSA(hashes.SHA256()))
+        assert loaded.status.state is BreakerState.CLOSED and loaded.status.trips == 1
+    finally:
+        loaded.close()
+    assert [s.state for s in seen] == [BreakerState.OPEN, BreakerState.CLOSED]
 
 
 def test_acquire_timeout_when_every_session_is_busy(ca_settings: Settings, ca: CaInfo) -> None:
