@@ -110,13 +110,14 @@ class CircuitBreaker:
 
     def before_call(self) -> None:
         """Raise at once while open and not yet due; reconnect when due (half-open)."""
+        if not self.is_open:  # the hot path: no lock
+            return
         with self._lock:
-            if self._status.state is BreakerState.CLOSED:
+            if not self.is_open:
                 return
             if self._clock() < self._next_attempt:
                 raise self._unavailable()
-            self.try_reconnect()
-            if self._status.state is BreakerState.OPEN:
+            if not self.try_reconnect():
                 raise self._unavailable()
 
     def try_reconnect(self) -> bool:

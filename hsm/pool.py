@@ -13,7 +13,6 @@ Open a pool in the process that uses it, never before a fork (research/hsm.md).
 from __future__ import annotations
 
 import contextlib
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -62,7 +61,8 @@ class TokenPool:
         self._size = size
         self._timeout = acquire_timeout_s
         self._lock = threading.Lock()
-        self._free: queue.LifoQueue[TokenSession] = queue.LifoQueue()
+        self._returned = threading.Condition(self._lock)
+        self._idle: list[TokenSession] = []
         self._open_count = 0
         self._generation = 0
         self._module: Pkcs11Module | None = None
@@ -136,8 +136,7 @@ class TokenPool:
             self._persistent = self._module.open_token(
                 self.token_label, self._pin, self._generation
             )
-            self._free = queue.LifoQueue()
-            self._free.put(self._persistent)
+            self._idle = [self._persistent]
             self._open_count = 1
             if self.probe is not None:
                 self.probe(self._persistent)
@@ -151,11 +150,8 @@ class TokenPool:
         self._connect()
 
     def _drop_sessions(self) -> None:
-        while True:
-            try:
-                ts = self._free.get_nowait()
-            except queue.Empty:
-                break
+        idle, self._idle = self._idle, []
+        for ts in idle:
             if ts is not self._persistent:
                 ts.close()
         if self._persistent is not None:
@@ -174,54 +170,76 @@ class TokenPool:
             with ts.lock:
                 yield ts
         except _TRIPS as exc:
-            if ts.generation == self._generation:
-                raise self.breaker.trip(exc) from None
-            raise HsmUnavailableError(
-                f"token {self.token_label!r} was reconnected during the call; try again"
-            ) from None
+            raise self._lost(ts, exc) from None
         finally:
             self._release(ts)
 
     def run(self, fn: Callable[[TokenSession], T]) -> T:
         """Run ``fn`` on a leased session. If this very call found the connection lost and
         an immediate reconnect succeeds (a dropped session, a restarted HSM service), it is
-        run once more; otherwise the breaker's error is raised."""
+        run once more; otherwise the breaker's error is raised.
+
+        This is the signer's hot path (one call per signature), so it avoids the context
+        manager and takes the pool lock once to lease and once to return."""
         was_closed = not self.breaker.is_open
         try:
-            with self.lease() as ts:
-                return fn(ts)
+            return self._run_once(fn)
         except HsmUnavailableError:
             if not (was_closed and self.breaker.try_reconnect()):
                 raise
-        with self.lease() as ts:
-            return fn(ts)
+        return self._run_once(fn)
+
+    def _run_once(self, fn: Callable[[TokenSession], T]) -> T:
+        self.breaker.before_call()
+        ts = self._acquire()
+        try:
+            with ts.lock:
+                return fn(ts)
+        except _TRIPS as exc:
+            raise self._lost(ts, exc) from None
+        finally:
+            self._release(ts)
+
+    def _lost(self, ts: TokenSession, exc: BaseException) -> HsmUnavailableError:
+        if ts.generation == self._generation:
+            return self.breaker.trip(exc)
+        return HsmUnavailableError(
+            f"token {self.token_label!r} was reconnected during the call; try again"
+        )
 
     def _acquire(self) -> TokenSession:
+        deadline = time.monotonic() + self._timeout
+        with self._returned:
+            while True:
+                if self._module is None:
+                    raise HsmError(f"the pool of token {self.token_label!r} is closed")
+                if self._idle:
+                    return self._idle.pop()
+                if self._open_count < self._size:
+                    self._open_count += 1
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._returned.wait(left):
+                    if self._idle:
+                        continue
+                    raise HsmBusyError(
+                        f"all {self._size} sessions of token {self.token_label!r} stayed busy "
+                        f"for {self._timeout:.0f}s"
+                    )
+            module, generation = self._module, self._generation
         try:
-            return self._free.get_nowait()
-        except queue.Empty:
-            pass
-        with self._lock:
-            if self._module is None:
-                raise HsmError(f"the pool of token {self.token_label!r} is closed")
-            if self._open_count < self._size:
-                try:
-                    ts = self._module.open_session(self.token_label, self._generation)
-                except HsmError as exc:
-                    raise self.breaker.trip(exc) from None
-                self._open_count += 1
-                return ts
-        try:
-            return self._free.get(timeout=self._timeout)
-        except queue.Empty:
-            raise HsmBusyError(
-                f"all {self._size} sessions of token {self.token_label!r} stayed busy for "
-                f"{self._timeout:.0f}s"
-            ) from None
+            return module.open_session(self.token_label, generation)
+        except HsmError as exc:
+            with self._returned:
+                self._open_count -= 1
+            raise self.breaker.trip(exc) from None
 
     def _release(self, ts: TokenSession) -> None:
-        if ts.generation == self._generation:
-            self._free.put(ts)
-        elif ts is not self._persistent:
+        with self._returned:
+            if ts.generation == self._generation:
+                self._idle.append(ts)
+                self._returned.notify()
+                return
+        if ts is not self._persistent:
             with contextlib.suppress(p11e.PKCS11Error):
                 ts.close()

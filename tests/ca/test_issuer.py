@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import subprocess
@@ -172,3 +173,19 @@ def test_weak_or_foreign_subject_keys_are_refused() -> None:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     assert check_public_key(der) == key
+
+
+def test_a_signature_that_does_not_verify_is_never_released(
+    ca_settings: Settings, loaded: LoadedCa
+) -> None:
+    """A token that signs with another key than the intermediate's (a faulty or swapped
+    token): the self-check refuses the certificate."""
+    wrong = dataclasses.replace(loaded, key=ec.generate_private_key(ec.SECP256R1()))
+    with pytest.raises(PolicyViolationError, match="does not verify with the CA key"):
+        build_device_certificate(
+            _request(ec.generate_private_key(ec.SECP256R1())),
+            wrong,
+            ca_settings.profile,
+            random_serial_number(),
+            datetime.now(UTC),
+        )
