@@ -170,6 +170,17 @@ class RegistrySettings(_Section):
     database_url: str | None = None  # default: sqlite:///<var>/registry.db
 
 
+class ApiSettings(_Section):
+    """The provisioner's HTTP API (CRLs and CA certificates; public material only)."""
+
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(default=8712, ge=1, le=65535)
+    public_url: str = "http://127.0.0.1:8712"  # how devices and clouds reach it
+
+    def crl_url(self, name: str) -> str:
+        return f"{self.public_url.rstrip('/')}/crl/{name}.crl"
+
+
 class StationSettings(_Section):
     """One station PC and its socket jig."""
 
@@ -204,6 +215,7 @@ class Settings(BaseSettings):
     profile: ProfileSettings = ProfileSettings()
     chip: ChipProfileSettings = ChipProfileSettings()
     registry: RegistrySettings = RegistrySettings()
+    api: ApiSettings = ApiSettings()
     celery: CelerySettings = CelerySettings()
     stations: dict[str, StationSettings] = Field(
         default_factory=lambda: {"line1": StationSettings()}

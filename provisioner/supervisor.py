@@ -123,6 +123,12 @@ class Supervisor:
         url = f"http://{self.settings.registry.listen_host}:{self.settings.registry.listen_port}"
         self._wait("registry", lambda: httpx.get(url + "/healthz", timeout=1).is_success)
 
+    def start_api(self) -> None:
+        """The public PKI endpoints (CRLs, CA certificates)."""
+        self.spawn("api", [sys.executable, "-m", "provisioner.api"])
+        url = f"http://{self.settings.api.listen_host}:{self.settings.api.listen_port}"
+        self._wait("api", lambda: httpx.get(url + "/healthz", timeout=1).is_success)
+
     def start_workers(self, station_ids: list[str]) -> None:
         specs = [("worker-hsm", HSM_QUEUE, 1), ("worker-registry", REGISTRY_QUEUE, 2)]
         specs += [
@@ -246,6 +252,7 @@ def running_services(
     try:
         sup.start_redis()
         sup.start_registry()
+        sup.start_api()
         sup.start_workers(stations)
         yield sup
     finally:

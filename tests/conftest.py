@@ -44,12 +44,13 @@ def make_station(
     root: Path, sockets: int = 4, database_url: str | None = None, extra: str = ""
 ) -> Station:
     root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port, api_port = free_port(), free_port()
     cfg = root / "provisioner.toml"
     cfg.write_text(
         f'var_dir = "{root / "var"}"\n'
         + (f'database_url = "{database_url}"\n' if database_url else "")
         + f'[registry]\nurl = "http://127.0.0.1:{port}"\nlisten_port = {port}\n'
+        f'[api]\nlisten_port = {api_port}\npublic_url = "http://127.0.0.1:{api_port}"\n'
         f"[stations.line1]\nsockets = {sockets}\n" + extra
     )
     return Station(root=root, config=cfg, settings=load_settings(cfg))

@@ -216,9 +216,7 @@ def build_device_certificate(
     issuer_key = issuer.public_key()
     assert isinstance(issuer_key, ec.EllipticCurvePublicKey)  # P-256, checked at load
     try:
-        issuer_key.verify(
-            cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hashes.SHA256())
-        )
+        issuer_key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hashes.SHA256()))
     except (InvalidSignature, ValueError, TypeError) as exc:
         raise PolicyViolationError(
             f"the new certificate does not verify with the CA key ({type(exc).__name__}); "

@@ -214,3 +214,94 @@ def show(
             + (f", last error {st['last_error']}" if st.get("last_error") else "")
             + f", trips {st['trips']}"
         )
+
+
+@app.command("revoke")
+def revoke(
+    ctx: typer.Context,
+    target: str = typer.Argument(
+        ..., help="Device id, chip serial (18 hex digits) or certificate serial number (hex)."
+    ),
+    reason: str = typer.Option(
+        ...,
+        "--reason",
+        help="unspecified, key_compromise, affiliation_changed, superseded, "
+        "cessation_of_operation, certificate_hold or privilege_withdrawn.",
+    ),
+    pin_source: str | None = typer.Option(None, "--pin-source", help=PIN_SOURCE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Revoke a device certificate and publish the new CRLs at once (signed in the token).
+
+    Idempotent: a certificate already revoked is reported, not revoked twice."""
+    from provisioner.ca import revocation
+
+    c = ctx_of(ctx)
+    done = revocation.revoke(c.engine, target, reason, c.admin)
+    published = _publish(c, pin_source)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "serial_number": done.serial_number,
+                    "fingerprint_sha256": done.fingerprint_sha256,
+                    "chip_serial": done.chip_serial,
+                    "reason": done.reason,
+                    "already_revoked": done.already,
+                    "crls": [_crl_json(c, p) for p in published],
+                }
+            )
+        )
+        return
+    verb = "was already revoked" if done.already else "revoked"
+    typer.echo(f"certificate {done.serial_number} (chip {done.chip_serial}) {verb}: {done.reason}")
+    _print_crls(c, published)
+
+
+@app.command("crl")
+def crl(
+    ctx: typer.Context,
+    pin_source: str | None = typer.Option(None, "--pin-source", help=PIN_SOURCE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Sign and publish the CRL of every intermediate (current and rotated ones) in the
+    token; the API serves them at /crl/<name>.crl. Run it before nextUpdate (7 days)."""
+    c = ctx_of(ctx)
+    published = _publish(c, pin_source)
+    if as_json:
+        typer.echo(json.dumps([_crl_json(c, p) for p in published]))
+        return
+    _print_crls(c, published)
+
+
+def _publish(c: CliContext, pin_source: str | None) -> list[Any]:
+    from provisioner.ca import revocation
+    from provisioner.ca.ceremony import load_ca
+
+    ca = load_ca(c.settings, pin_source=pin_source)
+    try:
+        return revocation.publish(c.settings, c.engine, ca, c.admin)
+    finally:
+        ca.close()
+
+
+def _crl_json(c: CliContext, p: Any) -> dict[str, Any]:
+    return {
+        "ca": p.name,
+        "path": str(p.path),
+        "url": c.settings.api.crl_url(p.name),
+        "crl_number": p.number,
+        "entries": p.entries,
+        "next_update": p.next_update.isoformat(),
+        "sha256": p.sha256,
+    }
+
+
+def _print_crls(c: CliContext, published: list[Any]) -> None:
+    for p in published:
+        typer.echo(
+            f"CRL {p.name} #{p.number}: {p.entries} revoked, next update "
+            f"{p.next_update:%Y-%m-%d %H:%M} UTC"
+        )
+        typer.echo(f"  {p.path}")
+        typer.echo(f"  served at {c.settings.api.crl_url(p.name)}")

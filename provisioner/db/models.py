@@ -139,3 +139,24 @@ class AuditEvent(SQLModel, table=True):
     payload: str  # canonical JSON, as hashed
     prev_hash: str = Field(max_length=64)
     hash: str = Field(max_length=64)
+
+
+class Revocation(SQLModel, table=True):
+    """A revoked device certificate (one row per certificate, never updated)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    certificate_id: int = Field(foreign_key="certificate.id", unique=True)
+    serial_number: str  # hex, as in certificate.serial_number
+    issuer_fingerprint_sha256: str = Field(max_length=64, index=True)
+    reason: str
+    revoked_at: datetime = Field(default_factory=utcnow)
+    actor: str
+
+
+class CrlNumber(SQLModel, table=True):
+    """The last CRL number issued per CA (RFC 5280: monotonically increasing)."""
+
+    __tablename__ = "crl_number"
+
+    ca_name: str = Field(primary_key=True, max_length=64)
+    number: int = 0

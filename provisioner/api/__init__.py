@@ -1,0 +1,1 @@
+"""The provisioner's own HTTP API (public CA material for now: CRLs and CA certificates)."""

@@ -1,0 +1,75 @@
+"""Public PKI endpoints: what relying parties fetch, never anything secret.
+
+``GET /crl/<name>.crl`` serves the CRL that ``provisioner ca crl`` / ``ca revoke`` last
+published for intermediate ``<name>`` (DER, ``application/pkix-crl``): the stable URL that
+``profile.crl_url`` puts in device certificates. ``GET /ca/<name>.pem`` serves the root
+(``root``), the current intermediate (``intermediate``) or an archived one by its name.
+The API reads files only; it never loads PKCS#11 and holds no key.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
+
+from provisioner.settings import Settings
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def _not_found(what: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": 404, "status": "NOT_FOUND", "message": what}}, 404)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    app = FastAPI(title="provisioner", docs_url=None, redoc_url=None, openapi_url=None)
+    ca_dir = settings.ca_dir
+
+    def _file(path: Path, media_type: str, what: str) -> Response:
+        if not path.is_file():
+            return _not_found(f"{what} does not exist")
+        return Response(
+            path.read_bytes(), media_type=media_type, headers={"Cache-Control": "max-age=300"}
+        )
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/crl/{filename}")
+    def crl(filename: str) -> Response:
+        name = filename.removesuffix(".crl")
+        if not filename.endswith(".crl") or not _NAME.match(name):
+            return _not_found(f"no CRL {filename!r}")
+        return _file(ca_dir / "crl" / f"{name}.crl", "application/pkix-crl", f"CRL {name!r}")
+
+    @app.get("/ca/{filename}")
+    def ca_cert(filename: str) -> Response:
+        name = filename.removesuffix(".pem")
+        if not filename.endswith(".pem") or not _NAME.match(name):
+            return _not_found(f"no certificate {filename!r}")
+        if name in ("root", "intermediate"):
+            path = ca_dir / f"{name}.pem"
+        else:
+            path = ca_dir / "intermediates" / f"{name}.pem"
+        return _file(path, "application/x-pem-file", f"certificate {name!r}")
+
+    return app
+
+
+def main(config: Path | None = None) -> int:
+    import uvicorn
+
+    from provisioner.settings import load_settings
+
+    settings = load_settings(config)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.api.listen_host,
+        port=settings.api.listen_port,
+        log_level="warning",
+    )
+    return 0

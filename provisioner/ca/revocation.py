@@ -1,0 +1,228 @@
+"""Revoking device certificates and publishing CRLs signed in the token.
+
+One CRL per intermediate, named like the intermediate (its key label), so a certificate's
+CRL distribution point stays valid across rotations: ``<var>/ca/crl/<name>.crl`` (DER),
+served by the API at ``/crl/<name>.crl``. Each CRL carries a CRL number that only grows
+(RFC 5280 5.2.3), the issuer's key identifier, and per entry its reason (none for
+"unspecified", as RFC 5280 recommends). It is verified with the intermediate's key before
+it is written, and written atomically: the API never serves half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from hsm.signer import HsmEcPrivateKey
+from provisioner.audit import chain
+from provisioner.ca.ceremony import LoadedCa, store_of
+from provisioner.ca.store import fingerprint
+from provisioner.db.engine import transaction
+from provisioner.db.models import Certificate, CrlNumber, Device, Revocation
+from provisioner.errors import HsmError, InvalidInputError, NotFoundError
+from provisioner.settings import Settings
+
+REASONS: dict[str, x509.ReasonFlags] = {
+    "unspecified": x509.ReasonFlags.unspecified,
+    "key_compromise": x509.ReasonFlags.key_compromise,
+    "affiliation_changed": x509.ReasonFlags.affiliation_changed,
+    "superseded": x509.ReasonFlags.superseded,
+    "cessation_of_operation": x509.ReasonFlags.cessation_of_operation,
+    "certificate_hold": x509.ReasonFlags.certificate_hold,
+    "privilege_withdrawn": x509.ReasonFlags.privilege_withdrawn,
+}
+NEXT_UPDATE = timedelta(days=7)
+_CHIP_SERIAL = re.compile(r"^[0-9A-Fa-f]{18}$")
+
+
+@dataclass(frozen=True)
+class Revoked:
+    """What ``ca revoke`` did."""
+
+    serial_number: str
+    fingerprint_sha256: str
+    chip_serial: str | None
+    reason: str
+    already: bool  # it was revoked before: nothing changed
+
+
+@dataclass(frozen=True)
+class PublishedCrl:
+    name: str
+    path: Path
+    number: int
+    entries: int
+    next_update: datetime
+    sha256: str
+
+
+def _find(s: Session, target: str) -> tuple[Certificate, Device]:
+    """A certificate by device id, chip serial (18 hex) or certificate serial (hex)."""
+    t = target.strip()
+    rows: list[tuple[Certificate, Device]] = []
+    if t.isdigit():
+        rows += list(
+            s.exec(
+                select(Certificate, Device)
+                .join(Device, col(Device.id) == Certificate.device_id)
+                .where(Device.id == int(t))
+            ).all()
+        )
+    if not rows and _CHIP_SERIAL.match(t):
+        rows += list(
+            s.exec(
+                select(Certificate, Device)
+                .join(Device, col(Device.id) == Certificate.device_id)
+                .where(Device.chip_serial == t.upper())
+            ).all()
+        )
+    if not rows:
+        hex_serial = t.lower().removeprefix("0x").replace(":", "").lstrip("0")
+        if hex_serial and all(c in "0123456789abcdef" for c in hex_serial):
+            rows += list(
+                s.exec(
+                    select(Certificate, Device)
+                    .join(Device, col(Device.id) == Certificate.device_id)
+                    .where(Certificate.serial_number == hex_serial)
+                ).all()
+            )
+    if not rows:
+        raise NotFoundError(
+            f"no certificate for {target!r}: give a device id (see `provisioner batch status`),"
+            " a chip serial (18 hex digits) or a certificate serial number (hex)"
+        )
+    return rows[0]
+
+
+def revoke(engine: Engine, target: str, reason: str, actor: str) -> Revoked:
+    """Record the revocation (idempotent) and its audit event in one transaction."""
+    if reason not in REASONS:
+        raise InvalidInputError(
+            f"unknown revocation reason {reason!r}; one of: {', '.join(REASONS)}"
+        )
+    with transaction(engine) as s:
+        cert, dev = _find(s, target)
+        assert cert.id is not None
+        existing = s.exec(select(Revocation).where(Revocation.certificate_id == cert.id)).first()
+        if existing is not None:
+            return Revoked(
+                cert.serial_number, cert.fingerprint_sha256, dev.chip_serial, existing.reason, True
+            )
+        s.add(
+            Revocation(
+                certificate_id=cert.id,
+                serial_number=cert.serial_number,
+                issuer_fingerprint_sha256=cert.issuer_fingerprint_sha256,
+                reason=reason,
+                actor=actor,
+            )
+        )
+        chain.append(
+            s,
+            "ca.certificate_revoked",
+            actor=actor,
+            batch_id=dev.batch_id,
+            device_id=dev.id,
+            chip_serial=dev.chip_serial,
+            payload={
+                "serial_number": cert.serial_number,
+                "fingerprint_sha256": cert.fingerprint_sha256,
+                "reason": reason,
+            },
+        )
+    return Revoked(cert.serial_number, cert.fingerprint_sha256, dev.chip_serial, reason, False)
+
+
+def build_crl(
+    s: Session,
+    name: str,
+    issuer: x509.Certificate,
+    key: HsmEcPrivateKey | ec.EllipticCurvePrivateKey,
+    now: datetime,
+) -> x509.CertificateRevocationList:
+    """The next CRL of intermediate ``name`` (claims the next CRL number in ``s``)."""
+    state = s.get(CrlNumber, name)
+    if state is None:
+        state = CrlNumber(ca_name=name, number=0)
+    state.number += 1
+    s.add(state)
+    this_update = now.replace(microsecond=0)
+    ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer.subject)
+        .last_update(this_update)
+        .next_update(this_update + NEXT_UPDATE)
+        .add_extension(x509.CRLNumber(state.number), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
+        )
+    )
+    rows = s.exec(
+        select(Revocation)
+        .where(Revocation.issuer_fingerprint_sha256 == fingerprint(issuer))
+        .order_by(col(Revocation.id))
+    ).all()
+    for row in rows:
+        entry = (
+            x509.RevokedCertificateBuilder()
+            .serial_number(int(row.serial_number, 16))
+            .revocation_date(row.revoked_at.replace(microsecond=0))
+        )
+        if row.reason != "unspecified":
+            entry = entry.add_extension(x509.CRLReason(REASONS[row.reason]), critical=False)
+        builder = builder.add_revoked_certificate(entry.build())
+    crl = builder.sign(key, hashes.SHA256())
+    pub = issuer.public_key()
+    assert isinstance(pub, ec.EllipticCurvePublicKey)
+    try:
+        pub.verify(crl.signature, crl.tbs_certlist_bytes, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        raise HsmError(f"the CRL of {name!r} does not verify with its key: not published") from None
+    return crl
+
+
+def crl_path(settings: Settings, name: str) -> Path:
+    return settings.ca_dir / "crl" / f"{name}.crl"
+
+
+def publish(settings: Settings, engine: Engine, ca: LoadedCa, actor: str) -> list[PublishedCrl]:
+    """Sign and write the CRL of every intermediate whose key is in the token: the current
+    one and those a rotation left (their certificates are still out there)."""
+    store = store_of(settings)
+    issuers = store.intermediates() or {ca.name: ca.intermediate_cert}
+    out = []
+    now = datetime.now(UTC)
+    for name, cert in issuers.items():
+        key = ca.key if name == ca.name else HsmEcPrivateKey(ca.pool, name)
+        with transaction(engine) as s:
+            crl = build_crl(s, name, cert, key, now)
+            der = crl.public_bytes(serialization.Encoding.DER)
+            path = crl_path(settings, name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_bytes(der)
+            number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+            sha = hashlib.sha256(der).hexdigest()
+            chain.append(
+                s,
+                "ca.crl_published",
+                actor=actor,
+                payload={"ca": name, "crl_number": number, "entries": len(crl), "sha256": sha},
+            )
+        os.replace(tmp, path)  # after the commit: a served CRL's number is never reused
+        next_update = crl.next_update_utc
+        assert next_update is not None
+        out.append(PublishedCrl(name, path, number, len(crl), next_update, sha))
+    return out
