@@ -50,7 +50,7 @@ from provisioner.ca.issuer import (
 from provisioner.ca.store import fingerprint
 from provisioner.db.engine import transaction
 from provisioner.db.models import Batch, Certificate, Device, Step
-from provisioner.errors import PolicyViolationError, ProvisionerError
+from provisioner.errors import NotFoundError, PolicyViolationError, ProvisionerError
 from provisioner.ledger import get_device, record_step
 from provisioner.ports import IssuedCertificate, SigningRequest
 from provisioner.settings import ProfileSettings, Settings
@@ -122,54 +122,79 @@ class IssuanceService:
             self._flush_health_events()
 
     def _sign(self, request: SigningRequest) -> IssuedCertificate:
-        # Stateless checks first: nothing is locked or written for a malformed request.
-        check_serial(request.chip_serial_hex)
-        check_public_key(request.public_key)
-        verify_proof_of_possession(request.public_key, request.pop_challenge, request.pop_signature)
+        _check_request(request)  # stateless: nothing is locked or written for these
         self._follow_rotation()
-        refusal: _Refusal | None = None
         with transaction(self.engine) as s:
-            dev = get_device(s, request.device_id)
-            existing = s.exec(
-                select(Certificate).where(Certificate.device_id == request.device_id)
-            ).first()
-            if existing is not None:
-                if dev.public_key != request.public_key.hex():
-                    raise PolicyViolationError(
-                        f"device {request.device_id} already has a certificate for another key"
-                    )
-                return _issued(existing)
-            refusal = self._clone_check(s, dev, request) or self._claim_quota(s, dev)
-            if refusal is None:
-                return self._issue(s, dev, request)
-        # The refusal is recorded in its own transaction (the one above rolled back).
-        with transaction(self.engine) as s:
-            chain.append(
-                s,
-                refusal.event_type,
-                actor=self.actor,
-                batch_id=request.batch_id,
-                device_id=request.device_id,
-                chip_serial=request.chip_serial_hex,
-                payload={
-                    "reason": refusal.reason,
-                    "public_key_sha256": hashlib.sha256(request.public_key).hexdigest(),
-                },
-            )
-        raise PolicyViolationError(f"refused to sign: {refusal.reason}")
+            result = self._decide(s, request)
+        if isinstance(result, ProvisionerError):
+            raise result
+        return result
 
     def sign_many(
         self, requests: Sequence[SigningRequest]
     ) -> list[IssuedCertificate | ProvisionerError]:
-        """Several requests in one call (one task on the ``hsm`` queue): each is decided on
-        its own, so one refusal does not fail the others."""
-        out: list[IssuedCertificate | ProvisionerError] = []
-        for r in requests:
+        """Several requests, decided one by one (a refusal does not fail the others) but
+        committed in one transaction: the per-certificate commit is what a single ``sign``
+        mostly waits for. If the token fails half-way, nothing of the call is kept and every
+        request gets that error (the station retries them)."""
+        out: list[IssuedCertificate | ProvisionerError | None] = []
+        valid: list[tuple[int, SigningRequest]] = []
+        for i, r in enumerate(requests):
             try:
-                out.append(self.sign(r))
+                _check_request(r)
+                valid.append((i, r))
+                out.append(None)
             except ProvisionerError as exc:
                 out.append(exc)
-        return out
+        self._local.in_transaction = True
+        try:
+            self._follow_rotation()
+            with transaction(self.engine) as s:
+                for i, r in valid:
+                    try:
+                        with s.begin_nested():  # one request's failure undoes only its part
+                            out[i] = self._decide(s, r)
+                    except (PolicyViolationError, NotFoundError) as exc:
+                        out[i] = exc
+        except ProvisionerError as exc:
+            for i, _ in valid:
+                out[i] = exc
+        finally:
+            self._local.in_transaction = False
+            self._flush_health_events()
+        return [o for o in out if o is not None]
+
+    def _decide(
+        self, s: Session, request: SigningRequest
+    ) -> IssuedCertificate | PolicyViolationError:
+        """The stateful policy and, if it allows, the signature and its record, in ``s``.
+        A refusal changes nothing but its incident event, so it commits like a success."""
+        dev = get_device(s, request.device_id)
+        existing = s.exec(
+            select(Certificate).where(Certificate.device_id == request.device_id)
+        ).first()
+        if existing is not None:
+            if dev.public_key != request.public_key.hex():
+                raise PolicyViolationError(
+                    f"device {request.device_id} already has a certificate for another key"
+                )
+            return _issued(existing)
+        refusal = self._clone_check(s, dev, request) or self._claim_quota(s, dev)
+        if refusal is None:
+            return self._issue(s, dev, request)
+        chain.append(
+            s,
+            refusal.event_type,
+            actor=self.actor,
+            batch_id=request.batch_id,
+            device_id=request.device_id,
+            chip_serial=request.chip_serial_hex,
+            payload={
+                "reason": refusal.reason,
+                "public_key_sha256": hashlib.sha256(request.public_key).hexdigest(),
+            },
+        )
+        return PolicyViolationError(f"refused to sign: {refusal.reason}")
 
     def _clone_check(self, s: Session, dev: Device, req: SigningRequest) -> _Refusal | None:
         if dev.chip_serial != req.chip_serial_hex or dev.public_key != req.public_key.hex():
@@ -308,6 +333,12 @@ class IssuanceService:
                         "pid": os.getpid(),
                     },
                 )
+
+
+def _check_request(request: SigningRequest) -> None:
+    check_serial(request.chip_serial_hex)
+    check_public_key(request.public_key)
+    verify_proof_of_possession(request.public_key, request.pop_challenge, request.pop_signature)
 
 
 def _issued(row: Certificate) -> IssuedCertificate:

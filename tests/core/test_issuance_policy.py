@@ -5,6 +5,7 @@ database connection), all signing for one batch at once, on SQLite and PostgreSQ
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 from pathlib import Path
@@ -199,3 +200,31 @@ def test_sign_many_decides_each_request_on_its_own(policy_env: tuple[Settings, s
         "PolicyViolationError",
     ]
     assert again == out[:2]
+
+
+def test_sign_many_commits_together_and_isolates_bad_requests(
+    policy_env: tuple[Settings, str],
+) -> None:
+    settings, db_url = policy_env
+    engine = make_engine(db_url)
+    batch_id = batches.create_batch(engine, settings, station_id="line1", count=3, actor="t")
+    ledger = DeviceLedger(engine, "station:line1", "line1")
+    ids = batches.mark_started(engine, batch_id, actor="t")
+    reqs = [_ready_device(ledger, d, 20 + i) for i, d in enumerate(ids)]
+    unknown = dataclasses.replace(reqs[0], device_id=9999)
+    forged = dataclasses.replace(reqs[1], pop_signature=bytes(64))
+    svc = IssuanceService.open(engine, settings)
+    try:
+        out = svc.sign_many([reqs[0], unknown, forged, reqs[1], reqs[2]])
+    finally:
+        svc.close()
+    assert [type(o).__name__ for o in out] == [
+        "IssuedCertificate",
+        "NotFoundError",
+        "PolicyViolationError",
+        "IssuedCertificate",
+        "IssuedCertificate",
+    ]
+    with transaction(engine) as s:
+        assert len(s.exec(select(Certificate)).all()) == 3
+        assert chain.verify(s).ok
