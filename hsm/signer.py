@@ -81,6 +81,14 @@ class _TokenKey:
     def _refuse(self) -> NoReturn:
         raise HsmError("the CA key lives in the token and cannot be exported or used for ECDH")
 
+    def private_bytes(
+        self,
+        encoding: serialization.Encoding,
+        format: serialization.PrivateFormat,
+        encryption_algorithm: serialization.KeySerializationEncryption,
+    ) -> bytes:
+        self._refuse()
+
     def __copy__(self) -> Any:
         return self
 
@@ -144,14 +152,6 @@ class HsmEcPrivateKey(_TokenKey, ec.EllipticCurvePrivateKey):
     def private_numbers(self) -> ec.EllipticCurvePrivateNumbers:
         self._refuse()
 
-    def private_bytes(
-        self,
-        encoding: serialization.Encoding,
-        format: serialization.PrivateFormat,
-        encryption_algorithm: serialization.KeySerializationEncryption,
-    ) -> bytes:
-        self._refuse()
-
 
 _RSA_MECHANISMS = {
     "sha256": Mechanism.SHA256_RSA_PKCS,
@@ -193,12 +193,4 @@ class HsmRsaPrivateKey(_TokenKey, rsa.RSAPrivateKey):
         self._refuse()
 
     def private_numbers(self) -> rsa.RSAPrivateNumbers:
-        self._refuse()
-
-    def private_bytes(
-        self,
-        encoding: serialization.Encoding,
-        format: serialization.PrivateFormat,
-        encryption_algorithm: serialization.KeySerializationEncryption,
-    ) -> bytes:
         self._refuse()

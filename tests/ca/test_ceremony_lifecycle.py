@@ -33,6 +33,7 @@ from provisioner.errors import ConfigError, HsmError, InvalidInputError
 from provisioner.ports import SigningRequest
 from provisioner.settings import Settings, load_settings
 from tests.conftest import Station
+from tests.e2e.test_end_to_end import cli
 
 SERIAL = "0123A1B2C3D4E5F6EE"
 
@@ -309,13 +310,7 @@ def test_token_uri_sets_token_key_module_and_pin_source(tmp_path: Path) -> None:
 
 
 def _cli(station: Station, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "provisioner.cli.main", *args],
-        capture_output=True,
-        text=True,
-        env=station.env(),
-        timeout=120,
-    )
+    return cli(station, *args, check=False)
 
 
 def test_cli_offline_root_rotation_and_show(station: Station, tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,13 +17,12 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from provisioner.ca.ceremony import init_ca, load_ca
 from provisioner.ca.issuer import build_device_certificate, random_serial_number
-from provisioner.ports import SigningRequest
 from provisioner.settings import Settings
+from tests.ca.test_ceremony_lifecycle import _request
 from tests.chips.test_compressed_certs import SHIPPED
 
 LINT = Path(sys.executable).with_name("lint_pkix_cert")
@@ -50,18 +48,6 @@ def _strict_verify(root: Path, inter: Path, leaf: Path) -> subprocess.CompletedP
         capture_output=True,
         text=True,
     )  # fmt: skip
-
-
-def _request() -> SigningRequest:
-    key = ec.generate_private_key(ec.SECP256R1())
-    challenge = os.urandom(32)
-    r, s = decode_dss_signature(key.sign(challenge, ec.ECDSA(hashes.SHA256())))
-    point = key.public_key().public_bytes(
-        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-    )
-    return SigningRequest(
-        1, 1, "0123A1B2C3D4E5F6EE", point, challenge, r.to_bytes(32, "big") + s.to_bytes(32, "big")
-    )
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))

@@ -29,6 +29,7 @@ from provisioner.ports import IssuedCertificate
 from provisioner.settings import Settings
 from tests.conftest import Station, free_port
 from tests.core.test_issuance_policy import _ready_device
+from tests.e2e.test_end_to_end import cli
 
 
 @pytest.fixture
@@ -147,13 +148,7 @@ def test_rotated_intermediates_keep_their_own_crl(issued: tuple) -> None:
 
 
 def _cli(station: Station, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "provisioner.cli.main", *args],
-        capture_output=True,
-        text=True,
-        env=station.env(),
-        timeout=120,
-    )
+    return cli(station, *args, check=False)
 
 
 def test_cli_revoke_and_the_api_serves_the_crl(station: Station) -> None:

@@ -9,6 +9,7 @@ import dataclasses
 import multiprocessing as mp
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
@@ -26,6 +27,7 @@ from provisioner.issuance import IssuanceService
 from provisioner.ledger import DeviceLedger
 from provisioner.ports import SigningRequest
 from provisioner.settings import Settings
+from workers.tasks import request_from_json, request_to_json
 
 PROCS = 4
 
@@ -52,35 +54,14 @@ def _ready_device(ledger: DeviceLedger, device_id: int, i: int) -> SigningReques
     )  # fmt: skip
 
 
-def _requests_json(reqs: list[SigningRequest]) -> list[dict[str, str | int]]:
-    return [
-        {
-            "device_id": r.device_id,
-            "batch_id": r.batch_id,
-            "chip_serial_hex": r.chip_serial_hex,
-            "public_key": r.public_key.hex(),
-            "pop_challenge": r.pop_challenge.hex(),
-            "pop_signature": r.pop_signature.hex(),
-        }
-        for r in reqs
-    ]
-
-
-def _signer_process(var_dir: str, db_url: str, reqs: list[dict[str, str | int]], out: str) -> None:
+def _signer_process(var_dir: str, db_url: str, reqs: list[dict[str, Any]], out: str) -> None:
     settings = Settings(var_dir=Path(var_dir))
     engine = make_engine(db_url)
     svc = IssuanceService.open(engine, settings, actor=f"signer:{os.getpid()}")
     ok = refused = 0
     try:
         for d in reqs:
-            req = SigningRequest(
-                int(d["device_id"]),
-                int(d["batch_id"]),
-                str(d["chip_serial_hex"]),
-                bytes.fromhex(str(d["public_key"])),
-                bytes.fromhex(str(d["pop_challenge"])),
-                bytes.fromhex(str(d["pop_signature"])),
-            )
+            req = request_from_json(d)
             try:
                 svc.sign(req)
                 ok += 1
@@ -119,7 +100,7 @@ def test_quota_holds_across_concurrent_signer_processes(
     ctx = mp.get_context("spawn")
     procs = []
     for n in range(PROCS):
-        share = _requests_json(reqs[n::PROCS])
+        share = [request_to_json(r) for r in reqs[n::PROCS]]
         out = str(tmp_path / f"out{n}")
         procs.append(
             ctx.Process(target=_signer_process, args=(str(settings.var), db_url, share, out))
