@@ -27,7 +27,8 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,7 +59,8 @@ from provisioner.settings import ProfileSettings, Settings
 
 @dataclass(frozen=True)
 class _Refusal:
-    """A policy refusal found inside the issuing transaction (which then rolls back)."""
+    """A policy refusal found inside the issuing transaction: it changes nothing, and its
+    incident event commits in that same transaction."""
 
     event_type: str
     reason: str
@@ -80,7 +82,6 @@ class IssuanceService:
         self.profile = profile
         self.actor = actor
         self._settings = settings
-        self._ca_fingerprint = fingerprint(ca.intermediate_cert)
         self._ca_mtime = self._intermediate_mtime()
         # Breaker changes seen while this thread holds the issuing transaction wait here:
         # appending to the audit trail from inside it would wait on our own write lock.
@@ -114,18 +115,11 @@ class IssuanceService:
     # --- signing ----------------------------------------------------------------------
 
     def sign(self, request: SigningRequest) -> IssuedCertificate:
-        self._local.in_transaction = True
-        try:
-            return self._sign(request)
-        finally:
-            self._local.in_transaction = False
-            self._flush_health_events()
-
-    def _sign(self, request: SigningRequest) -> IssuedCertificate:
         _check_request(request)  # stateless: nothing is locked or written for these
-        self._follow_rotation()
-        with transaction(self.engine) as s:
-            result = self._decide(s, request)
+        with self._health_events_deferred():
+            self._follow_rotation()
+            with transaction(self.engine) as s:
+                result = self._decide(s, request)
         if isinstance(result, ProvisionerError):
             raise result
         return result
@@ -133,10 +127,10 @@ class IssuanceService:
     def sign_many(
         self, requests: Sequence[SigningRequest]
     ) -> list[IssuedCertificate | ProvisionerError]:
-        """Several requests, decided one by one (a refusal does not fail the others) but
-        committed in one transaction: the per-certificate commit is what a single ``sign``
-        mostly waits for. If the token fails half-way, nothing of the call is kept and every
-        request gets that error (the station retries them)."""
+        """Several requests, decided one by one (a refusal does not fail the others) and
+        committed in one transaction, so one commit serves them all. If the token fails
+        half-way, nothing of the call is kept and every request gets that error (the
+        station retries them)."""
         out: list[IssuedCertificate | ProvisionerError | None] = []
         valid: list[tuple[int, SigningRequest]] = []
         for i, r in enumerate(requests):
@@ -146,22 +140,19 @@ class IssuanceService:
                 out.append(None)
             except ProvisionerError as exc:
                 out.append(exc)
-        self._local.in_transaction = True
         try:
-            self._follow_rotation()
-            with transaction(self.engine) as s:
-                for i, r in valid:
-                    try:
-                        with s.begin_nested():  # one request's failure undoes only its part
-                            out[i] = self._decide(s, r)
-                    except (PolicyViolationError, NotFoundError) as exc:
-                        out[i] = exc
+            with self._health_events_deferred():
+                self._follow_rotation()
+                with transaction(self.engine) as s:
+                    for i, r in valid:
+                        try:
+                            with s.begin_nested():  # a failure undoes only its own part
+                                out[i] = self._decide(s, r)
+                        except (PolicyViolationError, NotFoundError) as exc:
+                            out[i] = exc
         except ProvisionerError as exc:
             for i, _ in valid:
                 out[i] = exc
-        finally:
-            self._local.in_transaction = False
-            self._flush_health_events()
         return [o for o in out if o is not None]
 
     def _decide(
@@ -244,6 +235,7 @@ class IssuanceService:
             req, self.ca, self.profile, random_serial_number(), datetime.now(UTC)
         )
         der = cert.public_bytes(serialization.Encoding.DER)
+        issuer_fingerprint = fingerprint(self.ca.intermediate_cert)
         row = Certificate(
             device_id=req.device_id,
             serial_number=format(cert.serial_number, "x"),
@@ -251,7 +243,7 @@ class IssuanceService:
             der=der,
             not_before=cert.not_valid_before_utc,
             not_after=cert.not_valid_after_utc,
-            issuer_fingerprint_sha256=self._ca_fingerprint,
+            issuer_fingerprint_sha256=issuer_fingerprint,
         )
         s.add(row)
         record_step(
@@ -264,7 +256,7 @@ class IssuanceService:
             payload={
                 "serial_number": row.serial_number,
                 "fingerprint_sha256": row.fingerprint_sha256,
-                "issuer_fingerprint_sha256": self._ca_fingerprint,
+                "issuer_fingerprint_sha256": issuer_fingerprint,
                 "issuer": self.ca.name,
             },
         )
@@ -286,8 +278,7 @@ class IssuanceService:
         mtime = self._intermediate_mtime()
         if self._settings is None or mtime == self._ca_mtime:
             return
-        if self.ca.follow(self._settings):
-            self._ca_fingerprint = fingerprint(self.ca.intermediate_cert)
+        self.ca.follow(self._settings)
         self._ca_mtime = mtime
 
     def _status_file(self) -> Path | None:
@@ -304,6 +295,17 @@ class IssuanceService:
         body = {"pid": os.getpid(), "token_label": self.ca.pool.token_label, **status.as_json()}
         tmp.write_text(json.dumps(body))
         os.replace(tmp, path)
+
+    @contextmanager
+    def _health_events_deferred(self) -> Iterator[None]:
+        """While this thread may hold the issuing transaction, breaker events wait; they
+        are appended when it ends (success or not)."""
+        self._local.in_transaction = True
+        try:
+            yield
+        finally:
+            self._local.in_transaction = False
+            self._flush_health_events()
 
     def _breaker_changed(self, status: BreakerStatus) -> None:
         """Token lost or back: status file now, audit event as soon as this thread holds no

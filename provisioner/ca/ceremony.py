@@ -40,14 +40,14 @@ from cryptography.x509.oid import NameOID
 
 from hsm import softhsm
 from hsm.breaker import BreakerStatus
-from hsm.keys import KeyAlgorithm, KeyRef, delete_keys, find_private_key, generate
+from hsm.keys import KeyAlgorithm, KeyRef, delete_keys, find_private_key, generate, key_labels
 from hsm.module import Pkcs11Module, TokenSession
 from hsm.pins import PinSource, write_new_pin
 from hsm.pool import TokenPool
 from hsm.signer import HsmEcPrivateKey, token_key
 from hsm.tokens import init_token
 from provisioner.ca.issuer import device_validity, key_usage, random_serial_number
-from provisioner.ca.store import CaStore, fingerprint
+from provisioner.ca.store import CaStore, fingerprint, load_cert_file
 from provisioner.errors import (
     CaExistsError,
     CaNotInitialisedError,
@@ -118,10 +118,15 @@ def store_of(settings: Settings) -> CaStore:
     return CaStore(settings.ca_dir)
 
 
-def open_module(settings: Settings) -> Pkcs11Module:
-    """Load the configured module with this station's private SoftHSM configuration."""
+def use_station_conf(settings: Settings) -> None:
+    """Point SoftHSM (read at C_Initialize) at this station's private configuration."""
     softhsm.write_conf(settings.softhsm_conf, settings.token_dir)
     softhsm.use_conf(settings.softhsm_conf)
+
+
+def open_module(settings: Settings) -> Pkcs11Module:
+    """Load the configured module with this station's private SoftHSM configuration."""
+    use_station_conf(settings)
     return Pkcs11Module(settings.hsm.module)
 
 
@@ -294,15 +299,9 @@ def init_ca(settings: Settings, *, force: bool = False) -> CaInfo:
 def _new_factory_key(settings: Settings, ts: TokenSession) -> tuple[str, HsmEcPrivateKey]:
     """The next intermediate key (P-256: chips verify and store its certificates)."""
     store = store_of(settings)
-    name = store.next_name(settings.hsm.ca_key_label, _labels(ts))
+    name = store.next_name(settings.hsm.ca_key_label, set(key_labels(ts)))
     generate(ts, KeyRef(name, os.urandom(16)), KeyAlgorithm.EC_P256)
     return name, HsmEcPrivateKey(ts, name)
-
-
-def _labels(ts: TokenSession) -> set[str]:
-    from hsm.keys import key_labels
-
-    return set(key_labels(ts))
 
 
 def make_csr(settings: Settings, pin_source: str | None = None) -> tuple[str, Path]:
@@ -340,7 +339,7 @@ def import_certificate(
     from provisioner.chips.certdef import signer_definition
 
     store = store_of(settings)
-    cert = _load(cert_file)
+    cert = load_cert_file(cert_file)
     root = _root_for_import(store, root_file)
     try:
         cert.verify_directly_issued_by(root)
@@ -391,19 +390,13 @@ def import_certificate(
     return _info(True, root, cert, name)
 
 
-def _load(path: Path) -> x509.Certificate:
-    from provisioner.ca.store import load_cert_file
-
-    return load_cert_file(path)
-
-
 def _root_for_import(store: CaStore, root_file: Path | None) -> x509.Certificate:
     have = store.root() if store.root_pem.exists() else None
     if root_file is None:
         if have is None:
             raise InvalidInputError("no root.pem yet: pass --root ROOT.pem (the root cert)")
         return have
-    given = _load(root_file)
+    given = load_cert_file(root_file)
     if have is not None and given != have:
         raise InvalidInputError(
             f"{root_file} is not this CA's root ({store.root_pem}); a new root needs "
@@ -469,8 +462,7 @@ def load_ca(
     if source.path is not None and not source.path.exists():
         raise CaNotInitialisedError(f"PIN file {source.path} is missing")
     name = store.current_name(settings.hsm.ca_key_label)
-    softhsm.write_conf(settings.softhsm_conf, settings.token_dir)
-    softhsm.use_conf(settings.softhsm_conf)
+    use_station_conf(settings)
     h = settings.hsm
     pool = TokenPool(
         h.module,

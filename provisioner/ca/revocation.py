@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import ColumnElement
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -68,41 +69,29 @@ class PublishedCrl:
 
 
 def _find(s: Session, target: str) -> tuple[Certificate, Device]:
-    """A certificate by device id, chip serial (18 hex) or certificate serial (hex)."""
+    """A certificate by device id, chip serial (18 hex) or certificate serial (hex), tried
+    in that order: the first reading that names a certificate wins."""
     t = target.strip()
-    rows: list[tuple[Certificate, Device]] = []
+    hex_serial = t.lower().removeprefix("0x").replace(":", "").lstrip("0")
+    candidates: list[ColumnElement[bool]] = []
     if t.isdigit():
-        rows += list(
-            s.exec(
-                select(Certificate, Device)
-                .join(Device, col(Device.id) == Certificate.device_id)
-                .where(Device.id == int(t))
-            ).all()
-        )
-    if not rows and _CHIP_SERIAL.match(t):
-        rows += list(
-            s.exec(
-                select(Certificate, Device)
-                .join(Device, col(Device.id) == Certificate.device_id)
-                .where(Device.chip_serial == t.upper())
-            ).all()
-        )
-    if not rows:
-        hex_serial = t.lower().removeprefix("0x").replace(":", "").lstrip("0")
-        if hex_serial and all(c in "0123456789abcdef" for c in hex_serial):
-            rows += list(
-                s.exec(
-                    select(Certificate, Device)
-                    .join(Device, col(Device.id) == Certificate.device_id)
-                    .where(Certificate.serial_number == hex_serial)
-                ).all()
-            )
-    if not rows:
-        raise NotFoundError(
-            f"no certificate for {target!r}: give a device id (see `provisioner batch status`),"
-            " a chip serial (18 hex digits) or a certificate serial number (hex)"
-        )
-    return rows[0]
+        candidates.append(col(Device.id) == int(t))
+    if _CHIP_SERIAL.match(t):
+        candidates.append(col(Device.chip_serial) == t.upper())
+    if hex_serial and all(c in "0123456789abcdef" for c in hex_serial):
+        candidates.append(col(Certificate.serial_number) == hex_serial)
+    for where in candidates:
+        row = s.exec(
+            select(Certificate, Device)
+            .join(Device, col(Device.id) == Certificate.device_id)
+            .where(where)
+        ).first()
+        if row is not None:
+            return row
+    raise NotFoundError(
+        f"no certificate for {target!r}: give a device id (see `provisioner batch status`),"
+        " a chip serial (18 hex digits) or a certificate serial number (hex)"
+    )
 
 
 def revoke(engine: Engine, target: str, reason: str, actor: str) -> Revoked:
