@@ -130,3 +130,19 @@ class RegistryConflictError(RegistryError):
 
 class AuditError(ProvisionerError):
     """The audit trail failed verification or could not be written."""
+
+
+class ProofError(AuditError):
+    """A Merkle proof, checkpoint or proof file does not verify (or cannot be parsed)."""
+
+
+class PermissionDeniedError(ProvisionerError):
+    """The caller's role does not allow this action (the denial itself is audited)."""
+
+    exit_code = 77  # EX_NOPERM
+
+
+class AuthenticationError(ProvisionerError):
+    """No valid user token was presented."""
+
+    exit_code = 77

@@ -58,6 +58,7 @@ def record_step(
         event_type,
         actor=actor,
         station_id=station_id,
+        socket=dev.socket,
         batch_id=dev.batch_id,
         device_id=dev.id,
         chip_serial=dev.chip_serial,

@@ -181,6 +181,18 @@ class ApiSettings(_Section):
         return f"{self.public_url.rstrip('/')}/crl/{name}.crl"
 
 
+class AuditSettings(_Section):
+    """The audit log's signed checkpoints. The key is its own P-256 key in the factory
+    token (never the CA key); ``origin`` names this log in every checkpoint and is the
+    note key name auditors configure."""
+
+    origin: str = Field(default="factory.invalid/provisioner-audit", pattern=r"^[^\s+]+$")
+    key_label: str = "audit-checkpoint"
+    checkpoint_every_events: int = Field(default=1000, ge=1)
+    checkpoint_every_s: float = Field(default=60.0, gt=0)
+    poll_s: float = Field(default=1.0, gt=0)  # how often the signer looks for work
+
+
 class StationSettings(_Section):
     """One station PC and its socket jig."""
 
@@ -217,6 +229,7 @@ class Settings(BaseSettings):
     registry: RegistrySettings = RegistrySettings()
     api: ApiSettings = ApiSettings()
     celery: CelerySettings = CelerySettings()
+    audit: AuditSettings = AuditSettings()
     stations: dict[str, StationSettings] = Field(
         default_factory=lambda: {"line1": StationSettings()}
     )

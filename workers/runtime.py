@@ -31,6 +31,7 @@ class WorkerRuntime:
     station_id: str | None = None
     socket: int | None = None
     signer: Any = None  # provisioner.issuance.IssuanceService on the hsm worker
+    checkpointer: Any = None  # provisioner.audit.checkpointer.Checkpointer, hsm worker too
     registry: Any = None  # a RegistryBackend on the registry worker
 
 
@@ -69,9 +70,12 @@ def _open(settings: Settings, queues: frozenset[str], index: int) -> WorkerRunti
             )
         rt.socket = index
     if HSM_QUEUE in queues:
+        from provisioner.audit.checkpointer import Checkpointer
         from provisioner.issuance import IssuanceService
 
         rt.signer = IssuanceService.open(engine, settings)
+        rt.checkpointer = Checkpointer.for_provider(engine, settings, rt.signer.ca.pool)
+        rt.checkpointer.start()
     if REGISTRY_QUEUE in queues:
         from provisioner.registry.client import CloudIotRegistry
 
@@ -102,6 +106,8 @@ def _process_shutdown(**_: Any) -> None:
     if rt is not None:
         if rt.registry is not None:
             rt.registry.close()
+        if rt.checkpointer is not None:
+            rt.checkpointer.stop()
         if rt.signer is not None:
             rt.signer.close()
         rt.engine.dispose()

@@ -1,4 +1,10 @@
-"""Public PKI endpoints: what relying parties fetch, never anything secret.
+"""The provisioner's HTTP API.
+
+Public (no token): ``/healthz`` and the PKI material below. Everything else needs
+``Authorization: Bearer <user token>`` and the role its action names
+(:mod:`provisioner.api.routes`, :mod:`provisioner.auth.roles`).
+
+Public PKI endpoints: what relying parties fetch, never anything secret.
 
 ``GET /crl/<name>.crl`` serves the CRL that ``provisioner ca crl`` / ``ca revoke`` last
 published for intermediate ``<name>`` (DER, ``application/pkix-crl``): the stable URL that
@@ -12,9 +18,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
+from provisioner.api.routes import audit_router, ops_router
+from provisioner.api.security import ApiProblem, Guard
+from provisioner.db.engine import create_schema, make_engine
 from provisioner.settings import Settings
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -27,6 +36,15 @@ def _not_found(what: str) -> JSONResponse:
 def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="provisioner", docs_url=None, redoc_url=None, openapi_url=None)
     ca_dir = settings.ca_dir
+    engine = make_engine(settings.db_url)
+    create_schema(engine)
+    guard = Guard(engine)
+    app.include_router(audit_router(engine, settings, guard))
+    app.include_router(ops_router(engine, settings, guard))
+
+    @app.exception_handler(ApiProblem)
+    async def _problem(_: Request, exc: ApiProblem) -> JSONResponse:
+        return exc.response()
 
     def _file(path: Path, media_type: str, what: str) -> Response:
         if not path.is_file():

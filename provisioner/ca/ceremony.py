@@ -46,6 +46,7 @@ from hsm.pins import PinSource, write_new_pin
 from hsm.pool import TokenPool
 from hsm.signer import HsmEcPrivateKey, token_key
 from hsm.tokens import init_token
+from provisioner.audit.checkpointer import audit_key_file, ensure_audit_key
 from provisioner.ca.issuer import device_validity, key_usage, random_serial_number
 from provisioner.ca.store import CaStore, fingerprint, load_cert_file
 from provisioner.errors import (
@@ -260,6 +261,13 @@ def init_ca(settings: Settings, *, force: bool = False) -> CaInfo:
         with open_module(settings) as mod:
             existing = _existing(settings, mod)
         if existing is not None:
+            if not audit_key_file(settings).exists():  # a CA made before audit keys
+                with open_module(settings) as mod:
+                    ts = mod.open_token(settings.hsm.factory_token, factory_pin(settings))
+                    try:
+                        ensure_audit_key(settings, ts)
+                    finally:
+                        ts.close()
             return existing
     _ensure_tokens(
         settings,
@@ -290,6 +298,7 @@ def init_ca(settings: Settings, *, force: bool = False) -> CaInfo:
             inter = _sign_intermediate(settings, root_key, root, inter_key.public_key())
             store.write_root(root)
             store.install_intermediate(name, inter)
+            ensure_audit_key(settings, fac_ts)
         finally:
             root_ts.close()
             fac_ts.close()

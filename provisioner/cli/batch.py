@@ -38,6 +38,7 @@ def create(
 ) -> None:
     """Create a batch of COUNT devices on STATION (checks the CA, PIN and Redis first)."""
     c = ctx_of(ctx)
+    c.require("batch.create")
     batches.validate_request(c.settings, station_id=station, count=count, quota=quota)
     preflight.check_ca(c.settings)
     preflight.check_redis(c.settings)
@@ -85,6 +86,7 @@ def start(
 ) -> None:
     """Start (or resume) a batch: unfinished devices continue from their last step."""
     c = ctx_of(ctx)
+    c.require("batch.start")
     console = Console(stderr=as_json)
     rep = start_batch(c, batch_id, console, wait=wait, timeout_s=timeout)
     if as_json:
@@ -103,6 +105,7 @@ def status(
 ) -> None:
     """Show each device of a batch: serial, certificate, registry entry, step."""
     c = ctx_of(ctx)
+    c.require("batch.read")
     rep = batches.report(c.engine, batch_id)
     if as_json:
         typer.echo(json.dumps(rep.as_json()))
@@ -122,6 +125,7 @@ def list_(
 ) -> None:
     """List all batches with their progress."""
     c = ctx_of(ctx)
+    c.require("batch.read")
     reps = batches.list_batches(c.engine)
     if as_json:
         typer.echo(

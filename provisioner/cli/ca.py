@@ -48,6 +48,7 @@ def init(
     from provisioner.ca.ceremony import init_ca
 
     c = ctx_of(ctx)
+    c.require("ca.init")
     info = init_ca(c.settings, force=force)
     if info.created:
         with transaction(c.engine) as s:
@@ -98,6 +99,7 @@ def csr(
     from provisioner.ca.ceremony import make_csr
 
     c = ctx_of(ctx)
+    c.require("ca.csr")
     name, path = make_csr(c.settings, pin_source)
     if out is not None:
         out.write_bytes(path.read_bytes())
@@ -124,6 +126,7 @@ def import_cert(
     from provisioner.ca.ceremony import import_certificate
 
     c = ctx_of(ctx)
+    c.require("ca.import_cert")
     info = import_certificate(c.settings, cert, root, pin_source)
     _audit(
         c,
@@ -150,6 +153,7 @@ def rotate(
     from provisioner.ca.ceremony import rotate as rotate_ca
 
     c = ctx_of(ctx)
+    c.require("ca.rotate")
     _refuse_if_running(c)
     info = rotate_ca(c.settings, pin_source)
     _audit(
@@ -189,6 +193,7 @@ def show(
     from provisioner.ca.overview import ca_overview
 
     c = ctx_of(ctx)
+    c.require("ca.show")
     data = ca_overview(c.settings)
     if as_json:
         typer.echo(json.dumps(data))
@@ -237,6 +242,7 @@ def revoke(
     from provisioner.ca import revocation
 
     c = ctx_of(ctx)
+    c.require("ca.revoke")
     done = revocation.revoke(c.engine, target, reason, c.admin)
     published = _publish(c, pin_source)
     if as_json:
@@ -267,6 +273,7 @@ def crl(
     """Sign and publish the CRL of every intermediate (current and rotated ones) in the
     token; the API serves them at /crl/<name>.crl. Run it before nextUpdate (7 days)."""
     c = ctx_of(ctx)
+    c.require("ca.crl")
     published = _publish(c, pin_source)
     if as_json:
         typer.echo(json.dumps([_crl_json(c, p) for p in published]))

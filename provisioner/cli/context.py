@@ -1,4 +1,14 @@
-"""What every command needs: the settings and a database engine, built once per invocation."""
+"""What every command needs: the settings, a database engine and who is acting, built once
+per invocation.
+
+Who is acting: the user whose token is in ``--token-file`` / ``$PROVISIONER_TOKEN_FILE``
+(never a token on the command line). Until the first user exists (a fresh install) the
+CLI acts as the local bootstrap admin ``admin:<OS user>``, which is how the first admin is
+made (``provisioner users add``); from then on every command needs a token. The CLI runs
+where the database is, so roles here are accountability (who did what, refusals audited),
+not a wall against someone who can open the database directly — that is what the signed
+audit checkpoints are for.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +20,19 @@ from pathlib import Path
 import typer
 from sqlalchemy.engine import Engine
 
+from provisioner.auth import users
+from provisioner.auth.roles import Role
 from provisioner.db.engine import create_schema, make_engine
+from provisioner.errors import AuthenticationError
 from provisioner.settings import Settings, load_settings
 
 
 @dataclass
 class CliContext:
     config: Path | None
+    token_file: Path | None = None
     _settings: Settings | None = field(default=None, repr=False)
+    _principal: users.Principal | None = field(default=None, repr=False)
 
     @cached_property
     def settings(self) -> Settings:
@@ -29,15 +44,38 @@ class CliContext:
         create_schema(engine)
         return engine
 
+    def require(self, action: str) -> users.Principal:
+        """Authenticate (once per invocation) and authorise ``action``; a refusal is
+        audited and raised. Returns who is acting."""
+        who = self._authenticate()
+        users.authorize(self.engine, who, action, via="cli")
+        return who
+
+    def _authenticate(self) -> users.Principal:
+        if self._principal is not None:
+            return self._principal
+        if self.token_file is not None:
+            who = users.authenticate(self.engine, users.read_token_file(self.token_file))
+            users.record_login(self.engine, who, "cli")
+        elif users.has_users(self.engine):
+            raise AuthenticationError(
+                "this installation has user accounts: pass --token-file FILE or set "
+                "PROVISIONER_TOKEN_FILE (an admin creates tokens with `provisioner users`)"
+            )
+        else:
+            who = users.Principal(getpass.getuser(), Role.ADMIN)
+        self._principal = who
+        return who
+
     @property
     def actor(self) -> str:
-        """Who is acting, for the audit trail (OS user until issue 6 brings accounts)."""
-        return f"operator:{getpass.getuser()}"
+        """Who acts, for the audit trail (after :meth:`require`)."""
+        return self._authenticate().actor
 
     @property
     def admin(self) -> str:
-        """The actor of CA and registry administration."""
-        return f"admin:{getpass.getuser()}"
+        """The actor of CA and registry administration (after :meth:`require`)."""
+        return self._authenticate().actor
 
 
 def ctx_of(ctx: typer.Context) -> CliContext:

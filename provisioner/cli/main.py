@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from provisioner.cli import audit, batch, ca, services, station
+from provisioner.cli import audit, batch, ca, services, station, users
 from provisioner.cli.context import CliContext
 from provisioner.errors import ProvisionerError
 
@@ -36,8 +36,15 @@ def _root(
         "else embedded defaults under ./var).",
         envvar="PROVISIONER_CONFIG",
     ),
+    token_file: Path | None = typer.Option(
+        None,
+        "--token-file",
+        help="File holding your user token (never pass a token itself). Needed once the "
+        "installation has user accounts; before that the CLI acts as the local admin.",
+        envvar="PROVISIONER_TOKEN_FILE",
+    ),
 ) -> None:
-    ctx.obj = CliContext(config=config)
+    ctx.obj = CliContext(config=config, token_file=token_file)
 
 
 app.add_typer(batch.app, name="batch")
@@ -45,6 +52,7 @@ app.add_typer(ca.app, name="ca")
 app.add_typer(audit.app, name="audit")
 app.add_typer(services.app, name="services")
 app.add_typer(station.app, name="station")
+app.add_typer(users.app, name="users")
 app.command("demo")(services.demo)
 
 

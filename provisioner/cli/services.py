@@ -7,13 +7,19 @@ import time
 
 import typer
 from rich.console import Console
+from sqlalchemy import func
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
 
 from provisioner import batches
 from provisioner.audit import chain
+from provisioner.audit.checkpointer import load_audit_key
+from provisioner.audit.verify import verify_log
 from provisioner.cli.batch import start_batch
 from provisioner.cli.context import ctx_of
 from provisioner.cli.view import devices_table
 from provisioner.db.engine import transaction
+from provisioner.db.models import AuditCheckpoint, AuditEvent
 from provisioner.supervisor import running_services
 
 app = typer.Typer(
@@ -31,6 +37,7 @@ def run(
     """Start Redis, the built-in registry and the hsm/registry/station workers in the
     foreground; Ctrl-C (or SIGTERM) stops them all."""
     c = ctx_of(ctx)
+    c.require("services.run")
     stations = station or sorted(c.settings.stations)
     for s in stations:
         c.settings.station(s)
@@ -48,6 +55,25 @@ def run(
             typer.echo("stopping services ...")
 
 
+def wait_for_checkpoint(engine: Engine, batch_id: int, timeout_s: float) -> int | None:
+    """The size of the first checkpoint covering the batch's end (the signer worker
+    writes one within ``audit.poll_s``), or None after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with Session(engine) as s:
+            end = s.exec(
+                select(func.max(AuditEvent.seq)).where(
+                    AuditEvent.event_type == "batch.finished", AuditEvent.batch_id == batch_id
+                )
+            ).one()
+            size = s.exec(select(func.max(AuditCheckpoint.size))).one()
+        if end is not None and size is not None and size >= end:
+            return int(size)
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.2)
+
+
 def demo(
     ctx: typer.Context,
     count: int = typer.Option(16, "--count", "-n", help="Chips in the demo batch."),
@@ -62,6 +88,7 @@ def demo(
     from provisioner.ca.ceremony import init_ca
 
     c = ctx_of(ctx)
+    c.require("demo.run")
     console = Console()
     batches.validate_request(c.settings, station_id=station, count=count)
     info = init_ca(c.settings)
@@ -90,6 +117,12 @@ def demo(
             )
             rep = start_batch(c, batch_id, console, wait=True, timeout_s=timeout)
             console.print(devices_table(rep))
+            size = wait_for_checkpoint(c.engine, batch_id, timeout_s=30)
+            console.print(
+                f"audit checkpoint signed by the HSM audit key at size {size}"
+                if size
+                else "[yellow]no audit checkpoint covers the batch end yet[/]"
+            )
         console.print("services stopped")
     except KeyboardInterrupt:
         console.print(
@@ -98,9 +131,12 @@ def demo(
         )
         raise typer.Exit(130) from None
     with transaction(c.engine) as s:
-        res = chain.verify(s)
+        res = verify_log(s, load_audit_key(c.settings))
     if res.ok:
-        console.print(f"[green]audit trail intact[/]: {res.events} events verified")
+        console.print(
+            f"[green]audit trail intact[/]: {res.events} events verified, "
+            f"{res.checkpoints} signed checkpoints match"
+        )
     else:
         console.print(f"[red]audit trail broken at event {res.first_bad_seq}[/]: {res.reason}")
     ok = res.ok and rep.done == rep.count

@@ -24,6 +24,7 @@ def probe_cmd(
 
     Reads only. On silicon, stop the station's worker first (it owns the bus)."""
     c = ctx_of(ctx)
+    c.require("station.probe")
     reports = probe(c.settings, station)
     if as_json:
         typer.echo(json.dumps([r.as_json() for r in reports]))

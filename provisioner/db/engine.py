@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, SQLModel, create_engine
 
+from provisioner.audit import triggers
 from provisioner.db import models  # noqa: F401  (registers the tables)
 from provisioner.errors import ServiceUnavailableError
 
@@ -53,6 +54,8 @@ def create_schema(engine: Engine) -> None:
     try:
         SQLModel.metadata.create_all(engine)
         _add_missing_columns(engine)
+        with engine.begin() as conn:
+            triggers.install(conn)
     except OperationalError as exc:
         raise ServiceUnavailableError(
             f"cannot open the database {engine.url.render_as_string(hide_password=True)}: "

@@ -124,21 +124,77 @@ class RegistryUpload(SQLModel, table=True):
 
 
 class AuditEvent(SQLModel, table=True):
-    """One link of the hash chain. ``hash`` covers every other column and ``prev_hash``."""
+    """One event of the audit log: a link of the hash chain (``hash`` covers every other
+    column and ``prev_hash``) and leaf ``seq - 1`` of the Merkle tree. Append-only: a
+    trigger refuses UPDATE and DELETE (provisioner.audit.triggers)."""
 
     __tablename__ = "audit_event"
 
     seq: int = Field(primary_key=True)
-    ts: str  # RFC 3339 UTC with microseconds, as hashed
-    actor: str
+    ts: str = Field(index=True)  # RFC 3339 UTC with microseconds, as hashed
+    actor: str = Field(index=True)
+    role: str | None = None  # the actor's role when it acted (operator, admin, station...)
     event_type: str = Field(index=True)
     station_id: str | None = Field(default=None, index=True)
+    socket: int | None = None
     batch_id: int | None = Field(default=None, index=True)
     device_id: int | None = None
     chip_serial: str | None = Field(default=None, index=True)
     payload: str  # canonical JSON, as hashed
     prev_hash: str = Field(max_length=64)
     hash: str = Field(max_length=64)
+
+
+class AuditNode(SQLModel, table=True):
+    """A complete (perfect) subtree of the audit Merkle tree: ``level`` 0 are the leaf
+    hashes; node (level, idx) covers leaves [idx * 2**level, (idx + 1) * 2**level). Written
+    once when it becomes complete, so proofs are O(log n) lookups and appends never
+    recompute the tree."""
+
+    __tablename__ = "audit_node"
+
+    level: int = Field(primary_key=True)
+    idx: int = Field(primary_key=True)
+    hash: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class AuditCheckpoint(SQLModel, table=True):
+    """A C2SP tlog-checkpoint over the first ``size`` events, signed by the audit key in
+    the HSM (never the CA key)."""
+
+    __tablename__ = "audit_checkpoint"
+
+    size: int = Field(primary_key=True)
+    root_hash: str = Field(max_length=64)  # hex, as in the signed note (there base64)
+    note: str  # the signed note, verbatim
+    reason: str  # batch_end, events, interval, manual
+    created_at: str  # RFC 3339 UTC
+
+
+class UserAccount(SQLModel, table=True):
+    """A person or service that acts on the system, with exactly one role."""
+
+    __tablename__ = "user_account"
+
+    name: str = Field(primary_key=True, max_length=64)
+    role: str = Field(max_length=16)
+    created_at: datetime = Field(default_factory=utcnow)
+    created_by: str
+    disabled: bool = False
+
+
+class ApiToken(SQLModel, table=True):
+    """A bearer token of a user, stored as SHA-256 of the token only (the token itself is
+    shown once, at creation)."""
+
+    __tablename__ = "api_token"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_name: str = Field(foreign_key="user_account.name", index=True)
+    token_sha256: str = Field(unique=True, max_length=64)
+    label: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = None
 
 
 class Revocation(SQLModel, table=True):

@@ -18,7 +18,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from sqlalchemy import text
+from sqlalchemy.exc import DatabaseError
 
+from provisioner.audit import triggers
+from provisioner.cli.services import wait_for_checkpoint
 from provisioner.db.engine import make_engine
 from provisioner.registry.tokens import read_token
 from provisioner.supervisor import Supervisor, running_services
@@ -161,14 +164,21 @@ def test_registry_holds_exactly_those_devices(
 
 def test_audit_verify_then_tamper(provisioned: tuple[Station, dict, Supervisor]) -> None:
     st, _, _ = provisioned
-    ok = json.loads(cli(st, "audit", "verify", "--json").stdout)
-    assert ok["ok"] and ok["events"] >= N_CHIPS * 7
     engine = make_engine(st.settings.db_url)
+    # The signer worker signs a checkpoint (audit key in the HSM) at the batch end.
+    assert wait_for_checkpoint(engine, 1, timeout_s=30) is not None
+    ok = json.loads(cli(st, "audit", "verify", "--json").stdout)
+    assert ok["ok"] and ok["events"] >= N_CHIPS * 7 and ok["checkpoints_verified"] >= 1
     with engine.begin() as c:
         seq = c.execute(
             text("SELECT min(seq) FROM audit_event WHERE event_type = 'device.cert_issued'")
         ).scalar_one()
+    with pytest.raises(DatabaseError, match="append-only"), engine.begin() as c:
         c.execute(text("UPDATE audit_event SET actor = 'mallory' WHERE seq = :s"), {"s": seq})
+    with engine.begin() as c:  # an insider drops the trigger first
+        triggers.drop(c)
+        c.execute(text("UPDATE audit_event SET actor = 'mallory' WHERE seq = :s"), {"s": seq})
+        triggers.install(c)
     bad = cli(st, "audit", "verify", check=False)
     assert bad.returncode == 1
     assert f"BROKEN at event {seq}" in bad.stderr
@@ -190,13 +200,31 @@ def test_no_secret_in_logs_or_audit(provisioned: tuple[Station, dict, Supervisor
             s.registry_token_file,
         )
     ]
+    # User tokens: made by the bootstrap admin, then used, allowed and refused.
+    tokens = st.root / "tokens"
+    tokens.mkdir(exist_ok=True)
+    cli(st, "users", "add", "ada", "--role", "admin", "--token-out", str(tokens / "ada"))
+    for name, role in (("olga", "operator"), ("aude", "auditor")):
+        as_ada = ("--token-file", str(tokens / "ada"))
+        cli(st, *as_ada, "users", "add", name, "--role", role, "--token-out", str(tokens / name))
+    secrets += [(tokens / n).read_text().strip() for n in ("ada", "olga", "aude")]
+    for name, args in (("aude", ["audit", "query", "--limit", "3"]), ("olga", ["ca", "show"])):
+        cli(st, "--token-file", str(tokens / name), *args, check=False)
     assert all(len(x) >= 16 for x in secrets)
     haystacks = [p.read_text(errors="replace") for p in (s.var / "log").glob("*.log")]
     with make_engine(s.db_url).connect() as c:
         haystacks += [
-            " ".join(str(v) for v in row)
-            for row in c.execute(text("SELECT actor, event_type, payload FROM audit_event"))
+            " ".join(str(v) for v in row) for row in c.execute(text("SELECT * FROM audit_event"))
         ]
+        haystacks += [
+            " ".join(str(v) for v in row)
+            for row in c.execute(text("SELECT * FROM audit_checkpoint"))
+        ]
+        haystacks += [
+            " ".join(str(v) for v in row) for row in c.execute(text("SELECT * FROM api_token"))
+        ]
+        events = {r[0] for r in c.execute(text("SELECT event_type FROM audit_event"))}
+    assert {"auth.login", "auth.denied", "user.created"} <= events
     assert haystacks
     for secret in secrets:
         assert not any(secret in h for h in haystacks)

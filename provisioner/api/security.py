@@ -1,0 +1,73 @@
+"""Who is calling the API, and may they: bearer tokens checked against hashed user
+tokens, each endpoint declaring its action (provisioner.auth.roles).
+
+401 without a valid token; 403 (audited as ``auth.denied``) when the role may not. A
+token's first successful use in this process is audited as ``auth.login``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.engine import Engine
+from starlette.concurrency import run_in_threadpool
+
+from provisioner.auth import users
+from provisioner.auth.roles import ACTIONS
+from provisioner.errors import AuthenticationError, PermissionDeniedError
+
+
+class ApiProblem(Exception):
+    """An HTTP error in the google.rpc-like shape the registry API also uses."""
+
+    def __init__(self, code: int, status: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.status, self.message = code, status, message
+
+    def response(self) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if self.code == 401 else None
+        body = {"error": {"code": self.code, "status": self.status, "message": self.message}}
+        return JSONResponse(body, self.code, headers=headers)
+
+
+class Guard:
+    """Builds the per-endpoint dependency: ``Depends(guard("audit.query"))``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, action: str) -> Callable[[Request], object]:
+        if action not in ACTIONS:
+            raise KeyError(f"undeclared action {action!r}")
+
+        async def dependency(request: Request) -> users.Principal:
+            return await run_in_threadpool(self._check, request, action)
+
+        return dependency
+
+    def _check(self, request: Request, action: str) -> users.Principal:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiProblem(401, "UNAUTHENTICATED", "send Authorization: Bearer <token>")
+        try:
+            who = users.authenticate(self.engine, token.strip())
+        except AuthenticationError as exc:
+            raise ApiProblem(401, "UNAUTHENTICATED", str(exc)) from None
+        digest = users.token_hash(token.strip())
+        with self._lock:
+            first = digest not in self._seen
+            self._seen.add(digest)
+        if first:
+            users.record_login(self.engine, who, "api")
+        try:
+            users.authorize(
+                self.engine, who, action, via=f"api {request.method} {request.url.path}"
+            )
+        except PermissionDeniedError as exc:
+            raise ApiProblem(403, "PERMISSION_DENIED", str(exc)) from None
+        return who

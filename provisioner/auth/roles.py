@@ -1,0 +1,57 @@
+"""Roles and the actions each one may take.
+
+Every CLI command and API endpoint that acts on the system names its action here; the
+table is the single place that says who may do it (and the role matrix test walks it).
+Separation of duties: operators run the line, auditors read the trail, admins run the CA,
+the registries and the accounts. An admin may also run batches (a small factory has one
+engineer) but an operator never touches the CA, and only auditors and admins read the
+audit trail.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    OPERATOR = "operator"
+    AUDITOR = "auditor"
+    ADMIN = "admin"
+
+
+_OPS = frozenset({Role.OPERATOR, Role.ADMIN})
+_READ_BATCHES = frozenset({Role.OPERATOR, Role.AUDITOR, Role.ADMIN})
+_AUDIT = frozenset({Role.AUDITOR, Role.ADMIN})
+_ADMIN = frozenset({Role.ADMIN})
+
+ACTIONS: dict[str, frozenset[Role]] = {
+    # operators: batches and stations
+    "batch.create": _OPS,
+    "batch.start": _OPS,
+    "batch.read": _READ_BATCHES,
+    "station.probe": _OPS,
+    "services.run": _OPS,
+    "demo.run": _OPS,
+    # auditors: the trail, read-only
+    "audit.verify": _AUDIT,
+    "audit.query": _AUDIT,
+    "audit.export": _AUDIT,
+    "audit.prove": _AUDIT,
+    "audit.consistency": _AUDIT,
+    # admins: CA, registries, users and tokens, and forcing a checkpoint (uses the HSM)
+    "audit.checkpoint": _ADMIN,
+    "ca.init": _ADMIN,
+    "ca.csr": _ADMIN,
+    "ca.import_cert": _ADMIN,
+    "ca.rotate": _ADMIN,
+    "ca.show": _ADMIN,
+    "ca.revoke": _ADMIN,
+    "ca.crl": _ADMIN,
+    "users.manage": _ADMIN,
+    "users.read": _ADMIN,
+}
+
+
+def allowed(role: str, action: str) -> bool:
+    """Whether ``role`` may take ``action``; an action missing from the table is a bug."""
+    return role in ACTIONS[action]
