@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import insert, text
 from sqlmodel import Session, col, select
 
 from provisioner.audit import merkle, tree
@@ -69,9 +69,11 @@ def append(
 ) -> AuditEvent:
     """Append one event in the caller's transaction (which must be able to write).
 
-    ``role`` defaults to the actor's ``role:`` prefix."""
+    ``role`` defaults to the actor's ``role:`` prefix. Returns the event as written (not
+    attached to the session)."""
     lock_for_append(session)
-    last = session.exec(
+    conn = session.connection()
+    last = conn.execute(
         select(AuditEvent.seq, AuditEvent.hash).order_by(col(AuditEvent.seq).desc()).limit(1)
     ).first()
     seq = 1 if last is None else last[0] + 1
@@ -93,7 +95,8 @@ def append(
     )
     encoded = entry_of(ev).encode()
     ev.hash = link_hash(prev, encoded)
-    session.add(ev)
+    # Core INSERTs, not session.add: the ORM's unit of work would cost more than the
+    # hashing (appends run inside every state change, so they must stay cheap).
+    conn.execute(insert(AuditEvent), [ev.model_dump()])
     tree.add_leaf(session, seq - 1, merkle.leaf_hash(encoded))
-    session.flush()
     return ev

@@ -24,7 +24,9 @@ _CHUNK = 200  # pairs per query: 400 bound parameters
 
 
 def node_getter(session: Session) -> NodeGetter:
-    """Fetch stored nodes by id, in as few queries as the id list allows."""
+    """Fetch stored nodes by id, in as few queries as the id list allows (Core, not the
+    ORM: this runs in every append)."""
+    conn = session.connection()
 
     def get(ids: Sequence[NodeId]) -> Mapping[NodeId, bytes]:
         found: dict[NodeId, bytes] = {}
@@ -33,7 +35,7 @@ def node_getter(session: Session) -> NodeGetter:
             part = wanted[i : i + _CHUNK]
             # OR of (level, idx) pairs, not a row-value IN: SQLite answers the OR with one
             # primary-key lookup per pair, but scans the table for the row-value IN.
-            rows = session.exec(
+            rows = conn.execute(
                 select(AuditNode.level, AuditNode.idx, AuditNode.hash).where(
                     or_(
                         *(
@@ -68,7 +70,7 @@ def add_leaf(session: Session, size_before: int, leaf: bytes) -> None:
             raise ProofError(f"the stored Merkle tree lacks node ({lv}, {ix})")
         h = merkle.node_hash(found[(lv, ix)], h)
         rows.append({"level": lv + 1, "idx": index >> (lv + 1), "hash": h})
-    session.execute(insert(AuditNode), rows)
+    session.connection().execute(insert(AuditNode), rows)
 
 
 def root(session: Session, size: int) -> bytes:

@@ -1,7 +1,7 @@
 """Recompute the whole audit log and say where it first goes wrong.
 
-Three independent checks, in one pass over the events (raw SQL rows, not ORM objects, so a
-million events take seconds):
+Three independent checks, in one pass over the events (raw SQL rows, not ORM objects;
+ranges of the log are scanned in parallel processes, :mod:`provisioner.audit.scan`):
 
 1. the hash chain: every sequence number present once, each event linked to the one before
    and its hash matching its fields — names the first edited, deleted or reordered row;
@@ -17,27 +17,20 @@ million events take seconds):
 
 from __future__ import annotations
 
-import hashlib
-import json
+import multiprocessing
+import os
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlmodel import Session
 
 from provisioner.audit import checkpoint as cpmod
-from provisioner.audit import merkle, tree
+from provisioner.audit import merkle, scan, tree
 from provisioner.audit.chain import GENESIS_HASH
 from provisioner.audit.entry import ENTRY_VERSION
 from provisioner.errors import ProofError
-
-# Each event with its stored leaf node (level 0): both checked in the same pass.
-_EVENTS_SQL = (
-    "SELECT e.seq, e.ts, e.actor, e.role, e.event_type, e.station_id, e.socket, e.batch_id, "
-    "e.device_id, e.chip_serial, e.payload, e.prev_hash, e.hash, n.hash "
-    "FROM audit_event e LEFT JOIN audit_node n ON n.level = 0 AND n.idx = e.seq - 1 "
-    "ORDER BY e.seq"
-)
 
 
 @dataclass(frozen=True)
@@ -79,81 +72,104 @@ def verify_log(
     session: Session,
     key: AuditKey | None,
     extra_checkpoints: Sequence[str] = (),
+    *,
+    workers: int | None = None,
+    chunk: int = scan.CHUNK,
 ) -> VerifyResult:
     """Check everything; see the module docstring. ``key`` None skips signature checks
-    (reported as a warning, never as success of those checks)."""
+    (reported as a warning, never as success of those checks). Logs longer than two
+    ranges are scanned by ``workers`` processes (default: one per CPU); ``chunk`` (a power
+    of two) is the range size, smaller only in tests."""
+    if chunk < 1 or chunk & (chunk - 1):
+        raise ValueError("chunk must be a power of two")
     warnings: list[str] = []
     try:
         expected = _checkpoints(session, key, extra_checkpoints, warnings)
     except _Bad as bad:
         return VerifyResult(0, 0, bad.seq, bad.reason)
-    # stream_results: a server-side cursor on PostgreSQL, so a million rows are not
-    # loaded at once (SQLite streams anyway).
-    conn = session.connection().execution_options(stream_results=True)
-    cursor = conn.exec_driver_sql(_EVENTS_SQL)
-    sha256 = hashlib.sha256
-    dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
-    prev, prev_hex = bytes.fromhex(GENESIS_HASH), GENESIS_HASH
-    peaks: list[bytes] = []  # the frontier, as a stack; sizes follow the bits of n
-    n = 0
-    bad_leaf = 0  # the first event whose stored leaf node differs (0: none)
-    checked_cps = 0
-    good_size = 0  # the largest size known good (a checkpoint matched there)
-    pending = sorted(expected)
+    conn = session.connection()
+    first, last, count = conn.exec_driver_sql(
+        "SELECT min(seq), max(seq), count(*) FROM audit_event"
+    ).one()
+    n = int(last or 0)
+    sizes = sorted(expected)
+    results = _scan_all(session, n, sizes, workers, chunk)
+    checked, good, bad_leaf = 0, 0, 0
+    prefix: list[bytes] = []  # peaks of the ranges before this one
+    prev_last = GENESIS_HASH
     try:
-        while rows := cursor.fetchmany(10_000):
-            for row in rows:
-                seq = row[0]
-                if seq != n + 1:
-                    if seq <= n:
-                        raise _Bad(seq, f"event {seq} appears twice or out of order")
-                    raise _Bad(n + 1, f"event {n + 1} is missing (next is {seq})")
-                if row[11] != prev_hex:
-                    raise _Bad(seq, f"event {seq} does not link to event {seq - 1}")
-                encoded = dumps([ENTRY_VERSION, *row[:11]]).encode()
-                prev = sha256(prev + encoded).digest()
-                prev_hex = prev.hex()
-                if prev_hex != row[12]:
-                    raise _Bad(seq, f"event {seq} ({row[4]}) was altered")
-                # Merkle append on the stack: merge equal-sized subtrees (trailing 1-bits).
-                h = sha256(b"\x00" + encoded).digest()
-                if row[13] != h:  # also when the stored leaf is missing (None)
-                    bad_leaf = bad_leaf or seq
-                m = n
-                while m & 1:
-                    h = sha256(b"\x01" + peaks.pop() + h).digest()
-                    m >>= 1
-                peaks.append(h)
-                n += 1
-                while pending and pending[0] == n:
-                    pending.pop(0)
-                    if _root(peaks) != expected[n]:
-                        raise _Bad(
-                            bad_leaf if good_size < bad_leaf <= n else None,
-                            f"events {good_size + 1}..{n} do not match the checkpoint signed "
-                            f"at size {n}: the log was rewritten after it was signed",
-                        )
-                    checked_cps += 1
-                    good_size = n
-        if pending:
-            top = pending[-1]
+        for r in results:
+            if r.count and r.first_prev != prev_last:
+                raise _Bad(r.lo + 1, f"event {r.lo + 1} does not link to event {r.lo}")
+            if r.bad_seq is not None:
+                raise _Bad(r.bad_seq, r.reason)
+            for size, local in sorted(r.at.items()):
+                leaf = bad_leaf or (r.bad_leaf if 0 < r.bad_leaf <= size else 0)
+                if _root(prefix + local) != expected[size]:
+                    raise _Bad(
+                        leaf if good < leaf <= size else None,
+                        f"events {good + 1}..{size} do not match the checkpoint signed "
+                        f"at size {size}: the log was rewritten after it was signed",
+                    )
+                checked, good = checked + 1, size
+            prefix = _push(prefix, r.peaks, r.lo // chunk, r.hi - r.lo == chunk)
+            prev_last = r.last_hash or prev_last
+            bad_leaf = bad_leaf or r.bad_leaf
+        if count != n or (count and first < 1):
+            # A row with seq outside 1..n (say, left behind by a reorder) is in no range.
+            raise _Bad(None, f"{count - n} rows lie outside the sequence 1..{n}")
+        if sizes and sizes[-1] > n:
             raise _Bad(
                 n + 1,
-                f"the log was truncated: a signed checkpoint covers {top} events, "
+                f"the log was truncated: a signed checkpoint covers {sizes[-1]} events, "
                 f"only {n} are present",
             )
-        if bad_leaf or (n and _root(peaks) != tree.root(session, n)):
+        if bad_leaf or (n and _root(prefix) != tree.root(session, n)):
             raise _Bad(
                 bad_leaf or None,
                 "the stored Merkle nodes do not match the events (proofs would fail)",
             )
     except _Bad as bad:
-        return VerifyResult(n, checked_cps, bad.seq, bad.reason, tuple(warnings))
+        return VerifyResult(n, checked, bad.seq, bad.reason, tuple(warnings))
     except ProofError as exc:
-        return VerifyResult(n, checked_cps, None, f"the stored Merkle tree is incomplete: {exc}")
-    if n > good_size:
-        warnings.append(f"events {good_size + 1}..{n} are not yet under a signed checkpoint")
-    return VerifyResult(n, checked_cps, None, "", tuple(warnings))
+        return VerifyResult(n, checked, None, f"the stored Merkle tree is incomplete: {exc}")
+    if n > good:
+        warnings.append(f"events {good + 1}..{n} are not yet under a signed checkpoint")
+    return VerifyResult(n, checked, None, "", tuple(warnings))
+
+
+def _scan_all(
+    session: Session, n: int, sizes: list[int], workers: int | None, chunk: int
+) -> list[scan.RangeResult]:
+    ranges = [(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
+    workers = min(workers or os.cpu_count() or 1, len(ranges))
+    if workers <= 1:
+        # stream_results: a server-side cursor on PostgreSQL (SQLite streams anyway).
+        conn = session.connection().execution_options(stream_results=True)
+        return [scan.scan(conn.exec_driver_sql, lo, hi, sizes, ENTRY_VERSION) for lo, hi in ranges]
+    url = session.get_bind().engine.url.render_as_string(hide_password=False)
+    # spawn, not fork: a forked child would inherit this process's database connections
+    # (and, in a worker, PKCS#11 state that must not cross a fork).
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        futures = [
+            pool.submit(scan.scan_database, url, lo, hi, sizes, ENTRY_VERSION) for lo, hi in ranges
+        ]
+        return [f.result() for f in futures]
+
+
+def _push(prefix: list[bytes], peaks: list[bytes], before: int, full: bool) -> list[bytes]:
+    """The peaks of the ranges so far plus this one (``before`` full ranges precede it).
+    A full range is one perfect subtree of ``chunk`` leaves, merged like a leaf at its level;
+    the partial last one just adds its smaller peaks after them."""
+    if not full:
+        return prefix + peaks
+    out, h = list(prefix), peaks[0]
+    while before & 1:
+        h = merkle.node_hash(out.pop(), h)
+        before >>= 1
+    out.append(h)
+    return out
 
 
 class _Bad(Exception):

@@ -32,10 +32,12 @@ class Log:
     key: AuditKey
     signer: ec.EllipticCurvePrivateKey
     notes: dict[int, str]  # size -> signed note, as an auditor would have kept them
+    ranges: bool  # scan in ranges of 4 events in 2 processes (as a big log is scanned)
 
     def verify(self, kept: list[str] | None = None, key: bool = True) -> VerifyResult:
+        opts = {"workers": 2, "chunk": 4} if self.ranges else {"workers": 1}
         with transaction(self.engine) as s:
-            return verify_log(s, self.key if key else None, kept or [])
+            return verify_log(s, self.key if key else None, kept or [], **opts)
 
 
 def _append(engine: Engine, start: int, n: int) -> None:
@@ -53,8 +55,8 @@ def _append(engine: Engine, start: int, n: int) -> None:
             )
 
 
-@pytest.fixture
-def log(db_url: str, tmp_path: Path) -> Log:
+@pytest.fixture(params=["one pass", "ranges"])
+def log(db_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Log:
     engine = make_engine(db_url)
     create_schema(engine)
     settings = Settings(var_dir=tmp_path / "var", audit={"origin": ORIGIN})
@@ -65,7 +67,8 @@ def log(db_url: str, tmp_path: Path) -> Log:
     notes[10] = cp.write("test").note  # type: ignore[union-attr]
     _append(engine, 11, 10)
     notes[20] = cp.write("test").note  # type: ignore[union-attr]
-    return Log(engine, AuditKey(key.public_key(), ORIGIN, ORIGIN), key, notes)
+    key_ = AuditKey(key.public_key(), ORIGIN, ORIGIN)
+    return Log(engine, key_, key, notes, request.param == "ranges")
 
 
 @contextmanager
