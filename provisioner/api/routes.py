@@ -35,27 +35,23 @@ def _problem(exc: ProvisionerError) -> ApiProblem:
     return ApiProblem(400, "FAILED_PRECONDITION", str(exc))
 
 
-def _filter(
-    serial: str | None,
-    batch: int | None,
-    station: str | None,
-    actor: str | None,
-    event_type: str | None,
-    since: str | None,
-    until: str | None,
+def event_filter(
+    serial: str | None = None,
+    batch: int | None = None,
+    station: str | None = None,
+    actor: str | None = None,
+    type: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
 ) -> query.EventFilter:
+    """The audit filters as query parameters (``type`` is the event type)."""
     try:
-        return query.EventFilter(
-            chip_serial=serial,
-            batch_id=batch,
-            station_id=station,
-            actor=actor,
-            event_type=event_type,
-            since=query.parse_time(since) if since else None,
-            until=query.parse_time(until) if until else None,
-        )
+        return query.EventFilter.of(serial, batch, station, actor, type, since, until)
     except ProvisionerError as exc:
         raise _problem(exc) from None
+
+
+Filter = Annotated[query.EventFilter, Depends(event_filter)]
 
 
 class NewBatch(BaseModel):
@@ -75,17 +71,10 @@ def audit_router(engine: Engine, settings: Settings, guard: Guard) -> APIRouter:
     @r.get("/events")
     def events(
         who: Annotated[Who, Depends(guard("audit.query"))],
-        serial: str | None = None,
-        batch: int | None = None,
-        station: str | None = None,
-        actor: str | None = None,
-        type: str | None = None,
-        since: str | None = None,
-        until: str | None = None,
+        f: Filter,
         after: int = 0,
         limit: Annotated[int, Query(ge=1, le=query.MAX_PAGE)] = 100,
     ) -> dict[str, Any]:
-        f = _filter(serial, batch, station, actor, type, since, until)
         with Session(engine) as s:
             rows = query.page(s, f, after, limit)
         return {
@@ -96,18 +85,11 @@ def audit_router(engine: Engine, settings: Settings, guard: Guard) -> APIRouter:
     @r.get("/export")
     def export(
         who: Annotated[Who, Depends(guard("audit.export"))],
+        f: Filter,
         format: str = "jsonl",
-        serial: str | None = None,
-        batch: int | None = None,
-        station: str | None = None,
-        actor: str | None = None,
-        type: str | None = None,
-        since: str | None = None,
-        until: str | None = None,
     ) -> StreamingResponse:
         if format not in ("jsonl", "csv"):
             raise ApiProblem(400, "INVALID_ARGUMENT", "format must be jsonl or csv")
-        f = _filter(serial, batch, station, actor, type, since, until)
         events = query.iterate(engine, f)
         lines = query.jsonl_lines(events) if format == "jsonl" else query.csv_lines(events)
         media = "application/jsonl" if format == "jsonl" else "text/csv"

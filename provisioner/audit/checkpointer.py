@@ -69,17 +69,23 @@ def load_audit_key(settings: Settings, key_file: Path | None = None) -> AuditKey
     """The key that checks checkpoints: ``key_file`` (an auditor's pinned copy) or the
     installed one; None when neither exists."""
     path = key_file or audit_key_file(settings)
-    if not path.exists():
-        if key_file is not None:
-            raise ConfigError(f"audit public key {path} does not exist")
+    if key_file is None and not path.exists():
         return None
+    pub = read_public_key(path)
+    return AuditKey(pub, settings.audit.origin, settings.audit.origin)
+
+
+def read_public_key(path: Path) -> ec.EllipticCurvePublicKey:
+    """An EC public key from a PEM file, or a ConfigError saying what is wrong."""
     try:
         pub = serialization.load_pem_public_key(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"cannot read the audit public key {path}: {exc.strerror}") from None
     except ValueError:
         raise ConfigError(f"{path} is not a PEM public key") from None
     if not isinstance(pub, ec.EllipticCurvePublicKey):
         raise ConfigError(f"{path} is not an EC P-256 public key")
-    return AuditKey(pub, settings.audit.origin, settings.audit.origin)
+    return pub
 
 
 def _now() -> str:

@@ -60,6 +60,29 @@ class EventFilter:
     since: str | None = None  # inclusive, parse_time() text
     until: str | None = None  # exclusive
 
+    @classmethod
+    def of(
+        cls,
+        serial: str | None = None,
+        batch: int | None = None,
+        station: str | None = None,
+        actor: str | None = None,
+        event_type: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> EventFilter:
+        """A filter from user input (CLI options, API query parameters); times are
+        ISO 8601 text, checked here."""
+        return cls(
+            chip_serial=serial,
+            batch_id=batch,
+            station_id=station,
+            actor=actor,
+            event_type=event_type,
+            since=parse_time(since) if since else None,
+            until=parse_time(until) if until else None,
+        )
+
     def where(self) -> list[Any]:
         c: list[Any] = []
         if self.chip_serial is not None:

@@ -7,13 +7,12 @@ import sys
 from pathlib import Path
 
 import typer
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlmodel import col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from provisioner.audit import proofs, query
-from provisioner.audit.checkpointer import load_audit_key
+from provisioner.audit.checkpointer import load_audit_key, read_public_key
 from provisioner.audit.verify import verify_log
 from provisioner.cli.context import ctx_of
 from provisioner.db.engine import transaction
@@ -29,26 +28,6 @@ _KEY_HELP = (
     "The audit public key (PEM) to check checkpoint signatures with; default the installed "
     "var/ca/audit-key.pem. An auditor passes the copy they pinned."
 )
-
-
-def _filter(
-    serial: str | None,
-    batch: int | None,
-    station: str | None,
-    actor: str | None,
-    event_type: str | None,
-    since: str | None,
-    until: str | None,
-) -> query.EventFilter:
-    return query.EventFilter(
-        chip_serial=serial,
-        batch_id=batch,
-        station_id=station,
-        actor=actor,
-        event_type=event_type,
-        since=query.parse_time(since) if since else None,
-        until=query.parse_time(until) if until else None,
-    )
 
 
 _SERIAL = typer.Option(None, "--serial", help="Chip serial (hex, any case).")
@@ -114,7 +93,7 @@ def query_cmd(
     """Events matching every given filter, oldest first, one page at a time."""
     c = ctx_of(ctx)
     c.require("audit.query")
-    f = _filter(serial, batch, station, actor, event_type, since, until)
+    f = query.EventFilter.of(serial, batch, station, actor, event_type, since, until)
     with transaction(c.engine) as s:
         rows = query.page(s, f, after, limit)
     nxt = rows[-1].seq if len(rows) == limit else None
@@ -155,7 +134,7 @@ def export(
     c.require("audit.export")
     if fmt not in ("jsonl", "csv"):
         raise ConfigError("--format must be jsonl or csv")
-    f = _filter(serial, batch, station, actor, event_type, since, until)
+    f = query.EventFilter.of(serial, batch, station, actor, event_type, since, until)
     events = query.iterate(c.engine, f)
     lines = query.jsonl_lines(events) if fmt == "jsonl" else query.csv_lines(events)
     if output is None:
@@ -190,16 +169,6 @@ def prove(
         typer.echo(f"note: {after} newer events are not yet under a checkpoint", err=True)
 
 
-def _public_key(path: Path) -> ec.EllipticCurvePublicKey:
-    try:
-        pub = serialization.load_pem_public_key(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load the audit public key {path}: {exc}") from None
-    if not isinstance(pub, ec.EllipticCurvePublicKey):
-        raise ConfigError(f"{path} is not an EC public key")
-    return pub
-
-
 @app.command("check-proof")
 def check_proof(
     file: Path = typer.Argument(..., help="Proof file from `audit prove`."),
@@ -208,7 +177,7 @@ def check_proof(
 ) -> None:
     """Verify a proof file offline: needs only the file and the key (no database, no
     configuration, no network). Exit 1 if anything does not verify."""
-    pub = _public_key(key)
+    pub = read_public_key(key)
     try:
         rep = proofs.check(file.read_bytes(), pub)
     except OSError as exc:
@@ -268,7 +237,7 @@ def check_consistency(
 ) -> None:
     """Verify a consistency proof offline (only the file and the key). Exit 1 if the
     newer checkpoint does not extend the older one."""
-    pub = _public_key(key)
+    pub = read_public_key(key)
     try:
         old, new = proofs.check_consistency(file.read_bytes(), pub)
     except OSError as exc:
