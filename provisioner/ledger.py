@@ -47,8 +47,11 @@ def record_step(
     actor: str,
     station_id: str | None,
     payload: Mapping[str, Any] | None = None,
+    socket: int | None = None,
 ) -> None:
-    """Advance ``dev`` to ``step`` and append its audit event, in ``session``'s transaction."""
+    """Advance ``dev`` to ``step`` and append its audit event, in ``session``'s transaction.
+
+    ``socket``: where the step happened (default: the socket the chip was identified in)."""
     dev.step = step
     dev.error = None
     dev.updated_at = utcnow()
@@ -58,7 +61,7 @@ def record_step(
         event_type,
         actor=actor,
         station_id=station_id,
-        socket=dev.socket,
+        socket=socket if socket is not None else dev.socket,
         batch_id=dev.batch_id,
         device_id=dev.id,
         chip_serial=dev.chip_serial,
@@ -69,10 +72,17 @@ def record_step(
 class DeviceLedger:
     """Records pipeline progress for one actor (a station worker, the registry worker...)."""
 
-    def __init__(self, engine: Engine, actor: str, station_id: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        actor: str,
+        station_id: str | None = None,
+        socket: int | None = None,
+    ) -> None:
         self.engine = engine
         self.actor = actor
         self.station_id = station_id
+        self.socket = socket  # the jig socket a station worker serves
 
     def load(self, device_id: int) -> Device:
         with transaction(self.engine) as s:
@@ -112,6 +122,7 @@ class DeviceLedger:
                 actor=self.actor,
                 station_id=self.station_id,
                 payload=payload,
+                socket=self.socket,
             )
             return dev
 
@@ -125,6 +136,7 @@ class DeviceLedger:
             if other is None:
                 dev = get_device(s, device_id)
                 dev.chip_serial, dev.revision = serial_hex, revision_hex
+                dev.socket = self.socket if self.socket is not None else dev.socket
                 record_step(
                     s,
                     dev,
@@ -132,6 +144,7 @@ class DeviceLedger:
                     "device.identified",
                     actor=self.actor,
                     station_id=self.station_id,
+                    socket=self.socket,
                     payload={"revision": revision_hex, "locator": locator},
                 )
                 return dev
@@ -142,6 +155,7 @@ class DeviceLedger:
                 "incident.duplicate_serial",
                 actor=self.actor,
                 station_id=self.station_id,
+                socket=self.socket,
                 batch_id=dev.batch_id,
                 device_id=device_id,
                 chip_serial=serial_hex,
@@ -170,6 +184,7 @@ class DeviceLedger:
                     "device.key_generated",
                     actor=self.actor,
                     station_id=self.station_id,
+                    socket=self.socket,
                     payload={"public_key_sha256": key_hash},
                 )
                 return dev
@@ -180,6 +195,7 @@ class DeviceLedger:
                 "incident.key_reused",
                 actor=self.actor,
                 station_id=self.station_id,
+                socket=self.socket,
                 batch_id=dev.batch_id,
                 device_id=device_id,
                 chip_serial=dev.chip_serial,
@@ -202,6 +218,7 @@ class DeviceLedger:
                 "device.failed",
                 actor=self.actor,
                 station_id=self.station_id,
+                socket=self.socket,
                 batch_id=dev.batch_id,
                 device_id=dev.id,
                 chip_serial=dev.chip_serial,
@@ -234,6 +251,7 @@ class DeviceLedger:
                 "device.cert_verified",
                 actor=self.actor,
                 station_id=self.station_id,
+                socket=self.socket,
                 payload={"fingerprint_sha256": fingerprint, "upload_to": registry},
             )
             return dev

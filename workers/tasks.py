@@ -116,7 +116,7 @@ def register(app: Celery) -> None:
 
         rt = runtime.current()
         assert rt.station_id is not None and rt.socket is not None, "not a station worker"
-        ledger = DeviceLedger(rt.engine, f"station:{rt.station_id}", rt.station_id)
+        ledger = DeviceLedger(rt.engine, f"station:{rt.station_id}", rt.station_id, rt.socket)
         registry = rt.settings.registry
         try:
             with open_socket(rt.settings, rt.station_id, rt.socket, ledger.load(device_id)) as chip:

@@ -162,6 +162,24 @@ def test_registry_holds_exactly_those_devices(
         assert held[reg_id]["numId"] == dev["num_id"]
 
 
+def test_audit_events_name_actor_role_station_and_socket(
+    provisioned: tuple[Station, dict, Supervisor],
+) -> None:
+    st, _, _ = provisioned
+    with make_engine(st.settings.db_url).connect() as c:
+        rows = c.execute(
+            text(
+                "SELECT actor, role, station_id, socket FROM audit_event "
+                "WHERE event_type IN ('device.identified', 'device.key_generated', "
+                "'device.pop_verified', 'device.cert_written', 'device.cert_verified')"
+            )
+        ).all()
+    assert len(rows) == N_CHIPS * 5
+    assert {(a, r, s) for a, r, s, _ in rows} == {("station:line1", "station", "line1")}
+    sockets = {sock for *_, sock in rows}
+    assert sockets and sockets <= set(range(4))  # the jig's sockets (0..3), never unknown
+
+
 def test_audit_verify_then_tamper(provisioned: tuple[Station, dict, Supervisor]) -> None:
     st, _, _ = provisioned
     engine = make_engine(st.settings.db_url)
