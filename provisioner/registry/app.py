@@ -4,9 +4,11 @@ Same paths, camelCase proto3 JSON and google.rpc errors as Cloud IoT, so one upl
 (and, later, the official clients) serve both this registry and a real one. Every request but
 ``GET /healthz`` needs ``Authorization: Bearer <token>``; the app holds only SHA-256 hashes.
 
-Walking-skeleton scope: create/get registries; create/get/list devices. PATCH, DELETE,
-device filters, registry CA credentials and roles come later; requests that need them are
-refused explicitly rather than half-served.
+Registries: create, get, list, patch (credentials, logLevel), delete (only when empty).
+Devices: create, get, list (deviceIds/deviceNumIds filters, fieldMask, paging), patch
+(credentials, blocked, metadata, logLevel), delete. Registry CA certificates constrain device
+credentials (``certificates``); roles constrain callers (``auth``). ``clearblade`` serves the
+same operations on the paths the ``clearblade-cloud-iot`` client calls.
 
 All state (the database engine) belongs to the app object :func:`create_app` returns.
 """
@@ -14,7 +16,7 @@ All state (the database engine) belongs to the app object :func:`create_app` ret
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -28,25 +30,30 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from provisioner.errors import ConfigError
-from provisioner.registry import resources, store
+from provisioner.registry import clearblade, resources, service, store
 from provisioner.registry.auth import BearerAuth
 from provisioner.registry.status import ApiError, Code, error_response
+from provisioner.registry.tokens import Role
 
 HEALTH_PATH = "/healthz"
 MAX_BODY_BYTES = 1024 * 1024  # 3 credentials and 256 KB of metadata fit many times over
-DEFAULT_PAGE_SIZE = 1000
-MAX_PAGE_SIZE = 10_000
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 T = TypeVar("T")
 
 
-def create_app(db_url: str, token_sha256_hexes: set[str]) -> FastAPI:
+async def in_thread(fn: Callable[[], T]) -> T:
+    """Database and key parsing block; keep them off the event loop."""
+    return await run_in_threadpool(fn)
+
+
+def create_app(db_url: str, token_roles: Mapping[str, Role]) -> FastAPI:
     """The registry service on the database at ``db_url`` (tables created if missing),
-    accepting bearer tokens whose SHA-256 hex digest is in ``token_sha256_hexes``."""
-    hashes = {h.lower() for h in token_sha256_hexes}
-    if not hashes or not all(_SHA256_HEX.fullmatch(h) for h in hashes):
-        raise ConfigError("the registry needs at least one upload token hash (64 hex digits)")
+    accepting bearer tokens whose SHA-256 hex digest is a key of ``token_roles``, each
+    allowed what its role allows (see ``auth``)."""
+    roles = {h.lower(): role for h, role in token_roles.items()}
+    if not roles or not all(_SHA256_HEX.fullmatch(h) for h in roles):
+        raise ConfigError("the registry needs at least one token hash (64 hex digits)")
     engine = store.open_store(db_url)
 
     @asynccontextmanager
@@ -62,7 +69,7 @@ def create_app(db_url: str, token_sha256_hexes: set[str]) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.engine = engine
-    app.add_middleware(BearerAuth, token_sha256_hexes=hashes, open_paths={HEALTH_PATH})
+    app.add_middleware(BearerAuth, token_roles=roles, open_paths={HEALTH_PATH})
     _install_error_handlers(app)
 
     @app.get(HEALTH_PATH)
@@ -73,6 +80,7 @@ def create_app(db_url: str, token_sha256_hexes: set[str]) -> FastAPI:
         return JSONResponse({"status": "ok"})
 
     app.include_router(_registry_routes(engine))
+    app.include_router(clearblade.routes(engine, _body, in_thread))
     return app
 
 
@@ -109,11 +117,6 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(Code.INTERNAL, "Internal error encountered.")
 
 
-def _query(request: Request, camel: str, snake: str) -> str | None:
-    """A query parameter by its proto3 JSON name or its proto field name."""
-    return request.query_params.get(camel, request.query_params.get(snake))
-
-
 async def _body(request: Request) -> bytes:
     """The request body, refused as soon as it outgrows any valid request (the server would
     otherwise buffer whatever a caller sends)."""
@@ -129,75 +132,71 @@ async def _body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def _page_size(raw: str | None) -> int:
-    if raw is None or raw == "":
-        return DEFAULT_PAGE_SIZE
-    try:
-        size = int(raw)
-    except ValueError:
-        raise ApiError(
-            Code.INVALID_ARGUMENT, f"Invalid value for pageSize: {raw[:32]!r}."
-        ) from None
-    if size < 0:
-        raise ApiError(Code.INVALID_ARGUMENT, "pageSize must not be negative.")
-    return min(size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-
-
 def _registry_routes(engine: Engine) -> APIRouter:
+    """The Cloud IoT v1 paths; each handler parses the request and runs the operation in a
+    worker thread (database and key parsing block)."""
     router = APIRouter(prefix="/v1/projects/{project}/locations/{location}/registries")
 
-    def registry_or_404(project: str, location: str, registry: str) -> store.StoredRegistry:
-        found = store.get_registry(engine, project, location, registry)
-        if found is None:
-            name = f"projects/{project}/locations/{location}/registries/{registry}"
-            raise ApiError(Code.NOT_FOUND, f"A registry with the name '{name}' doesn't exist.")
-        return found
-
-    async def in_thread(fn: Callable[[], T]) -> T:
-        # Database and key parsing block; keep them off the event loop.
-        return await run_in_threadpool(fn)
+    def how_of(request: Request) -> resources.Rendering:
+        return resources.Rendering.from_query(dict(request.query_params))
 
     @router.post("")
     async def create_registry(project: str, location: str, request: Request) -> JSONResponse:
         body = resources.parse_body(
             await _body(request), resources.DeviceRegistryIn, "device_registry"
         )
-        registry_id = resources.check_id(body.id, "registry")
-        resources.check_parent(project, location)
+        how = how_of(request)
+        return JSONResponse(
+            await in_thread(lambda: service.create_registry(engine, project, location, body, how))
+        )
 
-        def work() -> store.StoredRegistry:
-            try:
-                return store.create_registry(engine, project, location, registry_id)
-            except store.AlreadyExists:
-                raise ApiError(
-                    Code.ALREADY_EXISTS,
-                    f"Resource already exists in the project (resource={registry_id}).",
-                ) from None
-
-        return JSONResponse(resources.registry_json(await in_thread(work)))
+    @router.get("")
+    def list_registries(project: str, location: str, request: Request) -> JSONResponse:
+        q = request.query_params
+        size = service.page_size(service.query(q, "pageSize", "page_size"))
+        after = resources.decode_page_token(service.query(q, "pageToken", "page_token"))
+        return JSONResponse(
+            service.list_registries(engine, project, location, size, after, how_of(request))
+        )
 
     @router.get("/{registry}")
-    def get_registry(project: str, location: str, registry: str) -> JSONResponse:
-        return JSONResponse(resources.registry_json(registry_or_404(project, location, registry)))
+    def get_registry(project: str, location: str, registry: str, request: Request) -> JSONResponse:
+        reg = service.registry_or_404(engine, project, location, registry)
+        return JSONResponse(resources.registry_json(reg, how_of(request)))
+
+    @router.patch("/{registry}")
+    async def patch_registry(
+        project: str, location: str, registry: str, request: Request
+    ) -> JSONResponse:
+        body = resources.parse_body(
+            await _body(request), resources.DeviceRegistryIn, "device_registry"
+        )
+        mask = service.query(request.query_params, "updateMask", "update_mask")
+        how = how_of(request)
+
+        def work() -> dict[str, Any]:
+            reg = service.registry_or_404(engine, project, location, registry)
+            return service.patch_registry(engine, reg, body, mask, how)
+
+        return JSONResponse(await in_thread(work))
+
+    @router.delete("/{registry}")
+    def delete_registry(project: str, location: str, registry: str) -> JSONResponse:
+        service.delete_registry(
+            engine, service.registry_or_404(engine, project, location, registry)
+        )
+        return JSONResponse({})
 
     @router.post("/{registry}/devices")
     async def create_device(
         project: str, location: str, registry: str, request: Request
     ) -> JSONResponse:
         body = resources.parse_body(await _body(request), resources.DeviceIn, "device")
-        how = resources.Rendering.from_query(dict(request.query_params))
+        how = how_of(request)
 
         def work() -> dict[str, Any]:
-            reg = registry_or_404(project, location, registry)
-            new = resources.new_device(body)
-            try:
-                dev = store.create_device(engine, reg, new)
-            except store.AlreadyExists:
-                raise ApiError(
-                    Code.ALREADY_EXISTS,
-                    f"Resource already exists in the project (resource={new.device_id}).",
-                ) from None
-            return resources.device_json(reg, dev, how)
+            reg = service.registry_or_404(engine, project, location, registry)
+            return service.create_device(engine, reg, body, how)
 
         return JSONResponse(await in_thread(work))
 
@@ -205,34 +204,33 @@ def _registry_routes(engine: Engine) -> APIRouter:
     def get_device(
         project: str, location: str, registry: str, device: str, request: Request
     ) -> JSONResponse:
-        reg = registry_or_404(project, location, registry)
-        dev = store.get_device(engine, reg, device)
-        if dev is None:
-            raise ApiError(
-                Code.NOT_FOUND,
-                f"A device with the name '{reg.name}/devices/{device[:300]}' doesn't exist.",
-            )
-        how = resources.Rendering.from_query(dict(request.query_params))
-        return JSONResponse(resources.device_json(reg, dev, how))
+        reg = service.registry_or_404(engine, project, location, registry)
+        return JSONResponse(service.get_device(engine, reg, device, how_of(request)))
+
+    @router.patch("/{registry}/devices/{device}")
+    async def patch_device(
+        project: str, location: str, registry: str, device: str, request: Request
+    ) -> JSONResponse:
+        body = resources.parse_body(await _body(request), resources.DeviceIn, "device")
+        mask = service.query(request.query_params, "updateMask", "update_mask")
+        how = how_of(request)
+
+        def work() -> dict[str, Any]:
+            reg = service.registry_or_404(engine, project, location, registry)
+            return service.patch_device(engine, reg, device, body, mask, how)
+
+        return JSONResponse(await in_thread(work))
+
+    @router.delete("/{registry}/devices/{device}")
+    def delete_device(project: str, location: str, registry: str, device: str) -> JSONResponse:
+        reg = service.registry_or_404(engine, project, location, registry)
+        service.delete_device(engine, reg, device)
+        return JSONResponse({})
 
     @router.get("/{registry}/devices")
     def list_devices(project: str, location: str, registry: str, request: Request) -> JSONResponse:
-        for camel, snake in (("deviceIds", "device_ids"), ("deviceNumIds", "device_num_ids")):
-            if _query(request, camel, snake) is not None:
-                raise ApiError(
-                    Code.UNIMPLEMENTED, f"Listing devices by {camel} is not supported yet."
-                )
-        size = _page_size(_query(request, "pageSize", "page_size"))
-        after = resources.decode_page_token(_query(request, "pageToken", "page_token"))
-        fields = resources.parse_field_mask(_query(request, "fieldMask", "field_mask"))
-        how = resources.Rendering.from_query(dict(request.query_params))
-        reg = registry_or_404(project, location, registry)
-        devices, more = store.list_devices(engine, reg, after, size)
-        out: dict[str, Any] = {
-            "devices": [resources.device_json(reg, d, how, fields) for d in devices]
-        }
-        if more and devices:
-            out["nextPageToken"] = resources.encode_page_token(devices[-1].device_id)
-        return JSONResponse(out)
+        q = service.device_query(request.query_params)
+        reg = service.registry_or_404(engine, project, location, registry)
+        return JSONResponse(service.list_devices(engine, reg, q, how_of(request)))
 
     return router

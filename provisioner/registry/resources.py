@@ -12,11 +12,18 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, ValidationError
 from pydantic.alias_generators import to_camel, to_snake
 
+from provisioner.registry.certificates import (
+    MAX_REGISTRY_CREDENTIALS,
+    RegistryCertificate,
+    make_registry_certificate,
+    x509_details,
+)
 from provisioner.registry.credentials import (
     MAX_CREDENTIALS,
     Credential,
@@ -24,7 +31,7 @@ from provisioner.registry.credentials import (
     make_credential,
 )
 from provisioner.registry.status import ApiError, Code
-from provisioner.registry.store import NewDevice, StoredDevice, StoredRegistry
+from provisioner.registry.store import DeviceChanges, NewDevice, StoredDevice, StoredRegistry
 
 _ID = re.compile(r"[a-zA-Z][a-zA-Z0-9\-_.+~%]{2,254}")
 _META_KEY = re.compile(r"[a-zA-Z][a-zA-Z0-9\-_.+~%]+")
@@ -57,6 +64,38 @@ DEVICE_FIELDS = frozenset(
     }
 )
 ALWAYS_LISTED = frozenset({"id", "num_id"})
+# What PATCH may change (snake_case update mask paths), as in Cloud IoT.
+DEVICE_UPDATABLE = frozenset({"credentials", "blocked", "metadata", "log_level"})
+REGISTRY_UPDATABLE = frozenset({"credentials", "log_level"})
+# Registry fields Cloud IoT could update that this registry does not keep.
+REGISTRY_UNSUPPORTED = frozenset(
+    {"event_notification_configs", "state_notification_config", "mqtt_config", "http_config"}
+)
+
+
+class LogLevel(IntEnum):
+    """``google.cloud.iot.v1.LogLevel``: names and numbers as in the proto."""
+
+    LOG_LEVEL_UNSPECIFIED = 0
+    NONE = 10
+    ERROR = 20
+    INFO = 30
+    DEBUG = 40
+
+
+def parse_log_level(raw: object, what: str) -> int:
+    """A LogLevel given as a name or a proto3 enum number (absent: unspecified)."""
+    if raw is None:
+        return 0
+    if isinstance(raw, str) and raw in LogLevel.__members__:
+        return int(LogLevel[raw])
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw in set(LogLevel):
+        return raw
+    raise ApiError(
+        Code.INVALID_ARGUMENT,
+        f"Invalid value at '{what}.log_level' ({_shown(repr(raw))}); expected one of "
+        f"{', '.join(LogLevel.__members__)}.",
+    )
 
 
 class _Wire(BaseModel):
@@ -86,11 +125,24 @@ class DeviceIn(_Wire):
     credentials: list[DeviceCredentialIn] | None = None
     blocked: StrictBool | None = None
     metadata: dict[StrictStr, StrictStr] | None = None
+    log_level: Any = None  # a name or a number: checked by parse_log_level
+
+
+class PublicKeyCertificateIn(_Wire):
+    format: Any = None
+    certificate: StrictStr | None = None
+    x509_details: Any = None  # output only
+
+
+class RegistryCredentialIn(_Wire):
+    public_key_certificate: PublicKeyCertificateIn | None = None
 
 
 class DeviceRegistryIn(_Wire):
     id: StrictStr | None = None
     name: StrictStr | None = None  # output only
+    credentials: list[RegistryCredentialIn] | None = None
+    log_level: Any = None
 
 
 M = TypeVar("M", bound=_Wire)
@@ -192,13 +244,74 @@ def check_credentials(items: list[DeviceCredentialIn]) -> tuple[Credential, ...]
 
 
 def new_device(body: DeviceIn) -> NewDevice:
-    """A create request checked against every rule the store does not enforce itself."""
+    """A create request checked against every rule the store does not enforce itself (the
+    registry CA rule is the caller's: it needs the registry)."""
     return NewDevice(
         device_id=check_id(body.id, "device"),
         credentials=check_credentials(body.credentials or []),
         blocked=bool(body.blocked),
         metadata=check_metadata(body.metadata or {}),
+        log_level=parse_log_level(body.log_level, "device"),
     )
+
+
+def parse_update_mask(
+    raw: str | None, updatable: frozenset[str], what: str, unsupported: frozenset[str] = frozenset()
+) -> frozenset[str]:
+    """The snake_case fields an ``updateMask`` names; each must be one PATCH may change."""
+    if raw is None or not raw.strip():
+        raise ApiError(Code.INVALID_ARGUMENT, f"The {what} update_mask must be specified.")
+    fields = set()
+    for part in raw.split(","):
+        name = to_snake(part.strip())
+        if name in unsupported:
+            raise ApiError(
+                Code.UNIMPLEMENTED, f"Updating {what}.{name} is not supported by this registry."
+            )
+        if name not in updatable:
+            raise ApiError(
+                Code.INVALID_ARGUMENT,
+                f"Invalid update_mask path `{_shown(part)}` for {what}; updatable: "
+                f"{', '.join(sorted(updatable))}.",
+            )
+        fields.add(name)
+    return frozenset(fields)
+
+
+def device_changes(body: DeviceIn, mask: frozenset[str]) -> DeviceChanges:
+    """A PATCH body limited to its update mask (fields outside it are ignored, as Cloud IoT
+    ignores them), each masked field validated as on create; a masked field absent from the
+    body clears it."""
+    return DeviceChanges(
+        credentials=check_credentials(body.credentials or []) if "credentials" in mask else None,
+        blocked=bool(body.blocked) if "blocked" in mask else None,
+        metadata=check_metadata(body.metadata or {}) if "metadata" in mask else None,
+        log_level=parse_log_level(body.log_level, "device") if "log_level" in mask else None,
+    )
+
+
+def check_registry_credentials(
+    items: list[RegistryCredentialIn],
+) -> tuple[RegistryCertificate, ...]:
+    if len(items) > MAX_REGISTRY_CREDENTIALS:
+        raise ApiError(
+            Code.INVALID_ARGUMENT,
+            f"A registry can have at most {MAX_REGISTRY_CREDENTIALS} credentials; "
+            f"{len(items)} were given.",
+        )
+    out = []
+    for pos, item in enumerate(items):
+        pkc = item.public_key_certificate
+        if pkc is None or not pkc.certificate:
+            raise ApiError(
+                Code.INVALID_ARGUMENT,
+                f"The registry credential in position {pos} has no certificate.",
+            )
+        try:
+            out.append(make_registry_certificate(pkc.format, pkc.certificate, pos))
+        except InvalidCredential as exc:
+            raise ApiError(Code.INVALID_ARGUMENT, str(exc)) from None
+    return tuple(out)
 
 
 # --- output ----------------------------------------------------------------------------------
@@ -217,8 +330,29 @@ class Rendering:
         return cls(int_enums="enum-encoding=int" in alt.split(";"))
 
 
-def registry_json(reg: StoredRegistry) -> dict[str, Any]:
-    return {"id": reg.registry_id, "name": reg.name}
+def _enum(value: int, enum: type[IntEnum], how: Rendering) -> int | str:
+    return value if how.int_enums else enum(value).name
+
+
+def registry_json(reg: StoredRegistry, how: Rendering | None = None) -> dict[str, Any]:
+    """A DeviceRegistry; as in proto3 JSON, unset fields (no CAs, no log level) are left out,
+    and ``x509Details`` is filled in from each certificate."""
+    how = how or Rendering()
+    out: dict[str, Any] = {"id": reg.registry_id, "name": reg.name}
+    if reg.credentials:
+        out["credentials"] = [
+            {
+                "publicKeyCertificate": {
+                    "format": 1 if how.int_enums else "X509_CERTIFICATE_PEM",
+                    "certificate": c.certificate,
+                    "x509Details": x509_details(c),
+                }
+            }
+            for c in reg.credentials
+        ]
+    if reg.log_level:
+        out["logLevel"] = _enum(reg.log_level, LogLevel, how)
+    return out
 
 
 def device_json(
@@ -245,6 +379,8 @@ def device_json(
         "blocked": dev.blocked,
         "metadata": dict(dev.metadata),
     }
+    if dev.log_level:
+        full["log_level"] = _enum(dev.log_level, LogLevel, how)
     return {to_camel(k): v for k, v in full.items() if k in fields}
 
 
@@ -266,13 +402,38 @@ def parse_field_mask(raw: str | None) -> frozenset[str]:
     return frozenset(fields)
 
 
-def encode_page_token(after_device_id: str) -> str:
-    return base64.urlsafe_b64encode(after_device_id.encode()).decode().rstrip("=")
+def parse_id_filter(values: list[str]) -> frozenset[str] | None:
+    """``deviceIds`` (repeated, or comma-separated as some clients send): None when absent."""
+    ids = {v.strip() for raw in values for v in raw.split(",") if v.strip()}
+    for i in ids:
+        if not _ID.fullmatch(i):
+            raise ApiError(Code.INVALID_ARGUMENT, f"Invalid device ID `{_shown(i)}` in deviceIds.")
+    return frozenset(ids) or None
+
+
+def parse_num_id_filter(values: list[str]) -> frozenset[int] | None:
+    """``deviceNumIds`` (uint64, sent as strings or numbers): None when absent."""
+    out = set()
+    for raw in values:
+        for v in raw.split(","):
+            v = v.strip()
+            if not v:
+                continue
+            if not v.isdigit() or len(v) > 20:
+                raise ApiError(
+                    Code.INVALID_ARGUMENT, f"Invalid value for deviceNumIds: `{_shown(v)}`."
+                )
+            out.add(int(v))
+    return frozenset(out) or None
+
+
+def encode_page_token(after_id: str) -> str:
+    return base64.urlsafe_b64encode(after_id.encode()).decode().rstrip("=")
 
 
 def decode_page_token(token: str | None) -> str | None:
-    """The device id the previous page ended at (pages are keyed, not offsets, so devices
-    created meanwhile neither repeat nor vanish)."""
+    """The device (or registry) id the previous page ended at (pages are keyed, not offsets,
+    so resources created meanwhile neither repeat nor vanish)."""
     if not token:
         return None
     try:

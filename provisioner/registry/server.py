@@ -20,21 +20,41 @@ import uvicorn
 from provisioner.errors import ProvisionerError, ServiceUnavailableError
 from provisioner.registry import store
 from provisioner.registry.app import create_app
-from provisioner.registry.tokens import ensure_upload_token, read_token, token_hash
+from provisioner.registry.tokens import (
+    Role,
+    admin_token_file,
+    ensure_upload_token,
+    hashed_tokens_file,
+    read_hashed_tokens,
+    read_token,
+    token_hash,
+)
 from provisioner.settings import Settings, load_settings
 
 
+def token_roles(settings: Settings) -> dict[str, Role]:
+    """Every accepted token hash and its role: minted ones from ``tokens.sha256``, the
+    admin token (created if missing) and the upload token (writer: it creates and patches
+    devices; the configured registry is created here, not through the API)."""
+    upload = settings.registry_token_file
+    ensure_upload_token(upload)
+    ensure_upload_token(admin_token_file(upload))
+    roles = read_hashed_tokens(hashed_tokens_file(upload))
+    roles[token_hash(read_token(admin_token_file(upload)))] = Role.ADMIN
+    roles[token_hash(read_token(upload))] = Role.WRITER
+    return roles
+
+
 def prepare(settings: Settings) -> uvicorn.Server:
-    """Ensure the token file, the database and the configured registry; build the server."""
-    ensure_upload_token(settings.registry_token_file)
-    hashes = {token_hash(read_token(settings.registry_token_file))}
+    """Ensure the token files, the database and the configured registry; build the server."""
+    roles = token_roles(settings)
     reg = settings.registry
     engine = store.open_store(settings.registry_db_url)
     try:
         store.ensure_registry(engine, reg.project, reg.location, reg.registry)
     finally:
         engine.dispose()
-    app = create_app(settings.registry_db_url, hashes)
+    app = create_app(settings.registry_db_url, roles)
     config = uvicorn.Config(
         app,
         log_level="warning",

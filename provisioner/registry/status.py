@@ -13,23 +13,32 @@ from fastapi.responses import JSONResponse
 
 
 class Code(Enum):
-    """The google.rpc codes this service answers with, and their HTTP statuses."""
+    """The google.rpc codes this service answers with: (HTTP status, google.rpc number).
 
-    INVALID_ARGUMENT = 400
-    UNAUTHENTICATED = 401
-    PERMISSION_DENIED = 403
-    NOT_FOUND = 404
-    ALREADY_EXISTS = 409
-    RESOURCE_EXHAUSTED = 429
-    INTERNAL = 500
-    UNIMPLEMENTED = 501
-    UNAVAILABLE = 503
+    Both are in the value because two codes share HTTP 400 (INVALID_ARGUMENT and
+    FAILED_PRECONDITION), and an Enum would otherwise merge them into one.
+    """
+
+    INVALID_ARGUMENT = (400, 3)
+    FAILED_PRECONDITION = (400, 9)
+    UNAUTHENTICATED = (401, 16)
+    PERMISSION_DENIED = (403, 7)
+    NOT_FOUND = (404, 5)
+    ALREADY_EXISTS = (409, 6)
+    RESOURCE_EXHAUSTED = (429, 8)
+    INTERNAL = (500, 13)
+    UNIMPLEMENTED = (501, 12)
+    UNAVAILABLE = (503, 14)
+
+    @property
+    def http(self) -> int:
+        return self.value[0]
 
     @classmethod
     def from_http(cls, status: int) -> Code:
         """The closest code for an HTTP status raised by the framework (405, 422...)."""
         for code in cls:
-            if code.value == status:
+            if code.http == status:
                 return code
         if status == 405:
             return cls.UNIMPLEMENTED
@@ -46,7 +55,7 @@ class ApiError(Exception):
 
 
 def error_body(code: Code, message: str, http_status: int | None = None) -> dict[str, Any]:
-    status = http_status or code.value
+    status = http_status or code.http
     return {"error": {"code": status, "message": message, "status": code.name}}
 
 
@@ -58,5 +67,5 @@ def error_response(
 ) -> JSONResponse:
     """The HTTP response for a refusal; the status line is ``code``'s unless the framework
     already chose a more precise one (405 Method Not Allowed)."""
-    status = http_status or code.value
+    status = http_status or code.http
     return JSONResponse(error_body(code, message, status), status_code=status, headers=headers)

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Integer, UniqueConstraint, inspect
+from sqlalchemy import func as sql_func
+from sqlalchemy import text as sql_text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import registry as orm_registry
@@ -25,6 +27,7 @@ from sqlmodel import Field, Session, SQLModel, col, select
 
 from provisioner.db.engine import make_engine
 from provisioner.errors import ServiceUnavailableError
+from provisioner.registry.certificates import RegistryCertificate
 from provisioner.registry.credentials import Credential, PublicKeyFormat
 
 # Cloud IoT numIds are server-assigned, unique across registries, and opaque to clients;
@@ -46,11 +49,13 @@ class RegistryRow(RegistryTable, table=True):
     project: str = Field(max_length=255)
     location: str = Field(max_length=255)
     registry_id: str = Field(max_length=255)
-    # Registry CA certificates (Cloud IoT's DeviceRegistry.credentials); always empty until
-    # the registry CA rule arrives, present now so that needs no schema migration.
+    # Registry CA certificates (Cloud IoT's DeviceRegistry.credentials), PEM as sent.
     credentials: list[dict[str, Any]] = Field(
         default_factory=list, sa_column=Column(JSON, nullable=False)
     )
+    # google.cloud.iot.v1.LogLevel number; 0 = unspecified. Added after the first release,
+    # hence nullable and added by open_store to older databases.
+    log_level: int | None = Field(default=0, sa_column=Column(Integer, nullable=True))
     created: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 
 
@@ -65,11 +70,16 @@ class DeviceRow(RegistryTable, table=True):
     blocked: bool = False
     # ``metadata`` is SQLAlchemy's own attribute on table classes, hence ``meta``.
     meta: dict[str, str] = Field(sa_column=Column("metadata", JSON, nullable=False))
+    log_level: int | None = Field(default=0, sa_column=Column(Integer, nullable=True))
     created: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 
 
 class AlreadyExists(Exception):
     """The id is taken in its parent (a registry in its location, a device in its registry)."""
+
+
+class NotEmpty(Exception):
+    """A registry that still has devices cannot be deleted."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,8 @@ class StoredRegistry:
     location: str
     registry_id: str
     created: datetime
+    credentials: tuple[RegistryCertificate, ...] = ()
+    log_level: int = 0
 
     @property
     def name(self) -> str:
@@ -93,6 +105,17 @@ class NewDevice:
     credentials: tuple[Credential, ...]
     blocked: bool
     metadata: dict[str, str]
+    log_level: int = 0
+
+
+@dataclass(frozen=True)
+class DeviceChanges:
+    """A validated PATCH: each field not None replaces the stored one."""
+
+    credentials: tuple[Credential, ...] | None = None
+    blocked: bool | None = None
+    metadata: dict[str, str] | None = None
+    log_level: int | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +126,7 @@ class StoredDevice:
     blocked: bool
     metadata: dict[str, str]
     created: datetime
+    log_level: int = 0
 
 
 def open_store(url: str) -> Engine:
@@ -110,6 +134,7 @@ def open_store(url: str) -> Engine:
     engine = make_engine(url)
     try:
         RegistryTable.metadata.create_all(engine)
+        _add_missing_columns(engine)
     except SQLAlchemyError as exc:
         engine.dispose()
         where = engine.url.render_as_string(hide_password=True)
@@ -118,6 +143,16 @@ def open_store(url: str) -> Engine:
             "registry.database_url"
         ) from None
     return engine
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Columns added since the first release, added to databases that predate them (the
+    only migration this store has needed: nullable integers, so no backfill)."""
+    found = inspect(engine)
+    for table in ("registry_registries", "registry_devices"):
+        if "log_level" not in {c["name"] for c in found.get_columns(table)}:
+            with engine.begin() as c:
+                c.execute(sql_text(f"ALTER TABLE {table} ADD COLUMN log_level INTEGER"))
 
 
 def _now() -> datetime:
@@ -131,7 +166,19 @@ def _utc(when: datetime) -> datetime:
 
 def _registry(row: RegistryRow) -> StoredRegistry:
     assert row.pk is not None
-    return StoredRegistry(row.pk, row.project, row.location, row.registry_id, _utc(row.created))
+    return StoredRegistry(
+        row.pk,
+        row.project,
+        row.location,
+        row.registry_id,
+        _utc(row.created),
+        tuple(RegistryCertificate(c["certificate"]) for c in row.credentials),
+        row.log_level or 0,
+    )
+
+
+def _registry_credentials_json(cas: tuple[RegistryCertificate, ...]) -> list[dict[str, Any]]:
+    return [{"format": "X509_CERTIFICATE_PEM", "certificate": c.certificate} for c in cas]
 
 
 def _credentials_json(creds: tuple[Credential, ...]) -> list[dict[str, Any]]:
@@ -151,6 +198,7 @@ def _device(row: DeviceRow) -> StoredDevice:
         blocked=bool(row.blocked),
         metadata=dict(row.meta),
         created=_utc(row.created),
+        log_level=row.log_level or 0,
     )
 
 
@@ -172,10 +220,22 @@ def get_registry(
 
 
 def create_registry(
-    engine: Engine, project: str, location: str, registry_id: str
+    engine: Engine,
+    project: str,
+    location: str,
+    registry_id: str,
+    credentials: tuple[RegistryCertificate, ...] = (),
+    log_level: int = 0,
 ) -> StoredRegistry:
     """Raises AlreadyExists when the id is taken in ``projects/{project}/locations/{location}``."""
-    row = RegistryRow(project=project, location=location, registry_id=registry_id, created=_now())
+    row = RegistryRow(
+        project=project,
+        location=location,
+        registry_id=registry_id,
+        credentials=_registry_credentials_json(credentials),
+        log_level=log_level,
+        created=_now(),
+    )
     try:
         with Session(engine) as s:
             s.add(row)
@@ -184,6 +244,65 @@ def create_registry(
             return _registry(row)
     except IntegrityError:
         raise AlreadyExists(registry_id) from None
+
+
+def list_registries(
+    engine: Engine, project: str, location: str, after: str | None, limit: int
+) -> tuple[list[StoredRegistry], bool]:
+    """Up to ``limit`` registries of the location in id order after ``after``; more follow?"""
+    query = select(RegistryRow).where(
+        RegistryRow.project == project, RegistryRow.location == location
+    )
+    if after is not None:
+        query = query.where(col(RegistryRow.registry_id) > after)
+    query = query.order_by(col(RegistryRow.registry_id)).limit(limit + 1)
+    with Session(engine) as s:
+        rows = s.exec(query).all()
+        return [_registry(r) for r in rows[:limit]], len(rows) > limit
+
+
+def update_registry(
+    engine: Engine,
+    reg: StoredRegistry,
+    credentials: tuple[RegistryCertificate, ...] | None,
+    log_level: int | None,
+) -> StoredRegistry | None:
+    """Replace the given fields (None: keep); None if the registry is gone meanwhile."""
+    with Session(engine) as s:
+        row = s.get(RegistryRow, reg.pk)
+        if row is None:
+            return None
+        if credentials is not None:
+            row.credentials = _registry_credentials_json(credentials)
+        if log_level is not None:
+            row.log_level = log_level
+        s.add(row)
+        s.commit()
+        s.refresh(row)
+        return _registry(row)
+
+
+def delete_registry(engine: Engine, reg: StoredRegistry) -> bool:
+    """Delete an empty registry (False: already gone). Raises NotEmpty if it has devices;
+    the count and the delete share a transaction, and on PostgreSQL the devices' foreign
+    key also stops a device created in between."""
+    try:
+        with Session(engine) as s:
+            count = s.exec(
+                select(sql_func.count())
+                .select_from(DeviceRow)
+                .where(DeviceRow.registry_pk == reg.pk)
+            ).one()
+            if count:
+                raise NotEmpty(reg.registry_id)
+            row = s.get(RegistryRow, reg.pk)
+            if row is None:
+                return False
+            s.delete(row)
+            s.commit()
+            return True
+    except IntegrityError:
+        raise NotEmpty(reg.registry_id) from None
 
 
 def ensure_registry(
@@ -220,6 +339,7 @@ def create_device(engine: Engine, reg: StoredRegistry, new: NewDevice) -> Stored
             credentials=_credentials_json(new.credentials),
             blocked=new.blocked,
             meta=dict(new.metadata),
+            log_level=new.log_level,
             created=_now(),
         )
         stored = _device(row)
@@ -236,26 +356,74 @@ def create_device(engine: Engine, reg: StoredRegistry, new: NewDevice) -> Stored
     raise RuntimeError(f"no free numId after {_NUM_ID_ATTEMPTS} attempts")
 
 
-def get_device(engine: Engine, reg: StoredRegistry, ident: str) -> StoredDevice | None:
+def _device_row(s: Session, reg: StoredRegistry, ident: str) -> DeviceRow | None:
     """By device id or by numId, as Cloud IoT accepts both. A device id starts with a letter,
     so an all-digit ``ident`` can only be a numId."""
     if ident.isdigit():
-        cond = DeviceRow.num_id == int(ident) if int(ident) <= NUM_ID_MAX else None
+        if int(ident) > NUM_ID_MAX:
+            return None
+        cond = DeviceRow.num_id == int(ident)
     else:
         cond = DeviceRow.device_id == ident
-    if cond is None:
-        return None
+    return s.exec(select(DeviceRow).where(DeviceRow.registry_pk == reg.pk, cond)).first()
+
+
+def get_device(engine: Engine, reg: StoredRegistry, ident: str) -> StoredDevice | None:
     with Session(engine) as s:
-        row = s.exec(select(DeviceRow).where(DeviceRow.registry_pk == reg.pk, cond)).first()
+        row = _device_row(s, reg, ident)
         return None if row is None else _device(row)
 
 
+def update_device(
+    engine: Engine, reg: StoredRegistry, ident: str, changes: DeviceChanges
+) -> StoredDevice | None:
+    """Apply ``changes`` to the device (by id or numId); None if there is no such device."""
+    with Session(engine) as s:
+        row = _device_row(s, reg, ident)
+        if row is None:
+            return None
+        if changes.credentials is not None:
+            row.credentials = _credentials_json(changes.credentials)
+        if changes.blocked is not None:
+            row.blocked = changes.blocked
+        if changes.metadata is not None:
+            row.meta = dict(changes.metadata)
+        if changes.log_level is not None:
+            row.log_level = changes.log_level
+        s.add(row)
+        s.commit()
+        s.refresh(row)
+        return _device(row)
+
+
+def delete_device(engine: Engine, reg: StoredRegistry, ident: str) -> bool:
+    """Delete the device (by id or numId); False if there was none."""
+    with Session(engine) as s:
+        row = _device_row(s, reg, ident)
+        if row is None:
+            return False
+        s.delete(row)
+        s.commit()
+        return True
+
+
 def list_devices(
-    engine: Engine, reg: StoredRegistry, after: str | None, limit: int
+    engine: Engine,
+    reg: StoredRegistry,
+    after: str | None,
+    limit: int,
+    ids: frozenset[str] | None = None,
+    num_ids: frozenset[int] | None = None,
 ) -> tuple[list[StoredDevice], bool]:
     """Up to ``limit`` devices in id order, starting after device id ``after``; and whether
-    more follow."""
+    more follow. ``ids`` / ``num_ids``, when given, keep only devices matching either (Cloud
+    IoT's deviceIds and deviceNumIds filters)."""
     query = select(DeviceRow).where(DeviceRow.registry_pk == reg.pk)
+    if ids is not None or num_ids is not None:
+        query = query.where(
+            col(DeviceRow.device_id).in_(sorted(ids or ()))
+            | col(DeviceRow.num_id).in_(sorted(num_ids or ()))
+        )
     if after is not None:
         query = query.where(col(DeviceRow.device_id) > after)
     query = query.order_by(col(DeviceRow.device_id)).limit(limit + 1)

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from provisioner.registry.client import CloudIotRegistry
-from provisioner.registry.tokens import read_token
+from provisioner.registry.tokens import admin_token_file, read_token
 from tests.conftest import Station
 
 START_TIMEOUT_S = 20.0
@@ -107,6 +107,11 @@ class RegistryProcess:
     @property
     def token(self) -> str:
         return read_token(self.station.settings.registry_token_file)
+
+    @property
+    def admin_token(self) -> str:
+        """The admin token the server creates beside the upload token (manages registries)."""
+        return read_token(admin_token_file(self.station.settings.registry_token_file))
 
     def parent_url(self, registry: str | None = None) -> str:
         r = self.station.settings.registry
