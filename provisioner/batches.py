@@ -45,6 +45,7 @@ class DeviceRow:
     registry_device_id: str | None
     num_id: str | None
     error: str | None
+    upload: str | None = None  # pending, parked, done, conflict (None: not queued yet)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class BatchReport:
     done: int = 0
     failed: int = 0
     uploads_pending: int = 0
+    uploads_parked: int = 0
     devices: tuple[DeviceRow, ...] = ()
 
     def as_json(self) -> dict[str, object]:
@@ -73,6 +75,7 @@ class BatchReport:
             "done": self.done,
             "failed": self.failed,
             "uploads_pending": self.uploads_pending,
+            "uploads_parked": self.uploads_parked,
             "devices": [d.__dict__ for d in self.devices],
         }
 
@@ -162,12 +165,15 @@ def mark_started(engine: Engine, batch_id: int, *, actor: str) -> list[int]:
 
 
 def pending_uploads(engine: Engine, batch_id: int) -> list[int]:
-    """Devices of the batch whose registry upload is still pending."""
+    """Devices of the batch whose registry upload is pending or parked."""
     with transaction(engine) as s:
         rows = s.exec(
             select(RegistryUpload.device_id)
             .join(Device, col(Device.id) == RegistryUpload.device_id)
-            .where(Device.batch_id == batch_id, RegistryUpload.state == UploadState.PENDING)
+            .where(
+                Device.batch_id == batch_id,
+                col(RegistryUpload.state).in_([UploadState.PENDING, UploadState.PARKED]),
+            )
         ).all()
         return list(rows)
 
@@ -186,11 +192,12 @@ def report(engine: Engine, batch_id: int, *, with_devices: bool = True) -> Batch
         ).all()
     steps: Counter[str] = Counter()
     devices = []
-    failed = pending = 0
+    failed = pending = parked = 0
     for dev, cert, up in rows:
         steps[dev.step.name] += 1
         failed += dev.error is not None
         pending += up is not None and up.state is UploadState.PENDING
+        parked += up is not None and up.state is UploadState.PARKED
         if with_devices:
             devices.append(
                 DeviceRow(
@@ -202,6 +209,7 @@ def report(engine: Engine, batch_id: int, *, with_devices: bool = True) -> Batch
                     registry_device_id=up.registry_device_id if up else None,
                     num_id=up.num_id if up else None,
                     error=dev.error,
+                    upload=up.state.value if up else None,
                 )
             )
     return BatchReport(
@@ -215,6 +223,7 @@ def report(engine: Engine, batch_id: int, *, with_devices: bool = True) -> Batch
         done=steps.get(Step.DONE.name, 0),
         failed=failed,
         uploads_pending=pending,
+        uploads_parked=parked,
         devices=tuple(devices),
     )
 

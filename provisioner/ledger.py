@@ -301,6 +301,28 @@ class DeviceLedger:
                     },
                 )
 
+    def park_upload(self, device_id: int, error: str) -> None:
+        """The registry stayed unreachable through the task's retries: the upload waits in
+        the database (visible in `batch status`) for the periodic sync or `registry sync`.
+        The chip is provisioned; only its registry entry is late."""
+        with transaction(self.engine) as s:
+            dev = get_device(s, device_id)
+            up = s.exec(select(RegistryUpload).where(RegistryUpload.device_id == device_id)).one()
+            if up.state is not UploadState.PENDING:
+                return
+            up.state, up.error, up.updated_at = UploadState.PARKED, error, utcnow()
+            up.attempts += 1
+            s.add(up)
+            chain.append(
+                s,
+                "upload.parked",
+                actor=self.actor,
+                batch_id=dev.batch_id,
+                device_id=dev.id,
+                chip_serial=dev.chip_serial,
+                payload={"registry": up.registry_name, "attempts": up.attempts, "error": error},
+            )
+
     def note_upload_retry(self, device_id: int, error: str) -> None:
         """An upload attempt failed transiently; it stays pending and is retried."""
         with transaction(self.engine) as s:

@@ -164,6 +164,13 @@ class RegistrySettings(_Section):
     registry: str = "devices"
     token_file: Path | None = None  # default: <var>/registry/upload.token
     timeout_s: float = Field(default=10.0, gt=0)
+    # Creates per minute this process sends (Cloud IoT and ClearBlade allow 3,000 device
+    # creates+deletes per minute per project, not raisable).
+    rate_per_minute: float = Field(default=3000.0, gt=0)
+    # Store and forward: how often the registry worker retries parked uploads, and after
+    # how long a pending one counts as lost (its task died with its message).
+    sync_interval_s: float = Field(default=60.0, gt=0)
+    sync_pending_after_s: float = Field(default=300.0, ge=0)
     # The built-in registry service, when this machine runs it:
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(default=8711, ge=1, le=65535)

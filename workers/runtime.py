@@ -33,6 +33,7 @@ class WorkerRuntime:
     signer: Any = None  # provisioner.issuance.IssuanceService on the hsm worker
     checkpointer: Any = None  # provisioner.audit.checkpointer.Checkpointer, hsm worker too
     registry: Any = None  # a RegistryBackend on the registry worker
+    forwarder: Any = None  # provisioner.registry.forwarder.Forwarder, registry worker
 
 
 class _Process:
@@ -78,8 +79,17 @@ def _open(settings: Settings, queues: frozenset[str], index: int) -> WorkerRunti
         rt.checkpointer.start()
     if REGISTRY_QUEUE in queues:
         from provisioner.registry.client import CloudIotRegistry
+        from provisioner.registry.forwarder import Forwarder
 
         rt.registry = CloudIotRegistry.from_settings(settings)
+        if index == 0:  # one periodic drain per registry worker, not one per child
+            rt.forwarder = Forwarder(
+                engine,
+                CloudIotRegistry.from_settings(settings),  # its own client: another thread
+                settings.registry.sync_interval_s,
+                settings.registry.sync_pending_after_s,
+            )
+            rt.forwarder.start()
     log.info(
         "worker process %s ready: station=%s socket=%s hsm=%s registry=%s",
         index,
@@ -104,6 +114,8 @@ def _process_init(**_: Any) -> None:
 def _process_shutdown(**_: Any) -> None:
     rt = _Process.runtime
     if rt is not None:
+        if rt.forwarder is not None:
+            rt.forwarder.stop()
         if rt.registry is not None:
             rt.registry.close()
         if rt.checkpointer is not None:

@@ -172,7 +172,7 @@ def register(app: Celery) -> None:
                 log.warning(
                     "upload of device %s parked after %s tries: %s", device_id, retries + 1, exc
                 )
-                ledger.fail(device_id, f"registry upload parked after {retries + 1} tries: {exc}")
-                return {"device_id": device_id, "ok": False, "error": str(exc)}
+                ledger.park_upload(device_id, f"parked after {retries + 1} tries: {exc}")
+                return {"device_id": device_id, "ok": False, "parked": True, "error": str(exc)}
             raise self.retry(countdown=min(60, 2**retries), exc=exc) from None
         return {"device_id": device_id, "ok": dev.error is None, "step": dev.step.name}

@@ -32,6 +32,7 @@ ACTIONS: dict[str, frozenset[Role]] = {
     "station.probe": _OPS,
     "services.run": _OPS,
     "demo.run": _OPS,
+    "registry.sync": _OPS,  # uploading what waits is line operation, not registry admin
     # auditors: the trail, read-only
     "audit.verify": _AUDIT,
     "audit.query": _AUDIT,

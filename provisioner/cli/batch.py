@@ -114,7 +114,7 @@ def status(
         console.print(devices_table(rep))
         console.print(
             f"done {rep.done}/{rep.count}, failed {rep.failed}, "
-            f"uploads pending {rep.uploads_pending}"
+            f"uploads pending {rep.uploads_pending}, parked {rep.uploads_parked}"
         )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from provisioner.cli import audit, batch, ca, services, station, users
+from provisioner.cli import audit, batch, ca, registry, services, station, users
 from provisioner.cli.context import CliContext
 from provisioner.errors import ProvisionerError
 
@@ -53,6 +53,7 @@ app.add_typer(audit.app, name="audit")
 app.add_typer(services.app, name="services")
 app.add_typer(station.app, name="station")
 app.add_typer(users.app, name="users")
+app.add_typer(registry.app, name="registry")
 app.command("demo")(services.demo)
 
 

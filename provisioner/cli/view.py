@@ -13,9 +13,10 @@ from provisioner.batches import BatchReport, report
 
 
 def settled(rep: BatchReport) -> bool:
-    """Every device is done, failed at the station, or stuck in an upload that gave up."""
-    return (
-        all(d.step == "DONE" or d.error is not None for d in rep.devices) or rep.state == "finished"
+    """Every device is done, failed at the station, or waiting in a parked upload (the
+    periodic sync finishes those; watching longer would not)."""
+    return rep.state == "finished" or all(
+        d.step == "DONE" or d.error is not None or d.upload == "parked" for d in rep.devices
     )
 
 
@@ -41,6 +42,8 @@ def watch(
                 f"{k.lower()} {v}" for k, v in sorted(rep.steps.items()) if k != "DONE"
             )
             detail = busy + (f" | [red]failed {rep.failed}" if rep.failed else "")
+            if rep.uploads_parked:
+                detail += f" | [yellow]uploads parked {rep.uploads_parked}"
             bar.update(task, completed=rep.done, detail=detail)
             if settled(rep) or time.monotonic() > deadline:
                 return rep
@@ -53,6 +56,8 @@ def devices_table(rep: BatchReport) -> Table:
         t.add_column(col)
     for d in rep.devices:
         state = d.step.lower() if d.error is None else f"[red]{d.step.lower()}: {d.error}"
+        if d.upload in ("parked", "conflict") and d.error is None:
+            state = f"[yellow]{state}, upload {d.upload}"
         reg = f"{d.registry_device_id} ({d.num_id})" if d.num_id else (d.registry_device_id or "")
         fp = (d.fingerprint_sha256 or "")[:16] + ("…" if d.fingerprint_sha256 else "")
         t.add_row(str(d.position), d.chip_serial or "", fp, reg, state)
@@ -61,7 +66,7 @@ def devices_table(rep: BatchReport) -> Table:
 
 def batches_table(reps: list[BatchReport]) -> Table:
     t = Table(title="batches")
-    for col in ("id", "station", "state", "done", "failed", "uploads pending", "created"):
+    for col in ("id", "station", "state", "done", "failed", "uploads pending/parked", "created"):
         t.add_column(col)
     for r in reps:
         t.add_row(
@@ -70,7 +75,7 @@ def batches_table(reps: list[BatchReport]) -> Table:
             r.state,
             f"{r.done}/{r.count}",
             str(r.failed),
-            str(r.uploads_pending),
+            f"{r.uploads_pending}/{r.uploads_parked}",
             r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
         )
     return t

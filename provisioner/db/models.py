@@ -53,9 +53,10 @@ class BatchState(StrEnum):
 
 
 class UploadState(StrEnum):
-    PENDING = "pending"
+    PENDING = "pending"  # queued; a worker task is trying (with backoff)
+    PARKED = "parked"  # the task gave up for now; the periodic sync / `registry sync` retries
     DONE = "done"
-    CONFLICT = "conflict"
+    CONFLICT = "conflict"  # the registry holds another certificate: a person decides
 
 
 class Station(SQLModel, table=True):

@@ -1,0 +1,154 @@
+"""Store and forward: uploads wait in the database until the registry takes them.
+
+A station never waits for the cloud: a verified chip's upload is a row (``registry_upload``,
+PENDING) written with the step itself, and a Celery task tries it with backoff. When the
+task gives up the row is PARKED, visible in ``batch status``. :func:`drain` is what brings
+them home — the registry worker runs it periodically (:class:`Forwarder`) and an operator
+can run it now (``provisioner registry sync``). Every upload goes through
+:func:`provisioner.pipeline.upload_device`, which is idempotent (ALREADY_EXISTS -> compare),
+so a drain racing a task never makes a second device.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, and_, col, or_, select
+
+from provisioner import pipeline
+from provisioner.db.models import Device, RegistryUpload, UploadState, utcnow
+from provisioner.errors import ProvisionerError, RegistryUnavailableError
+from provisioner.ledger import DeviceLedger
+from provisioner.ports import RegistryBackend
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DrainReport:
+    done: int = 0
+    conflicts: int = 0
+    unavailable: int = 0  # tried and the registry was unreachable (still waiting)
+    left: int = 0  # not tried: the registry looked down, so the drain stopped early
+
+    @property
+    def tried(self) -> int:
+        return self.done + self.conflicts + self.unavailable
+
+    def as_json(self) -> dict[str, int]:
+        return {
+            "done": self.done,
+            "conflicts": self.conflicts,
+            "unavailable": self.unavailable,
+            "left": self.left,
+        }
+
+
+def waiting(
+    engine: Engine, *, batch_id: int | None = None, pending_older_than_s: float = 0.0
+) -> list[int]:
+    """Device ids whose upload is parked, or pending for longer than the given age (a
+    pending row younger than that is probably in a worker's hands right now)."""
+    cutoff = utcnow() - timedelta(seconds=pending_older_than_s)
+    q = (
+        select(RegistryUpload.device_id)
+        .join(Device, col(Device.id) == RegistryUpload.device_id)
+        .where(
+            or_(
+                col(RegistryUpload.state) == UploadState.PARKED,
+                and_(
+                    col(RegistryUpload.state) == UploadState.PENDING,
+                    col(RegistryUpload.updated_at) <= cutoff,
+                ),
+            )
+        )
+        .order_by(col(RegistryUpload.id))
+    )
+    if batch_id is not None:
+        q = q.where(Device.batch_id == batch_id)
+    with Session(engine) as s:
+        return list(s.exec(q).all())
+
+
+def drain(
+    engine: Engine,
+    backend: RegistryBackend,
+    device_ids: list[int],
+    *,
+    give_up_after: int = 3,
+    progress: Callable[[int, DrainReport], None] | None = None,
+) -> DrainReport:
+    """Upload ``device_ids`` one by one. After ``give_up_after`` consecutive unreachable
+    answers the registry is taken to be down and the rest are left for later (hammering a
+    dead or throttling registry only makes it worse)."""
+    ledger = DeviceLedger(engine, "registry-uploader")
+    rep = DrainReport()
+    streak = 0
+    for n, device_id in enumerate(device_ids, 1):
+        if streak >= give_up_after:
+            rep.left = len(device_ids) - n + 1
+            break
+        try:
+            dev = pipeline.upload_device(device_id, backend, ledger)
+        except RegistryUnavailableError as exc:
+            ledger.note_upload_retry(device_id, str(exc))
+            rep.unavailable += 1
+            streak += 1
+        else:
+            streak = 0
+            if dev.error is None:
+                rep.done += 1
+            else:
+                rep.conflicts += 1
+        if progress is not None:
+            progress(n, rep)
+    return rep
+
+
+class Forwarder:
+    """The registry worker's periodic drain (a daemon thread)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        backend: RegistryBackend,
+        interval_s: float,
+        pending_older_than_s: float,
+    ) -> None:
+        self.engine, self.backend = engine, backend
+        self.interval_s, self.pending_older_than_s = interval_s, pending_older_than_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def tick(self) -> DrainReport:
+        ids = waiting(self.engine, pending_older_than_s=self.pending_older_than_s)
+        return drain(self.engine, self.backend, ids) if ids else DrainReport()
+
+    def start(self) -> None:
+        def run() -> None:
+            while not self._stop.wait(self.interval_s):
+                try:
+                    rep = self.tick()
+                except ProvisionerError as exc:
+                    log.warning("registry sync failed: %s", exc)
+                except Exception:
+                    log.exception("registry sync failed")
+                else:
+                    if rep.tried:
+                        log.info("registry sync: %s", rep.as_json())
+
+        self._thread = threading.Thread(target=run, name="registry-forwarder", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
