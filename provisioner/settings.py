@@ -158,6 +158,9 @@ class ChipProfileSettings(_Section):
 class RegistrySettings(_Section):
     """The device registry that receives each certificate (Cloud IoT v1 shape)."""
 
+    # Which kind of registry receives the certificates: any Cloud IoT v1 endpoint (the
+    # built-in one by default), ClearBlade IoT Core (its own client), or AWS IoT (boto3).
+    kind: Literal["cloudiot", "clearblade", "aws"] = "cloudiot"
     url: str = "http://127.0.0.1:8711"
     project: str = "factory"
     location: str = "local"
@@ -167,6 +170,12 @@ class RegistrySettings(_Section):
     # Creates per minute this process sends (Cloud IoT and ClearBlade allow 3,000 device
     # creates+deletes per minute per project, not raisable).
     rate_per_minute: float = Field(default=3000.0, gt=0)
+    # ClearBlade: the registry's system key (the token is in token_file, as for Cloud IoT).
+    clearblade_system_key: str | None = None
+    # AWS IoT: region, optional endpoint (tests: moto) and an IoT policy to attach.
+    aws_region: str = "us-east-1"
+    aws_endpoint_url: str | None = None
+    aws_policy: str | None = None
     # Store and forward: how often the registry worker retries parked uploads, and after
     # how long a pending one counts as lost (its task died with its message).
     sync_interval_s: float = Field(default=60.0, gt=0)

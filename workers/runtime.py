@@ -78,14 +78,14 @@ def _open(settings: Settings, queues: frozenset[str], index: int) -> WorkerRunti
         rt.checkpointer = Checkpointer.for_provider(engine, settings, rt.signer.ca.pool)
         rt.checkpointer.start()
     if REGISTRY_QUEUE in queues:
-        from provisioner.registry.client import CloudIotRegistry
+        from provisioner.registry.backends import open_backend
         from provisioner.registry.forwarder import Forwarder
 
-        rt.registry = CloudIotRegistry.from_settings(settings)
+        rt.registry = open_backend(settings)
         if index == 0:  # one periodic drain per registry worker, not one per child
             rt.forwarder = Forwarder(
                 engine,
-                CloudIotRegistry.from_settings(settings),  # its own client: another thread
+                open_backend(settings),  # its own client: it runs in another thread
                 settings.registry.sync_interval_s,
                 settings.registry.sync_pending_after_s,
             )

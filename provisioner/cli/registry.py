@@ -9,7 +9,7 @@ from rich.console import Console
 
 from provisioner.cli.context import ctx_of
 from provisioner.registry import forwarder
-from provisioner.registry.client import CloudIotRegistry
+from provisioner.registry.backends import open_backend
 
 app = typer.Typer(help="Registry uploads: store and forward.", no_args_is_help=True)
 
@@ -26,7 +26,7 @@ def sync(
     c.require("registry.sync")
     ids = forwarder.waiting(c.engine, batch_id=batch)
     console = Console(stderr=True)
-    with CloudIotRegistry.from_settings(c.settings) as backend:
+    with open_backend(c.settings) as backend:
 
         def progress(n: int, rep: forwarder.DrainReport) -> None:
             if not as_json and (n % 50 == 0 or n == len(ids)):

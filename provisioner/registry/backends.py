@@ -1,0 +1,89 @@
+"""The configured upload backend (``registry.kind``): one place that knows every kind.
+
+Each backend implements :class:`provisioner.ports.RegistryBackend` and maps its registry's
+answers the same way (already exists -> compare, throttled/5xx/unreachable -> retry later,
+anything else -> a refusal), so the pipeline, the store-and-forward drain and the tests
+never know which registry they talk to.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from provisioner.errors import ConfigError
+from provisioner.ports import RegistryDevice
+from provisioner.preflight import redis_client
+from provisioner.registry.ratelimit import LocalPacer, Pacer, RedisPacer
+from provisioner.registry.tokens import read_token
+from provisioner.settings import Settings
+
+
+class PacedBackend:
+    """A backend whose creates take the registry's shared slots (:mod:`.ratelimit`);
+    reads are not paced (their quota is ten times larger)."""
+
+    def __init__(self, backend: Any, pacer: Pacer, fallback: Pacer) -> None:
+        self.backend, self.pacer, self.fallback = backend, pacer, fallback
+
+    def create_device(self, device_id: str, certificate_pem: str) -> RegistryDevice:
+        try:
+            self.pacer.wait()
+        except redis.RedisError:  # Redis down: pace this process on its own
+            self.fallback.wait()
+        result: RegistryDevice = self.backend.create_device(device_id, certificate_pem)
+        return result
+
+    def get_device(self, device_id: str) -> RegistryDevice | None:
+        result: RegistryDevice | None = self.backend.get_device(device_id)
+        return result
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> PacedBackend:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def open_backend(settings: Settings) -> PacedBackend:
+    """A new, paced backend for ``settings.registry`` (the caller closes it)."""
+    r = settings.registry
+    key = f"{r.kind}:{r.url if r.kind != 'aws' else r.aws_region}:{r.project}"
+    return PacedBackend(
+        _raw_backend(settings),
+        RedisPacer(redis_client(settings), key, r.rate_per_minute),
+        LocalPacer(r.rate_per_minute),
+    )
+
+
+def _raw_backend(settings: Settings) -> Any:
+    r = settings.registry
+    if r.kind == "cloudiot":
+        from provisioner.registry.client import CloudIotRegistry
+
+        return CloudIotRegistry.from_settings(settings)
+    if r.kind == "clearblade":
+        from provisioner.registry.clearblade_backend import ClearBladeRegistry
+
+        if not r.clearblade_system_key:
+            raise ConfigError("registry.kind = clearblade needs registry.clearblade_system_key")
+        token = read_token(settings.registry_token_file)
+        return ClearBladeRegistry(
+            r.url, r.project, r.location, r.registry, r.clearblade_system_key, token
+        )
+    from cryptography.hazmat.primitives import serialization
+
+    from provisioner.ca.store import load_cert_file
+    from provisioner.registry.aws import AwsIotRegistry
+
+    ca = load_cert_file(settings.ca_dir / "intermediate.pem")
+    return AwsIotRegistry.connect(
+        r.aws_region,
+        ca.public_bytes(serialization.Encoding.PEM).decode(),
+        endpoint_url=r.aws_endpoint_url,
+        policy_name=r.aws_policy,
+    )
