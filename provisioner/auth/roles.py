@@ -33,6 +33,7 @@ ACTIONS: dict[str, frozenset[Role]] = {
     "services.run": _OPS,
     "demo.run": _OPS,
     "registry.sync": _OPS,  # uploading what waits is line operation, not registry admin
+    "manifest.build": _OPS,  # a batch's deliverable, signed with the manifest key
     # auditors: the trail, read-only
     "audit.verify": _AUDIT,
     "audit.query": _AUDIT,

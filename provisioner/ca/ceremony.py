@@ -56,6 +56,7 @@ from provisioner.errors import (
     HsmKeyNotFoundError,
     InvalidInputError,
 )
+from provisioner.registry.manifest import ensure_manifest_key, signer_file
 from provisioner.settings import Settings
 
 E = TypeVar("E", bound=x509.ExtensionType)
@@ -261,11 +262,13 @@ def init_ca(settings: Settings, *, force: bool = False) -> CaInfo:
         with open_module(settings) as mod:
             existing = _existing(settings, mod)
         if existing is not None:
-            if not audit_key_file(settings).exists():  # a CA made before audit keys
+            if not (audit_key_file(settings).exists() and signer_file(settings).exists()):
+                # a CA made before the audit and manifest keys
                 with open_module(settings) as mod:
                     ts = mod.open_token(settings.hsm.factory_token, factory_pin(settings))
                     try:
                         ensure_audit_key(settings, ts)
+                        ensure_manifest_key(settings, ts)
                     finally:
                         ts.close()
             return existing
@@ -299,6 +302,7 @@ def init_ca(settings: Settings, *, force: bool = False) -> CaInfo:
             store.write_root(root)
             store.install_intermediate(name, inter)
             ensure_audit_key(settings, fac_ts)
+            ensure_manifest_key(settings, fac_ts)
         finally:
             root_ts.close()
             fac_ts.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from provisioner.cli import audit, batch, ca, registry, services, station, users
+from provisioner.cli import audit, batch, ca, manifest, registry, services, station, users
 from provisioner.cli.context import CliContext
 from provisioner.errors import ProvisionerError
 
@@ -54,6 +54,7 @@ app.add_typer(services.app, name="services")
 app.add_typer(station.app, name="station")
 app.add_typer(users.app, name="users")
 app.add_typer(registry.app, name="registry")
+app.add_typer(manifest.app, name="manifest")
 app.command("demo")(services.demo)
 
 
