@@ -308,6 +308,10 @@ class DeviceLedger:
         with transaction(self.engine) as s:
             dev = get_device(s, device_id)
             up = s.exec(select(RegistryUpload).where(RegistryUpload.device_id == device_id)).one()
+            if up.state is UploadState.PARKED:  # tried again by a sync: keep the latest answer
+                up.attempts, up.error, up.updated_at = up.attempts + 1, error, utcnow()
+                s.add(up)
+                return
             if up.state is not UploadState.PENDING:
                 return
             up.state, up.error, up.updated_at = UploadState.PARKED, error, utcnow()
@@ -322,6 +326,12 @@ class DeviceLedger:
                 chip_serial=dev.chip_serial,
                 payload={"registry": up.registry_name, "attempts": up.attempts, "error": error},
             )
+
+    def refuse_upload(self, device_id: int, error: str) -> None:
+        """The registry refused the request itself (not a conflict, not an outage): the
+        upload is parked with the registry's answer for a person to read; a later sync
+        tries again (the cause may be fixed on the registry's side by then)."""
+        self.park_upload(device_id, error)
 
     def note_upload_retry(self, device_id: int, error: str) -> None:
         """An upload attempt failed transiently; it stays pending and is retried."""

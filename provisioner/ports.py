@@ -10,7 +10,7 @@ AWS) is decided at the edges, by configuration.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Self, runtime_checkable
 
 # --- chips -----------------------------------------------------------------------------------
 
@@ -131,6 +131,19 @@ class RegistryBackend(Protocol):
     def create_device(self, device_id: str, certificate_pem: str) -> RegistryDevice: ...
 
     def get_device(self, device_id: str) -> RegistryDevice | None: ...
+
+
+class Closeable:
+    """A backend holding connections or files: ``with backend:`` closes it."""
+
+    def close(self) -> None:
+        """Release what the backend holds (subclasses override)."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
 
 class DeviceAlreadyExists(Exception):

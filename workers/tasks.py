@@ -22,11 +22,13 @@ from provisioner.errors import (
     NotFoundError,
     PolicyViolationError,
     ProvisionerError,
+    RegistryError,
     RegistryUnavailableError,
     ServiceUnavailableError,
 )
 from provisioner.ledger import DeviceLedger
 from provisioner.ports import IssuedCertificate, SigningRequest
+from provisioner.registry.ratelimit import backoff_s
 from workers import runtime
 from workers.queues import (
     HSM_QUEUE,
@@ -174,5 +176,9 @@ def register(app: Celery) -> None:
                 )
                 ledger.park_upload(device_id, f"parked after {retries + 1} tries: {exc}")
                 return {"device_id": device_id, "ok": False, "parked": True, "error": str(exc)}
-            raise self.retry(countdown=min(60, 2**retries), exc=exc) from None
+            raise self.retry(countdown=backoff_s(retries), exc=exc) from None
+        except RegistryError as exc:  # a refusal: retrying the same request cannot help
+            log.warning("upload of device %s refused by the registry: %s", device_id, exc)
+            ledger.refuse_upload(device_id, f"refused: {exc}")
+            return {"device_id": device_id, "ok": False, "parked": True, "error": str(exc)}
         return {"device_id": device_id, "ok": dev.error is None, "step": dev.step.name}

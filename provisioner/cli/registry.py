@@ -38,8 +38,9 @@ def sync(
     else:
         typer.echo(
             f"{len(ids)} uploads waiting: {rep.done} done, {rep.conflicts} conflicts, "
+            f"{rep.refused} refused (parked, see 'batch status'), "
             f"{rep.unavailable + rep.left} still waiting"
             + (" (registry unreachable; try again later)" if rep.left else "")
         )
-    if rep.unavailable or rep.left or rep.conflicts:
+    if rep.unavailable or rep.left or rep.conflicts or rep.refused:
         raise typer.Exit(1)

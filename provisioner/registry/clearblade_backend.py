@@ -23,19 +23,18 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
 
 from provisioner.errors import RegistryError, RegistryUnavailableError
-from provisioner.ports import DeviceAlreadyExists, RegistryDevice
+from provisioner.ports import Closeable, DeviceAlreadyExists, RegistryDevice
 
 UPLOAD_FORMAT = "ES256_X509_PEM"
 _ENV = ("CLEARBLADE_CONFIGURATION", "REGISTRY_URL", "REGISTRY_SYSKEY", "REGISTRY_TOKEN")
 
 
-class ClearBladeRegistry:
+class ClearBladeRegistry(Closeable):
     """One ClearBlade registry, reached with its system key and a registry token."""
 
     def __init__(
@@ -107,17 +106,6 @@ class ClearBladeRegistry:
 
     def close(self) -> None:
         self._config_file.unlink(missing_ok=True)
-
-    def __enter__(self) -> ClearBladeRegistry:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"ClearBladeRegistry({self.url!r}, {self.parent!r})"

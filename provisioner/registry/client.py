@@ -13,21 +13,20 @@ Messages name the registry URL and the device, never the token (it lives only in
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
 
 from provisioner.errors import ConfigError, RegistryError, RegistryUnavailableError
-from provisioner.ports import DeviceAlreadyExists, RegistryDevice
+from provisioner.ports import Closeable, DeviceAlreadyExists, RegistryDevice
 from provisioner.registry.tokens import read_token
 from provisioner.settings import Settings
 
 UPLOAD_FORMAT = "ES256_X509_PEM"  # ATECC608 keys are P-256; the credential is the certificate
 
 
-class CloudIotRegistry:
+class CloudIotRegistry(Closeable):
     """One registry (``projects/{project}/locations/{location}/registries/{registry}``) at
     ``base_url``. Holds one HTTP connection pool: reuse the object, then :meth:`close` it."""
 
@@ -97,17 +96,6 @@ class CloudIotRegistry:
 
     def close(self) -> None:
         self._http.close()
-
-    def __enter__(self) -> CloudIotRegistry:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"CloudIotRegistry({self.base_url}/v1/{self.parent})"

@@ -22,7 +22,7 @@ from sqlmodel import Session, and_, col, or_, select
 
 from provisioner import pipeline
 from provisioner.db.models import Device, RegistryUpload, UploadState, utcnow
-from provisioner.errors import ProvisionerError, RegistryUnavailableError
+from provisioner.errors import ProvisionerError, RegistryError, RegistryUnavailableError
 from provisioner.ledger import DeviceLedger
 from provisioner.ports import RegistryBackend
 
@@ -34,17 +34,19 @@ class DrainReport:
     done: int = 0
     conflicts: int = 0
     unavailable: int = 0  # tried and the registry was unreachable (still waiting)
+    refused: int = 0  # the registry refused the request itself (parked for a person)
     left: int = 0  # not tried: the registry looked down, so the drain stopped early
 
     @property
     def tried(self) -> int:
-        return self.done + self.conflicts + self.unavailable
+        return self.done + self.conflicts + self.unavailable + self.refused
 
     def as_json(self) -> dict[str, int]:
         return {
             "done": self.done,
             "conflicts": self.conflicts,
             "unavailable": self.unavailable,
+            "refused": self.refused,
             "left": self.left,
         }
 
@@ -99,6 +101,10 @@ def drain(
             ledger.note_upload_retry(device_id, str(exc))
             rep.unavailable += 1
             streak += 1
+        except RegistryError as exc:  # not retryable as it is: parked, the error kept
+            ledger.refuse_upload(device_id, str(exc))
+            rep.refused += 1
+            streak = 0
         else:
             streak = 0
             if dev.error is None:

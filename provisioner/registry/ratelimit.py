@@ -98,3 +98,13 @@ class LocalPacer:
         if delay > 0:
             self._sleep(delay)
         return delay
+
+
+def backoff_s(attempt: int, base_s: float = 1.0, cap_s: float = 60.0, rng: Any = None) -> float:
+    """Seconds to wait before retry ``attempt`` (0-based): "full jitter", uniform in
+    [0, min(cap, base * 2**attempt)], so uploaders that failed together do not come back
+    together (AWS Architecture Blog, "Exponential Backoff And Jitter")."""
+    import random
+
+    envelope = min(cap_s, base_s * 2 ** min(attempt, 32))
+    return float((rng or random).uniform(0, envelope))

@@ -113,7 +113,11 @@ class FaultProxy:
     async def _forward(
         self, method: str, target: str, headers: dict[str, str], body: bytes
     ) -> httpx.Response:
-        keep = {k: v for k, v in headers.items() if k.lower() in ("authorization", "content-type")}
+        keep = {
+            k: v
+            for k, v in headers.items()
+            if k.lower() in ("authorization", "content-type") or k.lower().startswith("x-amz")
+        }
         async with httpx.AsyncClient(base_url=self.upstream, timeout=30) as c:
             return await c.request(method, target, headers=keep, content=body)
 
@@ -125,10 +129,13 @@ class FaultProxy:
     async def _raw(
         self, writer: asyncio.StreamWriter, code: int, body: bytes, headers: object
     ) -> None:
-        ctype = dict(headers).get("content-type", "application/json")  # type: ignore[call-overload]
+        given = dict(headers)  # type: ignore[call-overload]
+        ctype = given.get("content-type", "application/json")
+        # AWS names its errors in x-amzn-errortype: pass those through, drop the rest.
+        amz = "".join(f"{k}: {v}\r\n" for k, v in given.items() if k.lower().startswith("x-amz"))
         writer.write(
             f"HTTP/1.1 {code} X\r\ncontent-type: {ctype}\r\ncontent-length: {len(body)}\r\n"
-            "connection: close\r\n\r\n".encode()
+            f"{amz}connection: close\r\n\r\n".encode()
             + body
         )
         await writer.drain()

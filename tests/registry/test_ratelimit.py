@@ -118,3 +118,16 @@ def test_local_pacer_keeps_the_same_rule() -> None:
 def test_a_positive_rate_is_required() -> None:
     with pytest.raises(ValueError):
         LocalPacer(0)
+
+
+def test_backoff_is_jittered_within_its_envelope() -> None:
+    import random
+
+    from provisioner.registry.ratelimit import backoff_s
+
+    rng = random.Random(3)
+    for attempt, envelope in ((0, 1.0), (3, 8.0), (10, 60.0), (60, 60.0)):
+        xs = [backoff_s(attempt, rng=rng) for _ in range(2000)]
+        assert all(0 <= x <= envelope for x in xs)
+        assert 0.4 * envelope < sum(xs) / len(xs) < 0.6 * envelope  # uniform: mean ~ half
+        assert len(set(xs)) > 1900  # jittered, not a fixed delay
