@@ -42,7 +42,7 @@ from hsm.breaker import BreakerState, BreakerStatus
 from provisioner.audit import chain
 from provisioner.ca.ceremony import LoadedCa, load_ca, store_of
 from provisioner.ca.issuer import (
-    build_device_certificate,
+    DeviceIssuer,
     check_public_key,
     check_serial,
     random_serial_number,
@@ -80,6 +80,7 @@ class IssuanceService:
         self.engine = engine
         self.ca = ca
         self.profile = profile
+        self.issuer = DeviceIssuer(ca, profile)
         self.actor = actor
         self._settings = settings
         self._ca_mtime = self._intermediate_mtime()
@@ -231,9 +232,7 @@ class IssuanceService:
         )
 
     def _issue(self, s: Session, dev: Device, req: SigningRequest) -> IssuedCertificate:
-        cert = build_device_certificate(
-            req, self.ca, self.profile, random_serial_number(), datetime.now(UTC)
-        )
+        cert = self.issuer.issue(req, random_serial_number(), datetime.now(UTC))
         der = cert.public_bytes(serialization.Encoding.DER)
         issuer_fingerprint = fingerprint(self.ca.intermediate_cert)
         row = Certificate(

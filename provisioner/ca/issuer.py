@@ -6,6 +6,7 @@ production). Every certificate is verified against the CA public key before it i
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from datetime import UTC, datetime
@@ -15,9 +16,10 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from provisioner.ca.tbs_template import DeviceTbsTemplate, encode_validity
 from provisioner.chips.certdef import NO_EXPIRY
 from provisioner.errors import PolicyViolationError
 from provisioner.ports import SigningRequest
@@ -213,13 +215,96 @@ def build_device_certificate(
     # The issuer name and algorithm are ours by construction; what a faulty token could get
     # wrong is the signature, so check exactly that against the intermediate certificate's
     # key, what every relying party uses (cheaper than verify_directly_issued_by).
+    _self_check(issuer, cert.signature, cert.tbs_certificate_bytes, hashes.SHA256())
+    return cert
+
+
+def _self_check(
+    issuer: x509.Certificate,
+    signature: bytes,
+    data: bytes,
+    algorithm: hashes.HashAlgorithm | Prehashed,
+) -> None:
     issuer_key = issuer.public_key()
     assert isinstance(issuer_key, ec.EllipticCurvePublicKey)  # P-256, checked at load
     try:
-        issuer_key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hashes.SHA256()))
+        issuer_key.verify(signature, data, ec.ECDSA(algorithm))
     except (InvalidSignature, ValueError, TypeError) as exc:
         raise PolicyViolationError(
             f"the new certificate does not verify with the CA key ({type(exc).__name__}); "
             "not released"
         ) from None
-    return cert
+
+
+class DeviceIssuer:
+    """Issues the device certificates of one CA and profile: what the signer holds.
+
+    P-256 subjects (every chip) take the template path (:mod:`provisioner.ca.tbs_template`):
+    the TBS is the builder's own output for placeholder values with this device's fields
+    written in, byte for byte what :func:`build_device_certificate` would sign. The digest
+    is signed in the token and the signature checked against the intermediate, as on the
+    builder path. Anything else (RSA subjects, dates that change encoding) takes the
+    builder. The template follows the CA: a rotated intermediate gets a new one.
+    """
+
+    def __init__(self, ca: LoadedCa, profile: ProfileSettings) -> None:
+        self.ca, self.profile = ca, profile
+        self._template: DeviceTbsTemplate | None = None
+
+    @property
+    def template(self) -> DeviceTbsTemplate | None:
+        """The template in use (``None`` until the first P-256 subject)."""
+        return self._template
+
+    def issue(self, request: SigningRequest, serial_number: int, now: datetime) -> x509.Certificate:
+        pub = check_public_key(request.public_key)
+        if not isinstance(pub, ec.EllipticCurvePublicKey):
+            return build_device_certificate(request, self.ca, self.profile, serial_number, now)
+        validity = device_validity(now, self.profile.validity_years)
+        point = request.public_key  # the chip's raw point, checked on the curve just above
+        if len(point) != 65:  # a SubjectPublicKeyInfo: the point inside it
+            point = pub.public_bytes(
+                serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+            )
+        dates = encode_validity(validity)
+        template = self._template_for(validity, dates)
+        tbs = (
+            template.fill(request.chip_serial_hex, point, serial_number, dates)
+            if template is not None
+            else None
+        )
+        if template is None or tbs is None:
+            return build_device_certificate(request, self.ca, self.profile, serial_number, now)
+        digest = hashlib.sha256(tbs).digest()
+        prehashed = Prehashed(hashes.SHA256())
+        signature = self.ca.key.sign(digest, ec.ECDSA(prehashed))
+        _self_check(template.issuer, signature, digest, prehashed)
+        return x509.load_der_x509_certificate(template.certificate(tbs, signature))
+
+    def _template_for(
+        self, validity: tuple[datetime, datetime], dates: tuple[bytes, bytes]
+    ) -> DeviceTbsTemplate | None:
+        issuer = self.ca.intermediate_cert
+        held = self._template
+        if held is not None and held.issuer is issuer and held.fits_dates(dates):
+            return held
+        ca_name = self.ca.name
+
+        def builder_for(
+            cn: str,
+            public_key: ec.EllipticCurvePublicKey,
+            serial: int,
+            validity: tuple[datetime, datetime],
+        ) -> x509.CertificateBuilder:
+            return _device_builder(
+                cn,
+                public_key,
+                issuer,
+                self.profile,
+                serial,
+                validity,
+                self.profile.crl_url_for(ca_name),
+            )
+
+        self._template = DeviceTbsTemplate.make(builder_for, issuer, validity)
+        return self._template

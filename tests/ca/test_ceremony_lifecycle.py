@@ -189,12 +189,20 @@ def test_rotation_keeps_the_old_intermediate_and_the_signer_follows(
         assert info.intermediate_fingerprint_sha256 != ca.intermediate_fingerprint_sha256
         store = store_of(ca_settings)
         assert set(store.intermediates()) == {"intermediate-ca", "intermediate-ca-2"}
+        svc.issuer.issue(_request(), 1 << 120, datetime.now(UTC))  # a template for the old CA
+        old_template = svc.issuer.template
+        assert old_template is not None and old_template.issuer is svc.ca.intermediate_cert
         svc._follow_rotation()  # what the next sign() does first
         assert svc.ca.name == "intermediate-ca-2"
         dev = build_device_certificate(
             _request(), svc.ca, ca_settings.profile, 1 << 120, datetime.now(UTC)
         )
         assert dev.issuer == store.intermediate().subject
+        dev.verify_directly_issued_by(store.intermediate())
+        # The signer's own issuer (template path) follows too: a new template for the new CA.
+        dev = svc.issuer.issue(_request(), 1 << 120, datetime.now(UTC))
+        assert svc.issuer.template is not None
+        assert svc.issuer.template.issuer is svc.ca.intermediate_cert
         dev.verify_directly_issued_by(store.intermediate())
         assert old_name == "intermediate-ca"
     finally:

@@ -1,0 +1,176 @@
+"""Device TBSCertificates patched into a template: the signer's fast path.
+
+Every device certificate of one CA and profile has the same layout (the compressed format
+on the chip depends on it: :func:`provisioner.ca.issuer.device_template`): only the serial
+number (always 16 bytes), the two dates, the CN (the 18-character chip serial), the P-256
+point and the subject key identifier (SHA-1 of that point) differ, each with a fixed
+length. So the TBS that ``x509.CertificateBuilder`` produces once, for placeholder values,
+is kept with the offsets of those fields, and each further device's TBS is that template
+with the fields overwritten — a few slice assignments instead of the builder's work.
+
+Nothing here trusts the template blindly: it is made by the builder itself, every field is
+located as exactly one occurrence of a value unique to it, and a test checks that patched
+and built TBS bytes are identical for the same inputs. Anything that does not fit (an RSA
+subject, a date encoded with another length, a CN of another length) returns ``None`` and
+the caller takes the builder path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+CN_LENGTH = 18  # an ATECC608 serial in upper-case hex
+POINT_LENGTH = 65  # uncompressed P-256
+SERIAL_LENGTH = 16  # provisioner.ca.issuer.SERIAL_BYTES
+
+
+def encode_time(t: datetime) -> bytes:
+    """RFC 5280 4.1.2.5: UTCTime through 2049, GeneralizedTime from 2050, with tag and
+    length (what cryptography writes; the equivalence test holds us to it)."""
+    t = t.astimezone(UTC)
+    rest = f"{t.month:02d}{t.day:02d}{t.hour:02d}{t.minute:02d}{t.second:02d}Z"
+    if 1950 <= t.year < 2050:
+        return b"\x17\x0d" + f"{t.year % 100:02d}{rest}".encode()
+    return b"\x18\x0f" + f"{t.year:04d}{rest}".encode()
+
+
+def encode_validity(validity: tuple[datetime, datetime]) -> tuple[bytes, bytes]:
+    return encode_time(validity[0]), encode_time(validity[1])
+
+
+def der_length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(body)]) + body
+
+
+def _element_end(der: bytes, start: int) -> int:
+    """The offset just past the DER element that starts at ``start``."""
+    first = der[start + 1]
+    if first < 0x80:
+        return start + 2 + first
+    n = first & 0x7F
+    length = int.from_bytes(der[start + 2 : start + 2 + n], "big")
+    return start + 2 + n + length
+
+
+def _only(haystack: bytes, needle: bytes) -> int | None:
+    at = haystack.find(needle)
+    if at < 0 or haystack.find(needle, at + 1) >= 0:
+        return None
+    return at
+
+
+@dataclass(frozen=True)
+class DeviceTbsTemplate:
+    """One CA's and profile's device TBS, with where each per-device field sits."""
+
+    issuer: x509.Certificate
+    tbs: bytes
+    signature_algorithm: bytes  # the DER AlgorithmIdentifier after the TBS
+    serial_at: int
+    not_before: bytes  # encoded (tag, length, value) as in the template
+    not_before_at: int
+    not_after: bytes
+    not_after_at: int
+    cn_at: int
+    point_at: int
+    ski_at: int
+
+    @classmethod
+    def make(
+        cls, builder_for: BuilderFor, issuer: x509.Certificate, validity: tuple[datetime, datetime]
+    ) -> DeviceTbsTemplate | None:
+        """A template from ``builder_for(cn, public_key, serial, validity)``, or ``None`` if
+        some field cannot be located unambiguously."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        point = key.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+        cn = "0123" + os.urandom(6).hex().upper() + "EE"
+        serial = int.from_bytes(os.urandom(SERIAL_LENGTH), "big") & ((1 << 127) - 1) | (1 << 120)
+        cert = builder_for(cn, key.public_key(), serial, validity).sign(key, hashes.SHA256())
+        tbs = cert.tbs_certificate_bytes
+        der = cert.public_bytes(serialization.Encoding.DER)
+        nb, na = encode_validity(validity)
+        ski = hashlib.sha1(point).digest()
+        held = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        if held.digest != ski:
+            return None
+        at = {
+            "serial": _only(tbs, serial.to_bytes(SERIAL_LENGTH, "big")),
+            "nb": _only(tbs, nb),
+            "na": _only(tbs, na),
+            "cn": _only(tbs, cn.encode()),
+            "point": _only(tbs, point),
+            "ski": _only(tbs, ski),
+            "tbs": _only(der, tbs),
+        }
+        if any(v is None for v in at.values()):
+            return None
+        tbs_end = at["tbs"] + len(tbs)  # type: ignore[operator]
+        return cls(
+            issuer=issuer,
+            tbs=tbs,
+            signature_algorithm=der[tbs_end : _element_end(der, tbs_end)],
+            serial_at=at["serial"],  # type: ignore[arg-type]
+            not_before=nb,
+            not_before_at=at["nb"],  # type: ignore[arg-type]
+            not_after=na,
+            not_after_at=at["na"],  # type: ignore[arg-type]
+            cn_at=at["cn"],  # type: ignore[arg-type]
+            point_at=at["point"],  # type: ignore[arg-type]
+            ski_at=at["ski"],  # type: ignore[arg-type]
+        )
+
+    def fits_dates(self, dates: tuple[bytes, bytes]) -> bool:
+        """Whether these encoded dates (:func:`encode_validity`) have the template's
+        lengths (UTCTime becomes GeneralizedTime in 2050)."""
+        return len(dates[0]) == len(self.not_before) and len(dates[1]) == len(self.not_after)
+
+    def fill(self, cn: str, point: bytes, serial: int, dates: tuple[bytes, bytes]) -> bytes | None:
+        """This device's TBS, or ``None`` if a field would change length."""
+        nb, na = dates
+        if (
+            not self.fits_dates(dates)
+            or len(cn) != CN_LENGTH
+            or not cn.isascii()
+            or len(point) != POINT_LENGTH
+            or not 1 << 120 <= serial < 1 << 127
+        ):
+            return None
+        out = bytearray(self.tbs)
+        out[self.serial_at : self.serial_at + SERIAL_LENGTH] = serial.to_bytes(SERIAL_LENGTH, "big")
+        out[self.not_before_at : self.not_before_at + len(nb)] = nb
+        out[self.not_after_at : self.not_after_at + len(na)] = na
+        out[self.cn_at : self.cn_at + CN_LENGTH] = cn.encode()
+        out[self.point_at : self.point_at + POINT_LENGTH] = point
+        out[self.ski_at : self.ski_at + 20] = hashlib.sha1(point).digest()
+        return bytes(out)
+
+    def certificate(self, tbs: bytes, signature: bytes) -> bytes:
+        """Certificate ::= SEQUENCE { tbs, signatureAlgorithm, signature BIT STRING }."""
+        bits = b"\x03" + der_length(len(signature) + 1) + b"\x00" + signature
+        body = tbs + self.signature_algorithm + bits
+        return b"\x30" + der_length(len(body)) + body
+
+
+class BuilderFor(Protocol):
+    """What :meth:`DeviceTbsTemplate.make` needs: the one builder of device certificates."""
+
+    def __call__(
+        self,
+        cn: str,
+        public_key: ec.EllipticCurvePublicKey,
+        serial: int,
+        validity: tuple[datetime, datetime],
+    ) -> x509.CertificateBuilder: ...
