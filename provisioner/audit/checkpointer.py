@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -35,7 +34,8 @@ from provisioner.audit.chain import lock_for_append
 from provisioner.audit.verify import AuditKey
 from provisioner.db.engine import transaction
 from provisioner.db.models import AuditCheckpoint, AuditEvent
-from provisioner.errors import ConfigError, ProvisionerError
+from provisioner.errors import ConfigError
+from provisioner.periodic import Periodic
 from provisioner.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,11 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _log_checkpoint(cp: AuditCheckpoint | None) -> None:
+    if cp is not None:
+        log.info("audit checkpoint at size %d (%s)", cp.size, cp.reason)
+
+
 class Checkpointer:
     """Writes checkpoints with a token key; thread-safe, and safe with several signer
     processes (the write lock makes the second one see there is nothing new)."""
@@ -108,8 +113,14 @@ class Checkpointer:
         self._key = key
         self._clock = clock
         self._started = clock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = Periodic(
+            "audit-checkpointer",
+            self.settings.poll_s,
+            self.tick,
+            _log_checkpoint,
+            log,
+            "audit checkpoint not written",
+        )
 
     @classmethod
     def for_provider(
@@ -175,23 +186,7 @@ class Checkpointer:
     def start(self) -> None:
         """Check for due checkpoints every ``poll_s`` in a daemon thread; failures (a lost
         token, a busy database) are logged and retried on the next poll."""
-
-        def run() -> None:
-            while not self._stop.wait(self.settings.poll_s):
-                try:
-                    cp = self.tick()
-                except ProvisionerError as exc:
-                    log.warning("audit checkpoint not written: %s", exc)
-                except Exception:
-                    log.exception("audit checkpoint not written")
-                else:
-                    if cp is not None:
-                        log.info("audit checkpoint at size %d (%s)", cp.size, cp.reason)
-
-        self._thread = threading.Thread(target=run, name="audit-checkpointer", daemon=True)
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._periodic.stop()

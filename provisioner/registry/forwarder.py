@@ -12,7 +12,6 @@ so a drain racing a task never makes a second device.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,8 +21,9 @@ from sqlmodel import Session, and_, col, or_, select
 
 from provisioner import pipeline
 from provisioner.db.models import Device, RegistryUpload, UploadState, utcnow
-from provisioner.errors import ProvisionerError, RegistryError, RegistryUnavailableError
+from provisioner.errors import RegistryError, RegistryUnavailableError
 from provisioner.ledger import DeviceLedger
+from provisioner.periodic import Periodic
 from provisioner.ports import RegistryBackend
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,11 @@ def drain(
     return rep
 
 
+def _log_drain(rep: DrainReport) -> None:
+    if rep.tried:
+        log.info("registry sync: %s", rep.as_json())
+
+
 class Forwarder:
     """The registry worker's periodic drain (a daemon thread)."""
 
@@ -128,33 +133,24 @@ class Forwarder:
     ) -> None:
         self.engine, self.backend = engine, backend
         self.interval_s, self.pending_older_than_s = interval_s, pending_older_than_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = Periodic(
+            "registry-forwarder",
+            interval_s,
+            self.tick,
+            _log_drain,
+            log,
+            "registry sync failed",
+        )
 
     def tick(self) -> DrainReport:
         ids = waiting(self.engine, pending_older_than_s=self.pending_older_than_s)
         return drain(self.engine, self.backend, ids) if ids else DrainReport()
 
     def start(self) -> None:
-        def run() -> None:
-            while not self._stop.wait(self.interval_s):
-                try:
-                    rep = self.tick()
-                except ProvisionerError as exc:
-                    log.warning("registry sync failed: %s", exc)
-                except Exception:
-                    log.exception("registry sync failed")
-                else:
-                    if rep.tried:
-                        log.info("registry sync: %s", rep.as_json())
-
-        self._thread = threading.Thread(target=run, name="registry-forwarder", daemon=True)
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._periodic.stop()
         close = getattr(self.backend, "close", None)
         if close is not None:
             close()
