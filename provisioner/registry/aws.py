@@ -27,7 +27,9 @@ Tested only against moto's server (``moto[server]``), which implements these cal
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any, NoReturn
 
 import boto3
 from botocore.config import Config
@@ -108,7 +110,7 @@ class AwsIotRegistry(Closeable):
                     thingName=device_id,
                     attributePayload={"attributes": {FINGERPRINT_ATTRIBUTE: fingerprint}},
                 ),
-                already_exists=DeviceAlreadyExists(device_id),
+                on={"ResourceAlreadyExistsException": _raise(DeviceAlreadyExists(device_id))},
             )
             existing = self._thing(device_id)
             if existing is None:
@@ -147,7 +149,7 @@ class AwsIotRegistry(Closeable):
             cert_id = arn.rsplit("/", 1)[1]
             desc = self._call(
                 f"read certificate {cert_id}",
-                lambda cid=cert_id: self._iot.describe_certificate(certificateId=cid),
+                partial(self._iot.describe_certificate, certificateId=cert_id),
             )
             pem = desc.get("certificateDescription", {}).get("certificatePem")
             if pem:
@@ -169,14 +171,12 @@ class AwsIotRegistry(Closeable):
     def _ensure_ca(self) -> None:
         # AWS names a certificate by the SHA-256 of its DER: the CA is looked up directly.
         ca_id = certificate_fingerprint(self._ca_pem)
-        try:
-            desc = self._iot.describe_ca_certificate(certificateId=ca_id)
-        except ClientError as exc:
-            if _code(exc) != "ResourceNotFoundException":
-                raise self._mapped("read the registered CA certificate", exc) from None
-        except BotoCoreError as exc:
-            raise self._mapped("read the registered CA certificate", exc) from None
-        else:
+        desc = self._call(
+            "read the registered CA certificate",
+            lambda: self._iot.describe_ca_certificate(certificateId=ca_id),
+            on={"ResourceNotFoundException": _none},
+        )
+        if desc is not None:
             status = desc.get("certificateDescription", {}).get("status")
             if status != "ACTIVE":
                 raise RegistryError(
@@ -185,59 +185,68 @@ class AwsIotRegistry(Closeable):
                     "before devices can be registered"
                 )
             return
-        try:
-            self._iot.register_ca_certificate(
+        self._call(
+            "register the intermediate CA certificate",
+            lambda: self._iot.register_ca_certificate(
                 caCertificate=self._ca_pem,
                 setAsActive=True,
                 allowAutoRegistration=False,
                 certificateMode="SNI_ONLY",
-            )
-        except ClientError as exc:
-            # An earlier registration whose answer was lost landed after the listing.
-            if _code(exc) != "ResourceAlreadyExistsException":
-                raise self._mapped("register the intermediate CA certificate", exc) from None
-        except BotoCoreError as exc:
-            raise self._mapped("register the intermediate CA certificate", exc) from None
+            ),
+            # An earlier registration whose answer was lost landed after the lookup.
+            on={"ResourceAlreadyExistsException": _none},
+        )
 
     def _register_certificate(self, device_id: str, pem: str) -> str:
-        try:
-            out = self._iot.register_certificate(
-                certificatePem=pem, caCertificatePem=self._ca_pem, status="ACTIVE"
+        what = f"register the certificate of {device_id}"
+
+        def already_registered(exc: ClientError) -> dict[str, Any]:
+            """AWS names the existing certificate in the error; an older answer may only
+            carry its id."""
+            arn = exc.response.get("resourceArn")
+            if isinstance(arn, str) and arn:
+                return {"certificateArn": arn}
+            cert_id = exc.response.get("resourceId")
+            if not (isinstance(cert_id, str) and cert_id):
+                raise self._mapped(what, exc)
+            desc = self._call(
+                f"read the certificate of {device_id}",
+                lambda: self._iot.describe_certificate(certificateId=cert_id),
             )
-            return str(out["certificateArn"])
-        except ClientError as exc:
-            if _code(exc) == "ResourceAlreadyExistsException":
-                arn = exc.response.get("resourceArn")
-                if isinstance(arn, str) and arn:
-                    return arn
-                cert_id = exc.response.get("resourceId")
-                if isinstance(cert_id, str) and cert_id:
-                    desc = self._call(
-                        f"read the certificate of {device_id}",
-                        lambda: self._iot.describe_certificate(certificateId=cert_id),
-                    )
-                    return str(desc["certificateDescription"]["certificateArn"])
-            raise self._mapped(f"register the certificate of {device_id}", exc) from None
-        except BotoCoreError as exc:
-            raise self._mapped(f"register the certificate of {device_id}", exc) from None
+            return {"certificateArn": desc["certificateDescription"]["certificateArn"]}
+
+        out = self._call(
+            what,
+            lambda: self._iot.register_certificate(
+                certificatePem=pem, caCertificatePem=self._ca_pem, status="ACTIVE"
+            ),
+            on={"ResourceAlreadyExistsException": already_registered},
+        )
+        return str(out["certificateArn"])
 
     def _thing(self, device_id: str) -> dict[str, Any] | None:
-        try:
-            out: dict[str, Any] = self._iot.describe_thing(thingName=device_id)
-            return out
-        except ClientError as exc:
-            if _code(exc) == "ResourceNotFoundException":
-                return None
-            raise self._mapped(f"read thing {device_id}", exc) from None
-        except BotoCoreError as exc:
-            raise self._mapped(f"read thing {device_id}", exc) from None
+        out: dict[str, Any] | None = self._call(
+            f"read thing {device_id}",
+            lambda: self._iot.describe_thing(thingName=device_id),
+            on={"ResourceNotFoundException": _none},
+        )
+        return out
 
-    def _call(self, what: str, fn: Any, *, already_exists: Exception | None = None) -> Any:
+    def _call(
+        self,
+        what: str,
+        fn: Callable[[], Any],
+        *,
+        on: Mapping[str, Callable[[ClientError], Any]] | None = None,
+    ) -> Any:
+        """``fn()``, with AWS's errors mapped (:meth:`_mapped`), except the error codes in
+        ``on``, whose handler answers instead (or raises its own error)."""
         try:
             return fn()
         except ClientError as exc:
-            if already_exists is not None and _code(exc) == "ResourceAlreadyExistsException":
-                raise already_exists from None
+            handler = (on or {}).get(_code(exc))
+            if handler is not None:
+                return handler(exc)
             raise self._mapped(what, exc) from None
         except BotoCoreError as exc:
             raise self._mapped(what, exc) from None
@@ -264,6 +273,17 @@ class AwsIotRegistry(Closeable):
             f"AWS IoT ({self.where}) is unreachable ({type(exc).__name__}) while trying to "
             f"{what}; the upload will be retried"
         )
+
+
+def _none(_: ClientError) -> None:
+    return None
+
+
+def _raise(error: Exception) -> Callable[[ClientError], NoReturn]:
+    def handler(_: ClientError) -> NoReturn:
+        raise error from None
+
+    return handler
 
 
 def _code(exc: ClientError) -> str:
