@@ -306,5 +306,7 @@ class DeviceIssuer:
                 self.profile.crl_url_for(ca_name),
             )
 
-        self._template = DeviceTbsTemplate.make(builder_for, issuer, validity)
+        self._template = DeviceTbsTemplate.make(
+            builder_for, issuer, validity, random_serial_number()
+        )
         return self._template

@@ -2,11 +2,12 @@
 
 Every device certificate of one CA and profile has the same layout (the compressed format
 on the chip depends on it: :func:`provisioner.ca.issuer.device_template`): only the serial
-number (always 16 bytes), the two dates, the CN (the 18-character chip serial), the P-256
-point and the subject key identifier (SHA-1 of that point) differ, each with a fixed
-length. So the TBS that ``x509.CertificateBuilder`` produces once, for placeholder values,
-is kept with the offsets of those fields, and each further device's TBS is that template
-with the fields overwritten — a few slice assignments instead of the builder's work.
+number (always 16 bytes: :func:`provisioner.ca.issuer.random_serial_number`), the two
+dates, the CN (the 18-character chip serial), the P-256 point and the subject key
+identifier (SHA-1 of that point) differ, each with a fixed length. So the TBS that
+``x509.CertificateBuilder`` produces once, for placeholder values, is kept with the
+offsets of those fields, and each further device's TBS is that template with the fields
+overwritten — a few slice assignments instead of the builder's work.
 
 Nothing here trusts the template blindly: it is made by the builder itself, every field is
 located as exactly one occurrence of a value unique to it, and a test checks that patched
@@ -29,7 +30,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 CN_LENGTH = 18  # an ATECC608 serial in upper-case hex
 POINT_LENGTH = 65  # uncompressed P-256
-SERIAL_LENGTH = 16  # provisioner.ca.issuer.SERIAL_BYTES
 
 
 def encode_time(t: datetime) -> bytes:
@@ -63,11 +63,17 @@ def _element_end(der: bytes, start: int) -> int:
     return start + 2 + n + length
 
 
-def _only(haystack: bytes, needle: bytes) -> int | None:
+def _only(haystack: bytes, needle: bytes) -> int:
+    """Where ``needle`` occurs in ``haystack``; LookupError unless exactly once."""
     at = haystack.find(needle)
     if at < 0 or haystack.find(needle, at + 1) >= 0:
-        return None
+        raise LookupError("field not found exactly once")
     return at
+
+
+def _der_integer_length(n: int) -> int:
+    """Content octets of a positive DER INTEGER (a leading 0x00 when the top bit is set)."""
+    return n.bit_length() // 8 + 1
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,7 @@ class DeviceTbsTemplate:
     tbs: bytes
     signature_algorithm: bytes  # the DER AlgorithmIdentifier after the TBS
     serial_at: int
+    serial_length: int  # content octets of the serial number's INTEGER
     not_before: bytes  # encoded (tag, length, value) as in the template
     not_before_at: int
     not_after: bytes
@@ -88,16 +95,20 @@ class DeviceTbsTemplate:
 
     @classmethod
     def make(
-        cls, builder_for: BuilderFor, issuer: x509.Certificate, validity: tuple[datetime, datetime]
+        cls,
+        builder_for: BuilderFor,
+        issuer: x509.Certificate,
+        validity: tuple[datetime, datetime],
+        serial: int,
     ) -> DeviceTbsTemplate | None:
-        """A template from ``builder_for(cn, public_key, serial, validity)``, or ``None`` if
+        """A template from ``builder_for(cn, public_key, serial, validity)`` with ``serial``
+        as its placeholder (a fresh random one, so it occurs nowhere else), or ``None`` if
         some field cannot be located unambiguously."""
         key = ec.generate_private_key(ec.SECP256R1())
         point = key.public_key().public_bytes(
             serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
         )
         cn = "0123" + os.urandom(6).hex().upper() + "EE"
-        serial = int.from_bytes(os.urandom(SERIAL_LENGTH), "big") & ((1 << 127) - 1) | (1 << 120)
         cert = builder_for(cn, key.public_key(), serial, validity).sign(key, hashes.SHA256())
         tbs = cert.tbs_certificate_bytes
         der = cert.public_bytes(serialization.Encoding.DER)
@@ -106,31 +117,25 @@ class DeviceTbsTemplate:
         held = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         if held.digest != ski:
             return None
-        at = {
-            "serial": _only(tbs, serial.to_bytes(SERIAL_LENGTH, "big")),
-            "nb": _only(tbs, nb),
-            "na": _only(tbs, na),
-            "cn": _only(tbs, cn.encode()),
-            "point": _only(tbs, point),
-            "ski": _only(tbs, ski),
-            "tbs": _only(der, tbs),
-        }
-        if any(v is None for v in at.values()):
+        serial_bytes = serial.to_bytes(_der_integer_length(serial), "big")
+        try:
+            tbs_end = _only(der, tbs) + len(tbs)
+            return cls(
+                issuer=issuer,
+                tbs=tbs,
+                signature_algorithm=der[tbs_end : _element_end(der, tbs_end)],
+                serial_at=_only(tbs, serial_bytes),
+                serial_length=len(serial_bytes),
+                not_before=nb,
+                not_before_at=_only(tbs, nb),
+                not_after=na,
+                not_after_at=_only(tbs, na),
+                cn_at=_only(tbs, cn.encode()),
+                point_at=_only(tbs, point),
+                ski_at=_only(tbs, ski),
+            )
+        except LookupError:
             return None
-        tbs_end = at["tbs"] + len(tbs)  # type: ignore[operator]
-        return cls(
-            issuer=issuer,
-            tbs=tbs,
-            signature_algorithm=der[tbs_end : _element_end(der, tbs_end)],
-            serial_at=at["serial"],  # type: ignore[arg-type]
-            not_before=nb,
-            not_before_at=at["nb"],  # type: ignore[arg-type]
-            not_after=na,
-            not_after_at=at["na"],  # type: ignore[arg-type]
-            cn_at=at["cn"],  # type: ignore[arg-type]
-            point_at=at["point"],  # type: ignore[arg-type]
-            ski_at=at["ski"],  # type: ignore[arg-type]
-        )
 
     def fits_dates(self, dates: tuple[bytes, bytes]) -> bool:
         """Whether these encoded dates (:func:`encode_validity`) have the template's
@@ -145,11 +150,13 @@ class DeviceTbsTemplate:
             or len(cn) != CN_LENGTH
             or not cn.isascii()
             or len(point) != POINT_LENGTH
-            or not 1 << 120 <= serial < 1 << 127
+            or serial <= 0
+            or _der_integer_length(serial) != self.serial_length
         ):
             return None
         out = bytearray(self.tbs)
-        out[self.serial_at : self.serial_at + SERIAL_LENGTH] = serial.to_bytes(SERIAL_LENGTH, "big")
+        n = self.serial_length
+        out[self.serial_at : self.serial_at + n] = serial.to_bytes(n, "big")
         out[self.not_before_at : self.not_before_at + len(nb)] = nb
         out[self.not_after_at : self.not_after_at + len(na)] = na
         out[self.cn_at : self.cn_at + CN_LENGTH] = cn.encode()
