@@ -2,20 +2,70 @@
 
 from __future__ import annotations
 
+import os
 import socket
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from provisioner.ca.ceremony import CaInfo, init_ca, load_ca
+from provisioner.ca.ceremony import CaInfo, LoadedCa, init_ca, load_ca
 from provisioner.chips.connector import Connector
 from provisioner.db.engine import create_schema, make_engine
 from provisioner.issuance import IssuanceService
 from provisioner.ledger import DeviceLedger
+from provisioner.ports import SigningRequest
 from provisioner.settings import Settings, load_settings
+
+
+def run_cli(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """``provisioner ARGS`` in a child process, as an operator would type it."""
+    return subprocess.run(
+        [sys.executable, "-m", "provisioner.cli.main", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def chip_request(
+    device_id: int = 1,
+    batch_id: int = 1,
+    serial: str | None = None,
+    key: ec.EllipticCurvePrivateKey | None = None,
+    challenge: bytes | None = None,
+) -> SigningRequest:
+    """What a station sends the signer for one chip: its serial (random by default), its
+    P-256 point and the proof of possession, raw R||S over the challenge as the chip
+    returns it. A software key (fresh by default) stands in for the chip."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    challenge = challenge or os.urandom(32)
+    r, s = decode_dss_signature(key.sign(challenge, ec.ECDSA(hashes.SHA256())))
+    point = key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    return SigningRequest(
+        device_id,
+        batch_id,
+        serial or f"0123{os.urandom(6).hex().upper()}EE",
+        point,
+        challenge,
+        r.to_bytes(32, "big") + s.to_bytes(32, "big"),
+    )
 
 
 def free_port() -> int:
@@ -94,6 +144,14 @@ def ca_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 @pytest.fixture
 def ca(ca_settings: Settings) -> CaInfo:
     return init_ca(ca_settings)
+
+
+@pytest.fixture
+def loaded(ca_settings: Settings, ca: CaInfo) -> Iterator[LoadedCa]:
+    """The CA of ``ca``, loaded for signing (closed afterwards)."""
+    lc = load_ca(ca_settings)
+    yield lc
+    lc.close()
 
 
 @pytest.fixture

@@ -7,8 +7,6 @@ import base64
 import json
 import os
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,20 +19,14 @@ from provisioner.audit import chain, checkpoint, merkle, tree
 from provisioner.audit.checkpointer import Checkpointer, audit_key_file, load_audit_key
 from provisioner.audit.proofs import build, build_consistency
 from provisioner.audit.verify import verify_log
-from provisioner.ca.ceremony import LoadedCa, factory_pin, load_ca, open_module
+from provisioner.ca.ceremony import LoadedCa, factory_pin, open_module
 from provisioner.db.engine import create_schema, make_engine, transaction
 from provisioner.errors import ProofError
 from provisioner.settings import Settings
+from tests.conftest import run_cli
 
 SERIAL_A = "0123AAAAAAAAAAAAEE"
 SERIAL_B = "0123BBBBBBBBBBBBEE"
-
-
-@pytest.fixture
-def loaded(ca_settings: Settings, ca: object) -> Iterator[LoadedCa]:
-    loaded = load_ca(ca_settings)
-    yield loaded
-    loaded.close()
 
 
 @pytest.fixture
@@ -62,14 +54,7 @@ def _events(engine: Engine, serial: str, n: int, batch: int = 1) -> None:
 def _cli(
     *args: str, cwd: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "provisioner.cli.main", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli(*args, env=env, cwd=cwd)
 
 
 def test_the_audit_key_lives_in_the_token_apart_from_the_ca_key(

@@ -8,7 +8,6 @@ import json
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from provisioner.auth.roles import ACTIONS, Role
 from provisioner.cli.main import app as cli_app
 from provisioner.db.engine import create_schema, make_engine
 from provisioner.settings import Settings
+from tests.conftest import run_cli
 
 # Every authenticated endpoint with the action it declares (the test fails if the app
 # has an endpoint missing here, so a new one cannot skip the matrix).
@@ -159,13 +159,7 @@ def _cli(
     env["PROVISIONER_VAR_DIR"] = str(settings.var_dir)
     if token is not None:
         env["PROVISIONER_TOKEN_FILE"] = str(token)
-    return subprocess.run(
-        [sys.executable, "-m", "provisioner.cli.main", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli(*args, env=env)
 
 
 def test_cli_bootstrap_then_tokens_and_roles(tmp_path: Path) -> None:

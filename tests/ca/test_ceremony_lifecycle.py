@@ -16,7 +16,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from provisioner.ca.ceremony import (
@@ -32,22 +31,14 @@ from provisioner.ca.issuer import build_device_certificate, device_validity, key
 from provisioner.errors import ConfigError, HsmError, InvalidInputError
 from provisioner.ports import SigningRequest
 from provisioner.settings import Settings, load_settings
-from tests.conftest import Station
+from tests.conftest import Station, chip_request
 from tests.e2e.test_end_to_end import cli
 
 SERIAL = "0123A1B2C3D4E5F6EE"
 
 
 def _request() -> SigningRequest:
-    key = ec.generate_private_key(ec.SECP256R1())
-    challenge = os.urandom(32)
-    r, s = decode_dss_signature(key.sign(challenge, ec.ECDSA(hashes.SHA256())))
-    point = key.public_key().public_bytes(
-        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-    )
-    return SigningRequest(
-        1, 1, SERIAL, point, challenge, r.to_bytes(32, "big") + s.to_bytes(32, "big")
-    )
+    return chip_request(serial=SERIAL)
 
 
 def _openssl_verify(root: Path, inter: Path, leaf: Path) -> subprocess.CompletedProcess[str]:

@@ -6,7 +6,6 @@ import dataclasses
 import hashlib
 import os
 import subprocess
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,10 +13,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from provisioner.ca.ceremony import CaInfo, LoadedCa, load_ca
+from provisioner.ca.ceremony import LoadedCa
 from provisioner.ca.issuer import (
     build_device_certificate,
     check_public_key,
@@ -28,26 +26,13 @@ from provisioner.ca.issuer import (
 from provisioner.errors import PolicyViolationError
 from provisioner.ports import SigningRequest
 from provisioner.settings import Settings
+from tests.conftest import chip_request
 
 SERIAL = "0123A1B2C3D4E5F6EE"
 
 
-@pytest.fixture
-def loaded(ca_settings: Settings, ca: CaInfo) -> Iterator[LoadedCa]:
-    lc = load_ca(ca_settings)
-    yield lc
-    lc.close()
-
-
 def _request(key: ec.EllipticCurvePrivateKey, challenge: bytes | None = None) -> SigningRequest:
-    challenge = challenge or os.urandom(32)
-    r, s = decode_dss_signature(key.sign(challenge, ec.ECDSA(hashes.SHA256())))
-    point = key.public_key().public_bytes(
-        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-    )
-    return SigningRequest(
-        1, 1, SERIAL, point, challenge, r.to_bytes(32, "big") + s.to_bytes(32, "big")
-    )
+    return chip_request(serial=SERIAL, key=key, challenge=challenge)
 
 
 def test_device_certificate_profile_and_strict_verify(

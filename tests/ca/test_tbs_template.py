@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from provisioner.ca.ceremony import LoadedCa, init_ca, load_ca
 from provisioner.ca.issuer import (
@@ -25,23 +23,10 @@ from provisioner.ca.issuer import (
 )
 from provisioner.ca.tbs_template import encode_time
 from provisioner.errors import PolicyViolationError
-from provisioner.ports import SigningRequest
 from provisioner.settings import Settings
 from tests.ca.test_issuer import _rsa_request
 from tests.chips.test_compressed_certs import SHIPPED
-
-
-def _chip_request(i: int) -> SigningRequest:
-    key = ec.generate_private_key(ec.SECP256R1())
-    point = key.public_key().public_bytes(
-        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-    )
-    challenge = os.urandom(32)
-    r, s = decode_dss_signature(key.sign(challenge, ec.ECDSA(hashes.SHA256())))
-    serial = f"0123{os.urandom(6).hex().upper()}EE"
-    return SigningRequest(
-        i, 1, serial, point, challenge, r.to_bytes(32, "big") + s.to_bytes(32, "big")
-    )
+from tests.conftest import chip_request
 
 
 def _ca(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **profile: object) -> LoadedCa:
@@ -69,7 +54,7 @@ def test_patched_tbs_is_byte_identical_to_the_builders(
         ]
         made, expected, previous, shape = 0, 0, None, None
         for i, now in enumerate(moments * 2):
-            req, serial = _chip_request(i), random_serial_number()
+            req, serial = chip_request(i), random_serial_number()
             fast = issuer.issue(req, serial, now)
             assert issuer.template is not None, "the template path was not taken"
             made += issuer.template is not previous
@@ -110,7 +95,7 @@ def test_rsa_subjects_take_the_builder_and_bad_signatures_are_refused(
         wrong = dataclasses.replace(ca, key=ec.generate_private_key(ec.SECP256R1()))
         issuer = DeviceIssuer(wrong, profile)
         with pytest.raises(PolicyViolationError, match="does not verify with the CA key"):
-            issuer.issue(_chip_request(1), random_serial_number(), dt.datetime.now(dt.UTC))
+            issuer.issue(chip_request(1), random_serial_number(), dt.datetime.now(dt.UTC))
         assert issuer.template is not None  # it was the template path that refused
     finally:
         ca.close()
@@ -124,7 +109,7 @@ def test_template_output_passes_openssl_strict(
     try:
         issuer = DeviceIssuer(ca, settings.profile)
         for i in range(3):
-            cert = issuer.issue(_chip_request(i), random_serial_number(), dt.datetime.now(dt.UTC))
+            cert = issuer.issue(chip_request(i), random_serial_number(), dt.datetime.now(dt.UTC))
     finally:
         ca.close()
     leaf = tmp_path / "leaf.pem"

@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import Station
+from tests.conftest import Station, run_cli
 
 
 def run(st: Station, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "provisioner.cli.main", *args],
-        env=st.env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli(*args, env=st.env())
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:

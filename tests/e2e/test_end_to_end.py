@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import httpx
@@ -25,19 +24,13 @@ from provisioner.cli.services import wait_for_checkpoint
 from provisioner.db.engine import make_engine
 from provisioner.registry.tokens import read_token
 from provisioner.supervisor import Supervisor, running_services
-from tests.conftest import Station, make_station
+from tests.conftest import Station, make_station, run_cli
 
 N_CHIPS = 8
 
 
 def cli(st: Station, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "provisioner.cli.main", *args],
-        env=st.env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_cli(*args, env=st.env(), timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"provisioner {args} failed ({proc.returncode}): {proc.stderr}")
     return proc

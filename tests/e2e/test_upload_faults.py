@@ -31,7 +31,7 @@ from provisioner.db.engine import make_engine
 from provisioner.registry.tokens import read_token
 from provisioner.settings import load_settings
 from provisioner.supervisor import running_services
-from tests.conftest import Station, free_port, make_station
+from tests.conftest import Station, chip_request, free_port, make_station, run_cli
 from tests.registry.fault_proxy import FaultProxy
 
 N = 200
@@ -40,11 +40,6 @@ pytestmark = pytest.mark.slow
 
 def _prepare(config: str, n: int) -> None:
     """In a spawned child: ``n`` devices signed and verified, uploads queued."""
-    import os
-
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
     from provisioner import batches
     from provisioner.ca.ceremony import load_ca
@@ -53,7 +48,6 @@ def _prepare(config: str, n: int) -> None:
     from provisioner.issuance import IssuanceService
     from provisioner.ledger import DeviceLedger
     from provisioner.pipeline import registry_device_id
-    from provisioner.ports import SigningRequest
 
     settings = load_settings(Path(config))
     engine = make_engine(settings.db_url)
@@ -66,26 +60,12 @@ def _prepare(config: str, n: int) -> None:
     signer = IssuanceService(engine, ca, settings.profile)
     try:
         for i, device_id in enumerate(batches.mark_started(engine, batch_id, actor="test")):
-            key = ec.generate_private_key(ec.SECP256R1())
-            point = key.public_key().public_bytes(
-                serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-            )
-            challenge = os.urandom(32)
-            r_, s_ = decode_dss_signature(key.sign(challenge, ec.ECDSA(hashes.SHA256())))
             serial = f"0123{i:012X}EE"
+            req = chip_request(device_id, batch_id, serial)
             ledger.identify(device_id, serial, "00006002", f"test/{i}")
-            ledger.record_key(device_id, point)
+            ledger.record_key(device_id, req.public_key)
             ledger.advance(device_id, Step.POP_VERIFIED, "device.pop_verified")
-            cert = signer.sign(
-                SigningRequest(
-                    device_id,
-                    batch_id,
-                    serial,
-                    point,
-                    challenge,
-                    r_.to_bytes(32, "big") + s_.to_bytes(32, "big"),
-                )
-            )
+            cert = signer.sign(req)
             ledger.advance(device_id, Step.CERT_WRITTEN, "device.cert_written")
             ledger.queue_upload(
                 device_id,
@@ -111,13 +91,7 @@ def _station(root: Path, proxy_port: int) -> Station:
 
 
 def _cli(st: Station, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "provisioner.cli.main", *args],
-        env=st.env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    return run_cli(*args, env=st.env(), timeout=900)
 
 
 def _list_registry(st: Station, upstream: str) -> list[dict]:

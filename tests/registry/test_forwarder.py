@@ -4,7 +4,6 @@ registry leaves uploads waiting (and stops the drain early), and they come home 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,20 +11,17 @@ from typing import Any
 import httpx
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy import text
 
 from provisioner import batches
 from provisioner.db.models import Step, UploadState
 from provisioner.ledger import DeviceLedger
 from provisioner.pipeline import registry_device_id
-from provisioner.ports import SigningRequest
 from provisioner.registry import forwarder
 from provisioner.registry.client import CloudIotRegistry
 from provisioner.registry.tokens import Role
-from tests.conftest import free_port
+from tests.conftest import chip_request, free_port
 from tests.registry.helpers import certificate_pem
 from tests.registry.inprocess import LOCATION, PROJECT, REGISTRY, TOKENS, make_registry, served
 
@@ -37,20 +33,12 @@ def _devices(env: dict[str, Any], n: int) -> list[tuple[int, str]]:
     ledger: DeviceLedger = env["ledger"]
     out = []
     for i, device_id in enumerate(batches.mark_started(engine, batch_id, actor="t")):
-        key = ec.generate_private_key(ec.SECP256R1())
-        point = key.public_key().public_bytes(
-            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-        )
-        challenge = os.urandom(32)
-        r, s = decode_dss_signature(key.sign(challenge, ec.ECDSA(hashes.SHA256())))
         serial = f"0123{batch_id:04X}{i:08X}EE"
+        req = chip_request(device_id, batch_id, serial)
         ledger.identify(device_id, serial, "00006002", f"t/{i}")
-        ledger.record_key(device_id, point)
+        ledger.record_key(device_id, req.public_key)
         ledger.advance(device_id, Step.POP_VERIFIED, "device.pop_verified")
-        sig = r.to_bytes(32, "big") + s.to_bytes(32, "big")
-        cert = env["signer"].sign(
-            SigningRequest(device_id, batch_id, serial, point, challenge, sig)
-        )
+        cert = env["signer"].sign(req)
         ledger.advance(device_id, Step.CERT_WRITTEN, "device.cert_written")
         ledger.queue_upload(
             device_id,

@@ -8,7 +8,6 @@ import base64
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +18,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hsm.keys import key_attributes
 from provisioner.ca.ceremony import factory_pin, open_module
 from provisioner.registry import manifest
+from tests.conftest import run_cli
 from tests.registry.test_forwarder import _devices
 
 
 def _cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "provisioner.cli.main", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli(*args, env=env, cwd=cwd)
 
 
 def test_manifest_built_in_the_hsm_and_verified_offline(
