@@ -34,6 +34,14 @@ class InvalidInputError(ProvisionerError):
     exit_code = 2
 
 
+class ConflictError(ProvisionerError):
+    """The action makes no sense in the object's current state: resuming a cancelled batch,
+    retrying a done device, revoking the last admin, starting services twice. Nothing was
+    written."""
+
+    exit_code = 5
+
+
 class ServiceUnavailableError(ProvisionerError):
     """Redis, the database, the registry or a worker cannot be reached."""
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import or_, update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from provisioner.audit import chain
 from provisioner.db.engine import transaction
@@ -22,6 +24,7 @@ from provisioner.db.models import (
     BatchState,
     Certificate,
     Device,
+    PartAction,
     RegistryUpload,
     Step,
     UploadState,
@@ -54,6 +57,7 @@ def record_step(
     ``socket``: where the step happened (default: the socket the chip was identified in)."""
     dev.step = step
     dev.error = None
+    dev.action = None
     dev.updated_at = utcnow()
     session.add(dev)
     chain.append(
@@ -206,11 +210,43 @@ class DeviceLedger:
             f"device {other}: a cloned chip; remove it from the line"
         )
 
-    def fail(self, device_id: int, error: str) -> None:
-        """Record that the current attempt failed; the step stays, so a retry resumes."""
+    def claim(self, device_id: int, holder: str, lease_s: float) -> bool:
+        """Take the device for ``holder`` (a socket task) for ``lease_s`` seconds; False if
+        another holder's lease is still running. One conditional UPDATE, so two messages for
+        the same device can never both work on it; a holder that died leaves a lease that
+        simply runs out."""
+        now = utcnow()
+        with transaction(self.engine) as s:
+            res = s.execute(
+                update(Device)
+                .where(
+                    col(Device.id) == device_id,
+                    or_(
+                        col(Device.claimed_until).is_(None),
+                        col(Device.claimed_until) < now,
+                        col(Device.claimed_by) == holder,
+                    ),
+                )
+                .values(claimed_by=holder, claimed_until=now + timedelta(seconds=lease_s))
+            )
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    def release(self, device_id: int, holder: str) -> None:
+        """Give the device back (only if ``holder`` still holds it)."""
+        with transaction(self.engine) as s:
+            s.execute(
+                update(Device)
+                .where(col(Device.id) == device_id, col(Device.claimed_by) == holder)
+                .values(claimed_by=None, claimed_until=None)
+            )
+
+    def fail(self, device_id: int, error: str, action: PartAction = PartAction.REJECT) -> None:
+        """Record that the current attempt failed and what the operator does with the part;
+        the step stays, so a retry resumes."""
         with transaction(self.engine) as s:
             dev = get_device(s, device_id)
             dev.error = error
+            dev.action = action.value
             dev.updated_at = utcnow()
             s.add(dev)
             chain.append(
@@ -222,7 +258,7 @@ class DeviceLedger:
                 batch_id=dev.batch_id,
                 device_id=dev.id,
                 chip_serial=dev.chip_serial,
-                payload={"step": dev.step.name, "error": error},
+                payload={"step": dev.step.name, "error": error, "part": action.value},
             )
 
     def queue_upload(

@@ -9,6 +9,7 @@ STATION_PREFIX = "station."
 PROVISION_TASK = "provisioner.provision_device"
 SIGN_TASK = "provisioner.sign_certificate"
 UPLOAD_TASK = "provisioner.upload_device"
+SIGNER_STATUS_TASK = "provisioner.signer_status"  # the CA as the signer holds it (no PIN needed)
 
 
 def station_queue(station_id: str) -> str:

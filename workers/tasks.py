@@ -35,6 +35,7 @@ from workers.queues import (
     PROVISION_TASK,
     REGISTRY_QUEUE,
     SIGN_TASK,
+    SIGNER_STATUS_TASK,
     UPLOAD_TASK,
 )
 
@@ -158,6 +159,22 @@ def register(app: Celery) -> None:
             "der": cert.der.hex(),
             "serial_number": format(cert.serial_number, "x"),
             "fingerprint_sha256": cert.fingerprint_sha256,
+        }
+
+    @app.task(name=SIGNER_STATUS_TASK)
+    def signer_status() -> dict[str, Any]:
+        """What the signer holds: the current intermediate and its token's breaker state.
+        Operators' commands and the health monitor ask this instead of opening the token
+        (they have no PIN); public information only."""
+        rt = runtime.current()
+        assert rt.signer is not None, "not an hsm worker"
+        ca = rt.signer.ca
+        breaker = ca.status
+        return {
+            "ca": ca.name,
+            "subject": ca.intermediate_cert.subject.rfc4514_string(),
+            "breaker": breaker.state.value,
+            "last_error": breaker.last_error,
         }
 
     @app.task(name=UPLOAD_TASK, bind=True, acks_late=True, max_retries=None)

@@ -47,9 +47,30 @@ class StepType(TypeDecorator[Step]):
 
 
 class BatchState(StrEnum):
+    """A batch's lifecycle (provisioner.batches): created -> running <-> paused, then one
+    of the three states that end it. An ended batch never changes again."""
+
     CREATED = "created"
     RUNNING = "running"
-    FINISHED = "finished"
+    PAUSED = "paused"  # no new device starts; chips in flight finish the step they are in
+    FINISHED = "finished"  # every device done
+    FINISHED_WITH_FAILURES = "finished_with_failures"  # closed by an operator with failures
+    CANCELLED = "cancelled"  # unstarted devices released, remaining quota released
+
+    @property
+    def ended(self) -> bool:
+        return self in _ENDED
+
+
+_ENDED = frozenset({BatchState.FINISHED, BatchState.FINISHED_WITH_FAILURES, BatchState.CANCELLED})
+
+
+class PartAction(StrEnum):
+    """What the operator must do with the physical part of a failed device."""
+
+    REJECT = "reject"  # put it in the reject bin (the reason says why)
+    REINSERT = "reinsert"  # take it out and put it back (seating, contacts), then retry
+    WAIT = "wait"  # leave it in the socket: a service is down, the device resumes by itself
 
 
 class UploadState(StrEnum):
@@ -94,8 +115,46 @@ class Device(SQLModel, table=True):
     revision: str | None = None
     public_key: str | None = Field(default=None, unique=True)  # hex of 04||X||Y
     error: str | None = None  # last failure; cleared when the device is retried
+    # What the operator does with the part of a failed device (PartAction), with the error.
+    action: str | None = Field(default=None, max_length=16)
     attempts: int = 0
     updated_at: datetime = Field(default_factory=utcnow)
+    # The socket task working on the device holds it until ``claimed_until``; a second
+    # message for the same device (re-dispatch after a broker restart, a retry racing a
+    # redelivery) finds it claimed and leaves it alone.
+    claimed_by: str | None = Field(default=None, max_length=80)
+    claimed_until: datetime | None = None
+    cancelled_at: datetime | None = None  # released by `batch cancel` before it started
+
+
+class SocketState(SQLModel, table=True):
+    """What one socket of a station's jig is doing now, written by the socket's worker:
+    the live view of `station status`, `batch status` and the dashboard."""
+
+    __tablename__ = "socket_state"
+
+    station_id: str = Field(primary_key=True, max_length=64)
+    socket: int = Field(primary_key=True)
+    # empty (no chip, nothing to do), insert_chip (a device waits for a part), busy
+    # (a step in progress), idle (a part present, nothing to do), failed (see detail)
+    state: str = Field(max_length=16)
+    device_id: int | None = None
+    chip_serial: str | None = Field(default=None, max_length=18)
+    detail: str | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class ServiceHealth(SQLModel, table=True):
+    """Whether a service the line depends on answers (the signer, the registry), as the
+    supervisor's health monitor last saw it. A change of state is also audited."""
+
+    __tablename__ = "service_health"
+
+    name: str = Field(primary_key=True, max_length=64)
+    up: bool = True
+    since: datetime = Field(default_factory=utcnow)
+    checked_at: datetime = Field(default_factory=utcnow)
+    detail: str | None = None
 
 
 class Certificate(SQLModel, table=True):
