@@ -75,6 +75,15 @@ class ChipStateError(ChipError):
     """The chip is in a state the profile cannot provision (e.g. locked by someone else)."""
 
 
+class WrongChipError(ChipStateError):
+    """The socket holds another chip than the one a resumed device was identified on."""
+
+
+class DeviceStopped(ProvisionerError):
+    """The device's batch was paused or cancelled: it stopped at a step boundary. Not a
+    failure: the device keeps its last step and resumes when its batch runs again."""
+
+
 # --- HSM / CA --------------------------------------------------------------------------------
 
 
@@ -116,6 +125,16 @@ class CaExistsError(ProvisionerError):
 
 class PolicyViolationError(ProvisionerError):
     """The issuance policy refused to sign (bad key, failed proof of possession, clone...)."""
+
+
+class QuotaExhaustedError(PolicyViolationError):
+    """The batch has used its certificate quota: the part is not at fault; an admin may
+    raise the quota (`batch quota set`) and the device be retried."""
+
+
+class BatchNotRunningError(PolicyViolationError):
+    """The signer issues nothing for a batch that was cancelled or closed (or never
+    started): the device stops where it is; its part is not at fault."""
 
 
 # --- registry --------------------------------------------------------------------------------

@@ -50,8 +50,14 @@ from provisioner.ca.issuer import (
 )
 from provisioner.ca.store import fingerprint
 from provisioner.db.engine import transaction
-from provisioner.db.models import Batch, Certificate, Device, Step
-from provisioner.errors import NotFoundError, PolicyViolationError, ProvisionerError
+from provisioner.db.models import Batch, BatchState, Certificate, Device, Step
+from provisioner.errors import (
+    BatchNotRunningError,
+    NotFoundError,
+    PolicyViolationError,
+    ProvisionerError,
+    QuotaExhaustedError,
+)
 from provisioner.ledger import get_device, record_step
 from provisioner.ports import IssuedCertificate, SigningRequest
 from provisioner.settings import ProfileSettings, Settings
@@ -64,6 +70,7 @@ class _Refusal:
 
     event_type: str
     reason: str
+    error: type[PolicyViolationError] = PolicyViolationError
 
 
 class IssuanceService:
@@ -186,7 +193,7 @@ class IssuanceService:
                 "public_key_sha256": hashlib.sha256(request.public_key).hexdigest(),
             },
         )
-        return PolicyViolationError(f"refused to sign: {refusal.reason}")
+        return refusal.error(f"refused to sign: {refusal.reason}")
 
     def _clone_check(self, s: Session, dev: Device, req: SigningRequest) -> _Refusal | None:
         if dev.chip_serial != req.chip_serial_hex or dev.public_key != req.public_key.hex():
@@ -219,16 +226,28 @@ class IssuanceService:
         limit = func.coalesce(col(Batch.quota), col(Batch.count))
         res = s.execute(
             update(Batch)
-            .where(col(Batch.id) == dev.batch_id, col(Batch.issued) < limit)
+            .where(
+                col(Batch.id) == dev.batch_id,
+                col(Batch.issued) < limit,
+                col(Batch.state).in_([BatchState.RUNNING, BatchState.PAUSED]),
+            )
             .values(issued=col(Batch.issued) + 1)
         )
         if res.rowcount == 1:  # type: ignore[attr-defined]
             return None
         batch = s.get(Batch, dev.batch_id)
+        if batch is not None and batch.state not in (BatchState.RUNNING, BatchState.PAUSED):
+            # A cancelled or closed batch released its quota; a created one never started.
+            return _Refusal(
+                "incident.batch_not_running",
+                f"batch {dev.batch_id} is {batch.state.value}: no certificate is issued for it",
+                BatchNotRunningError,
+            )
         quota = batch.quota if batch is not None and batch.quota is not None else "count"
         return _Refusal(
             "incident.quota_exceeded",
             f"batch {dev.batch_id} has used its certificate quota ({quota})",
+            QuotaExhaustedError,
         )
 
     def _issue(self, s: Session, dev: Device, req: SigningRequest) -> IssuedCertificate:

@@ -231,6 +231,17 @@ class DeviceLedger:
             )
             return bool(res.rowcount)  # type: ignore[attr-defined]
 
+    def take_over(self, device_id: int, dead_holder: str, holder: str, lease_s: float) -> bool:
+        """Take a claim whose holder is known to be dead (a socket task killed with its
+        process), only if ``dead_holder`` still holds it."""
+        with transaction(self.engine) as s:
+            res = s.execute(
+                update(Device)
+                .where(col(Device.id) == device_id, col(Device.claimed_by) == dead_holder)
+                .values(claimed_by=holder, claimed_until=utcnow() + timedelta(seconds=lease_s))
+            )
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+
     def release(self, device_id: int, holder: str) -> None:
         """Give the device back (only if ``holder`` still holds it)."""
         with transaction(self.engine) as s:
@@ -381,7 +392,9 @@ class DeviceLedger:
 
 def _finish_batch_if_complete(s: Session, batch_id: int, actor: str) -> None:
     batch = s.get(Batch, batch_id)
-    if batch is None or batch.state is BatchState.FINISHED:
+    # Only a batch still under way finishes by itself; a closed or cancelled one keeps its
+    # state while its last uploads land.
+    if batch is None or batch.state not in (BatchState.RUNNING, BatchState.PAUSED):
         return
     remaining = s.exec(
         select(Device.id).where(Device.batch_id == batch_id, Device.step != Step.DONE)

@@ -5,6 +5,7 @@ it."""
 # No "from __future__ import annotations": FastAPI must see the Depends(guard(...))
 # annotations as objects, and guard is local to the router factories.
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
@@ -13,7 +14,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from provisioner import batches
+from provisioner import batches, dispatch
 from provisioner.api.security import ApiProblem, Guard
 from provisioner.audit import proofs, query
 from provisioner.audit.checkpointer import load_audit_key
@@ -21,7 +22,13 @@ from provisioner.audit.verify import verify_log
 from provisioner.auth import users
 from provisioner.db.engine import transaction
 from provisioner.db.models import AuditCheckpoint
-from provisioner.errors import InvalidInputError, NotFoundError, ProvisionerError
+from provisioner.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    ProvisionerError,
+    ServiceUnavailableError,
+)
 from provisioner.settings import Settings
 
 Who = users.Principal
@@ -32,6 +39,10 @@ def _problem(exc: ProvisionerError) -> ApiProblem:
         return ApiProblem(404, "NOT_FOUND", str(exc))
     if isinstance(exc, InvalidInputError):
         return ApiProblem(400, "INVALID_ARGUMENT", str(exc))
+    if isinstance(exc, ConflictError):
+        return ApiProblem(409, "FAILED_PRECONDITION", str(exc))
+    if isinstance(exc, ServiceUnavailableError):
+        return ApiProblem(503, "UNAVAILABLE", str(exc))
     return ApiProblem(400, "FAILED_PRECONDITION", str(exc))
 
 
@@ -60,8 +71,22 @@ class NewBatch(BaseModel):
     quota: int | None = Field(default=None, ge=1)
 
 
+class RetryRequest(BaseModel):
+    """Failed devices to retry, by device id or chip serial; empty: all failed devices."""
+
+    devices: list[Annotated[str, Field(max_length=40)]] = Field(default=[], max_length=1000)
+
+
+class QuotaChange(BaseModel):
+    quota: int = Field(ge=1, le=batches.MAX_BATCH)
+
+
 class NewUser(BaseModel):
     name: str
+    role: str
+
+
+class NewRole(BaseModel):
     role: str
 
 
@@ -138,11 +163,76 @@ def ops_router(engine: Engine, settings: Settings, guard: Guard) -> APIRouter:
         ]
 
     @r.get("/batches/{batch_id}")
-    def get_batch(batch_id: int, who: Annotated[Who, Depends(guard("batch.read"))]) -> Any:
+    def get_batch(
+        batch_id: int,
+        who: Annotated[Who, Depends(guard("batch.read"))],
+        devices: Annotated[str | None, Query(pattern="^(all|failed)$")] = None,
+        step: str | None = None,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=batches.views.MAX_PAGE)] = 100,
+    ) -> Any:
+        """The batch's summary; ``devices=all|failed`` and/or ``step`` add a page of devices."""
         try:
-            return batches.report(engine, batch_id).as_json()
+            query = (
+                batches.DeviceQuery(
+                    failed=devices == "failed",
+                    step=batches.DeviceQuery.parse_step(step),
+                    offset=offset,
+                    limit=limit,
+                )
+                if devices or step
+                else None
+            )
+            return batches.report(engine, batch_id, query).as_json()
         except ProvisionerError as exc:
             raise _problem(exc) from None
+
+    def _transition(fn: Callable[[], batches.Transition]) -> dict[str, Any]:
+        """Run a lifecycle transition and queue what it returns (resume, retry)."""
+        try:
+            t = fn()
+            if t.queue:
+                app = dispatch.celery_app(settings)
+                dispatch.send_devices(app, t.station_id, t.queue)
+        except ProvisionerError as exc:
+            raise _problem(exc) from None
+        return {
+            "id": t.batch_id,
+            "state": t.state.value,
+            "queued": len(t.queue),
+            "failed": list(t.failed),
+            **t.detail,
+        }
+
+    @r.post("/batches/{batch_id}/pause")
+    def pause(batch_id: int, who: Annotated[Who, Depends(guard("batch.control"))]) -> Any:
+        return _transition(lambda: batches.pause(engine, batch_id, actor=who.actor))
+
+    @r.post("/batches/{batch_id}/resume")
+    def resume(batch_id: int, who: Annotated[Who, Depends(guard("batch.control"))]) -> Any:
+        return _transition(lambda: batches.resume(engine, batch_id, actor=who.actor))
+
+    @r.post("/batches/{batch_id}/cancel")
+    def cancel(batch_id: int, who: Annotated[Who, Depends(guard("batch.control"))]) -> Any:
+        return _transition(lambda: batches.cancel(engine, batch_id, actor=who.actor))
+
+    @r.post("/batches/{batch_id}/close")
+    def close(batch_id: int, who: Annotated[Who, Depends(guard("batch.control"))]) -> Any:
+        return _transition(lambda: batches.close(engine, batch_id, actor=who.actor))
+
+    @r.post("/batches/{batch_id}/retry")
+    def retry(
+        batch_id: int, body: RetryRequest, who: Annotated[Who, Depends(guard("batch.control"))]
+    ) -> Any:
+        return _transition(
+            lambda: batches.retry(engine, batch_id, actor=who.actor, which=body.devices or None)
+        )
+
+    @r.put("/batches/{batch_id}/quota")
+    def quota(
+        batch_id: int, body: QuotaChange, who: Annotated[Who, Depends(guard("batch.quota"))]
+    ) -> Any:
+        return _transition(lambda: batches.set_quota(engine, batch_id, body.quota, actor=who.actor))
 
     @r.post("/batches", status_code=201)
     def create_batch(body: NewBatch, who: Annotated[Who, Depends(guard("batch.create"))]) -> Any:
@@ -161,10 +251,7 @@ def ops_router(engine: Engine, settings: Settings, guard: Guard) -> APIRouter:
 
     @r.get("/users")
     def list_users(who: Annotated[Who, Depends(guard("users.read"))]) -> Any:
-        return [
-            {"name": u.name, "role": u.role, "disabled": u.disabled}
-            for u in users.list_users(engine)
-        ]
+        return [u.as_dict() for u in users.list_users(engine)]
 
     @r.post("/users", status_code=201)
     def add_user(body: NewUser, who: Annotated[Who, Depends(guard("users.manage"))]) -> Any:
@@ -185,5 +272,15 @@ def ops_router(engine: Engine, settings: Settings, guard: Guard) -> APIRouter:
             return {"revoked": users.revoke_tokens(engine, name, who.actor)}
         except ProvisionerError as exc:
             raise _problem(exc) from None
+
+    @r.post("/users/{name}/role")
+    def set_role(
+        name: str, body: NewRole, who: Annotated[Who, Depends(guard("users.manage"))]
+    ) -> Any:
+        try:
+            old = users.set_role(engine, name, body.role, who.actor)
+        except ProvisionerError as exc:
+            raise _problem(exc) from None
+        return {"name": name, "role": body.role, "previous_role": old}
 
     return r

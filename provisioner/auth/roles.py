@@ -6,6 +6,10 @@ Separation of duties: operators run the line, auditors read the trail, admins ru
 the registries and the accounts. An admin may also run batches (a small factory has one
 engineer) but an operator never touches the CA, and only auditors and admins read the
 audit trail.
+
+One command takes no role at all: ``users recover-admin``, the break-glass for a lost last
+admin, is authorised by root on the line server plus the factory token's SO PIN instead
+(:mod:`provisioner.auth.recovery`), since there is then no admin left to authorise it.
 """
 
 from __future__ import annotations
@@ -28,9 +32,13 @@ ACTIONS: dict[str, frozenset[Role]] = {
     # operators: batches and stations
     "batch.create": _OPS,
     "batch.start": _OPS,
+    "batch.control": _OPS,  # pause, resume, cancel, close, retry failed devices
     "batch.read": _READ_BATCHES,
     "station.probe": _OPS,
+    "station.status": _OPS,
+    "station.feed": _OPS,  # emulated jigs: put a chip in a socket or take it out
     "services.run": _OPS,
+    "services.status": _READ_BATCHES,
     "demo.run": _OPS,
     "registry.sync": _OPS,  # uploading what waits is line operation, not registry admin
     "manifest.build": _OPS,  # a batch's deliverable, signed with the manifest key
@@ -42,6 +50,7 @@ ACTIONS: dict[str, frozenset[Role]] = {
     "audit.consistency": _AUDIT,
     # admins: CA, registries, users and tokens, and forcing a checkpoint (uses the HSM)
     "audit.checkpoint": _ADMIN,
+    "batch.quota": _ADMIN,  # a batch's certificate quota is the order's licensed quantity
     "ca.init": _ADMIN,
     "ca.csr": _ADMIN,
     "ca.import_cert": _ADMIN,

@@ -169,17 +169,26 @@ def rotate(
 
 
 def _refuse_if_running(c: CliContext) -> None:
-    from sqlmodel import select
+    """A batch under way (running or paused) holds devices whose certificate must be
+    written with the intermediate that issued it; an ended batch never blocks a rotation."""
+    from sqlmodel import col, select
 
     from provisioner.db.models import Batch, BatchState
-    from provisioner.errors import InvalidInputError
+    from provisioner.errors import ConflictError
 
     with transaction(c.engine) as s:
-        running = s.exec(select(Batch.id).where(Batch.state == BatchState.RUNNING)).all()
-    if running:
-        raise InvalidInputError(
-            f"batch(es) {', '.join(map(str, running))} are running: finish them before "
-            "rotating (a device issued under the old intermediate must be written with it)"
+        open_ = s.exec(
+            select(Batch.id, Batch.state)
+            .where(col(Batch.state).in_([BatchState.RUNNING, BatchState.PAUSED]))
+            .order_by(col(Batch.id))
+        ).all()
+    if open_:
+        first = open_[0][0]
+        names = ", ".join(f"{i} ({BatchState(st).value})" for i, st in open_)
+        raise ConflictError(
+            f"batch(es) {names} under way: a device issued under the old intermediate must be "
+            f"written with it; let them finish, or end them with `provisioner batch close "
+            f"{first}` (failed devices) or `provisioner batch cancel {first}`, then rotate"
         )
 
 
@@ -236,7 +245,9 @@ def revoke(
     pin_source: str | None = typer.Option(None, "--pin-source", help=PIN_SOURCE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
-    """Revoke a device certificate and publish the new CRLs at once (signed in the token).
+    """Revoke a device certificate, block the device in the registry (queued on the
+    registry worker, retried, parked and synced like an upload) and publish the new CRLs at
+    once (signed in the token).
 
     Idempotent: a certificate already revoked is reported, not revoked twice."""
     from provisioner.ca import revocation
@@ -244,6 +255,7 @@ def revoke(
     c = ctx_of(ctx)
     c.require("ca.revoke")
     done = revocation.revoke(c.engine, target, reason, c.admin)
+    block = _queue_block(c, done)  # before the CRLs: a PIN problem must not hold it back
     published = _publish(c, pin_source)
     if as_json:
         typer.echo(
@@ -254,6 +266,7 @@ def revoke(
                     "chip_serial": done.chip_serial,
                     "reason": done.reason,
                     "already_revoked": done.already,
+                    "registry_block": block,
                     "crls": [_crl_json(c, p) for p in published],
                 }
             )
@@ -261,7 +274,29 @@ def revoke(
         return
     verb = "was already revoked" if done.already else "revoked"
     typer.echo(f"certificate {done.serial_number} (chip {done.chip_serial}) {verb}: {done.reason}")
+    typer.echo(f"registry: {block['detail']}")
     _print_crls(c, published)
+
+
+def _queue_block(c: CliContext, done: Any) -> dict[str, Any]:
+    """Queue the registry block the revocation recorded (provisioner.registry.blocking)."""
+    from provisioner.registry import blocking
+
+    state = done.registry_block
+    queued = False
+    if state == "done":
+        detail = "the device is blocked"
+    elif state == "skipped":
+        detail = "not blocked: the registry holds another certificate under its id"
+    else:
+        queued = blocking.send_block(c.settings, done.device_id)
+        detail = (
+            "block queued for the registry worker"
+            if queued
+            else "block recorded; Redis is down, so the registry worker's periodic sync "
+            "(or `provisioner registry sync`) will apply it"
+        )
+    return {"state": state, "queued": queued, "detail": detail}
 
 
 @app.command("crl")

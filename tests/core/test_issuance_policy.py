@@ -22,7 +22,7 @@ from provisioner.audit.verify import verify_log
 from provisioner.ca.ceremony import init_ca
 from provisioner.db.engine import create_schema, make_engine, transaction
 from provisioner.db.models import AuditEvent, Batch, Certificate, Step
-from provisioner.errors import InvalidInputError, PolicyViolationError
+from provisioner.errors import BatchNotRunningError, InvalidInputError, PolicyViolationError
 from provisioner.issuance import IssuanceService
 from provisioner.ledger import DeviceLedger
 from provisioner.ports import SigningRequest
@@ -178,8 +178,9 @@ def test_sign_many_decides_each_request_on_its_own(policy_env: tuple[Settings, s
     assert [type(o).__name__ for o in out] == [
         "IssuedCertificate",
         "IssuedCertificate",
-        "PolicyViolationError",
+        "QuotaExhaustedError",  # a PolicyViolationError whose part waits, not rejected
     ]
+    assert isinstance(out[2], PolicyViolationError)
     assert again == out[:2]
 
 
@@ -209,3 +210,31 @@ def test_sign_many_commits_together_and_isolates_bad_requests(
     with transaction(engine) as s:
         assert len(s.exec(select(Certificate)).all()) == 3
         assert verify_log(s, None).ok
+
+
+def test_nothing_is_issued_for_a_cancelled_batch(policy_env: tuple[Settings, str]) -> None:
+    """A cancel releases the batch's quota: a sign request already on its way (the chip
+    was in a socket) is refused as 'not running', audited, and consumes nothing."""
+    settings, db_url = policy_env
+    engine = make_engine(db_url)
+    batch_id = batches.create_batch(engine, settings, station_id="line1", count=2, actor="t")
+    ledger = DeviceLedger(engine, "station:line1", "line1")
+    ids = batches.mark_started(engine, batch_id, actor="t")
+    reqs = [_ready_device(ledger, d, 40 + i) for i, d in enumerate(ids)]
+    svc = IssuanceService.open(engine, settings)
+    try:
+        svc.sign(reqs[0])
+        batches.cancel(engine, batch_id, actor="operator:olga")
+        with pytest.raises(BatchNotRunningError, match="is cancelled"):
+            svc.sign(reqs[1])
+        assert svc.sign(reqs[0]).der  # the certificate issued before is still its own
+    finally:
+        svc.close()
+    with transaction(engine) as s:
+        assert len(s.exec(select(Certificate)).all()) == 1
+        batch = s.get(Batch, batch_id)
+        assert batch is not None and batch.issued == 1
+        (incident,) = s.exec(
+            select(AuditEvent).where(AuditEvent.event_type == "incident.batch_not_running")
+        ).all()
+        assert incident.device_id == ids[1]

@@ -57,11 +57,22 @@ def test_redis_unreachable(station: Station) -> None:
 
 
 def test_wrong_pin(station: Station) -> None:
+    """An admin command that opens the token: a wrong PIN is one line, never echoed."""
     assert run(station, "ca", "init").returncode == 0
     station.settings.pin_file.write_text("99999999")
-    proc = run(station, "batch", "create", "--count", "2", "--station", "line1")
+    proc = run(station, "ca", "crl")
     assert_one_line_error(proc, "PIN")
     assert "99999999" not in proc.stderr + proc.stdout
+
+
+def test_operators_never_open_the_token(station: Station) -> None:
+    """`batch create` checks the CA through the signer: without a PIN file it never says
+    anything about the PIN (here it stops at the unreachable broker) and writes nothing."""
+    assert run(station, "ca", "init").returncode == 0
+    station.settings.pin_file.unlink()
+    proc = run(station, "batch", "create", "--count", "2", "--station", "line1")
+    assert_one_line_error(proc, "Redis is unreachable")
+    assert "PIN" not in proc.stderr and "no CA initialised" not in proc.stderr
     assert_no_batches(station)
 
 
@@ -81,15 +92,24 @@ def test_ca_init_is_idempotent(station: Station) -> None:
 
 
 def test_start_without_workers_writes_nothing(station: Station) -> None:
+    from provisioner import batches
+    from provisioner.db.engine import create_schema, make_engine
     from provisioner.supervisor import Supervisor
 
     assert run(station, "ca", "init").returncode == 0
     sup = Supervisor(station.settings, station.config)
     sup.start_redis()
     try:
-        created = run(station, "batch", "create", "--count", "2", "--station", "line1", "--json")
-        assert created.returncode == 0, created.stderr
-        batch_id = str(json.loads(created.stdout)["id"])
+        proc = run(station, "batch", "create", "--count", "2", "--station", "line1")
+        assert_one_line_error(proc, "no worker consumes hsm", "services run")
+        assert_no_batches(station)
+        engine = make_engine(station.settings.db_url)
+        create_schema(engine)
+        batch_id = str(
+            batches.create_batch(
+                engine, station.settings, station_id="line1", count=2, actor="test"
+            )
+        )
         proc = run(station, "batch", "start", batch_id)
         assert_one_line_error(proc, "no worker consumes station.line1", "services run")
         status = json.loads(run(station, "batch", "status", batch_id, "--json").stdout)

@@ -67,7 +67,9 @@ def test_ctrl_c_stops_children_and_the_batch_resumes(station: Station) -> None:
 
     with running_services(station.settings, ["line1"], station.config):
         report = json.loads(cli(station, "batch", "start", "1", "--json").stdout)
-    assert report["done"] == count and report["failed"] == 0 and report["state"] == "finished"
+        assert report["done"] == count and report["failed"] == 0
+        assert report["state"] == "finished"
+        report = json.loads(cli(station, "batch", "status", "1", "--devices", "--json").stdout)
     serials = {d["chip_serial"] for d in report["devices"]}
     assert len(serials) == count
     verify = json.loads(cli(station, "audit", "verify", "--json").stdout)

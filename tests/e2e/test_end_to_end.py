@@ -57,8 +57,12 @@ def provisioned(
                 st, "batch", "create", "--count", str(N_CHIPS), "--station", "line1", "--json"
             ).stdout
         )
-        report = json.loads(
+        started = json.loads(
             cli(st, "batch", "start", str(created["id"]), "--json", "--timeout", "300").stdout
+        )
+        assert started["done"] == N_CHIPS, started  # `batch start` ends with the summary
+        report = json.loads(
+            cli(st, "batch", "status", str(created["id"]), "--devices", "--json").stdout
         )
         yield st, report, sup
 
@@ -67,7 +71,8 @@ def _registry_devices(st: Station) -> dict[str, dict]:
     r = st.settings.registry
     token = read_token(st.settings.registry_token_file)
     resp = httpx.get(
-        f"{r.url}/v1/projects/{r.project}/locations/{r.location}/registries/{r.registry}/devices",
+        f"{st.settings.registry_url}/v1/projects/{r.project}/locations/{r.location}"
+        f"/registries/{r.registry}/devices",
         headers={"Authorization": f"Bearer {token}"},
         params={"pageSize": 1000},
         timeout=10,

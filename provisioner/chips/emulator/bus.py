@@ -39,6 +39,7 @@ class EmulatedBus:
         self._awake_since = 0.0
         self._awake = False  # woken and not yet idled or put to sleep: the watchdog runs
         self._faults = FaultPlan()
+        self._faults_stamp: int | None = None
 
     def _present(self) -> EmulatedChip:
         path = self.jig.chip_path(self.socket)
@@ -48,7 +49,11 @@ class EmulatedBus:
         if self._chip is None or path != self._path:
             self._chip, self._path = EmulatedChip.load(path), path
             self._awake = False  # another chip (or the same, powered up again): asleep
-            self._faults = FaultPlan.load(path)
+            self._faults, self._faults_stamp = FaultPlan.load(path), FaultPlan.stamp(path)
+        elif (stamp := FaultPlan.stamp(path)) != self._faults_stamp:
+            # A plan laid (or lifted) while the chip sits in the socket applies from the
+            # next command on, as a fault that develops mid-run would.
+            self._faults, self._faults_stamp = FaultPlan.load(path), stamp
         return self._chip
 
     def wake(self) -> None:

@@ -39,6 +39,14 @@ class FaultPlan:
         os.replace(tmp, p)
 
     @classmethod
+    def stamp(cls, chip_path: Path) -> int | None:
+        """The plan file's modification time (None: no plan), to notice a new plan."""
+        try:
+            return cls.path_for(chip_path).stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    @classmethod
     def load(cls, chip_path: Path) -> FaultPlan:
         p = cls.path_for(chip_path)
         try:
