@@ -16,19 +16,25 @@ Every step is recorded by the :class:`~provisioner.ledger.DeviceLedger` together
 audit event, *after* it completed. A task that crashed is simply run again: steps already
 recorded are skipped (after checking the chip still agrees with the record), so nothing is
 generated, issued or written twice.
+
+Between steps the caller's ``proceed(step)`` is asked whether the device may start working
+towards ``step`` (its batch may have been paused or cancelled meanwhile); a no stops the
+device right there with :class:`~provisioner.errors.DeviceStopped`, which is not a failure.
+A step that has started always finishes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import load_der_x509_certificate, load_pem_x509_certificate
 
 from provisioner.ca.issuer import verify_proof_of_possession
 from provisioner.db.models import Device, Step, UploadState
-from provisioner.errors import ChipError, ChipStateError
+from provisioner.errors import ChipError, ChipStateError, DeviceStopped, WrongChipError
 from provisioner.ledger import DeviceLedger
 from provisioner.ports import (
     CertificateSigner,
@@ -44,6 +50,10 @@ def registry_device_id(chip_serial_hex: str) -> str:
     return "sn" + chip_serial_hex.lower()
 
 
+def always(_: Step) -> bool:
+    return True
+
+
 def provision_device(
     device_id: int,
     chip: SecureElement,
@@ -51,18 +61,26 @@ def provision_device(
     ledger: DeviceLedger,
     *,
     registry: str,
+    proceed: Callable[[Step], bool] = always,
 ) -> Device:
     """Run (or resume) the station part of one device's provisioning on ``chip``."""
+
+    def boundary(step: Step) -> None:
+        if not proceed(step):
+            raise DeviceStopped(f"device {device_id} stopped before {step.name}")
+
     dev = ledger.load(device_id)
     if dev.step >= Step.CERT_VERIFIED:
         return dev
 
     # 1. Identify the chip; a resumed device must still be the same chip.
+    if dev.step == Step.PENDING:
+        boundary(Step.IDENTIFIED)
     ident = chip.identity()
     if dev.step == Step.PENDING:
         dev = ledger.identify(device_id, ident.serial_hex, ident.revision.hex(), chip.locator)
     elif dev.chip_serial != ident.serial_hex:
-        raise ChipStateError(
+        raise WrongChipError(
             f"{chip.locator} holds chip {ident.serial_hex}, but device {device_id} is chip "
             f"{dev.chip_serial}: insert that chip to resume it"
         )
@@ -71,6 +89,7 @@ def provision_device(
     # 2. Configure a blank chip, generate the device key inside it, lock the data zone
     # (signing and reading data slots both work on a locked data zone on every silicon rule).
     if dev.step < Step.KEY_GENERATED:
+        boundary(Step.KEY_GENERATED)
         chip.ensure_configured()
         if not chip.data_locked():
             point = b"\x04" + chip.generate_key()
@@ -95,6 +114,7 @@ def provision_device(
     # 4+5. Proof of possession, then the HSM signs (the signer records CERT_ISSUED itself,
     # atomically with the certificate, so asking again returns the same certificate).
     if dev.step < Step.CERT_ISSUED:
+        boundary(Step.POP_VERIFIED)
         challenge = os.urandom(32)
         raw_sig = chip.sign_digest(hashlib.sha256(challenge).digest())
         verify_proof_of_possession(point, challenge, raw_sig)
@@ -105,6 +125,7 @@ def provision_device(
                 "device.pop_verified",
                 payload={"challenge_sha256": hashlib.sha256(challenge).hexdigest()},
             )
+        boundary(Step.CERT_ISSUED)
         cert = signer.sign(
             SigningRequest(
                 device_id=device_id,
@@ -120,6 +141,7 @@ def provision_device(
 
     # 6. Write the certificate to the chip.
     if dev.step < Step.CERT_WRITTEN:
+        boundary(Step.CERT_WRITTEN)
         chip.write_certificate(cert.der)
         dev = ledger.advance(
             device_id,
@@ -129,6 +151,7 @@ def provision_device(
         )
 
     # 7. Read back and compare byte for byte, then queue the upload (store and forward).
+    boundary(Step.CERT_VERIFIED)
     if chip.read_certificate() != cert.der:
         raise ChipError(f"chip {serial}: the certificate read back differs from the one written")
     return ledger.queue_upload(

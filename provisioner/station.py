@@ -1,20 +1,37 @@
-"""A station's sockets: which chip locator a socket is, and (emulated) loading chips.
+"""A station's sockets: which chip locator a socket is, who puts chips in them, and probing.
 
-On a real line the operator puts chips into the jig. On an emulated station the "operator"
-is here: a device that has no chip yet gets a factory-fresh one from the tray; a device that
-was interrupted gets *its own* chip back (found by serial), so it resumes on the same key.
+On a real line the operator puts chips into the jig. An emulated station is fed one of two
+ways (``stations.<id>.feed``):
+
+- ``auto``: the emulator's own "operator" (:func:`feed_auto`) puts a factory-fresh chip in
+  for a device that has none yet, and *its own* chip (found by serial) back for a device
+  that was interrupted, so it resumes on the same key. The demo runs this way.
+- ``manual``: sockets stay empty until someone runs ``provisioner station insert``; the
+  socket's task waits for the chip, as it waits on silicon. :func:`insert_chip` and
+  :func:`remove_chip` are those operator actions, audited.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import re
 from dataclasses import asdict, dataclass
 
+from sqlalchemy.engine import Engine
+
+from provisioner import socket_state
+from provisioner.audit import chain
 from provisioner.chips.connector import Connector
-from provisioner.chips.device import CryptoAuthChip
+from provisioner.chips.emulator.jig import StationJig
+from provisioner.db.engine import transaction
 from provisioner.db.models import Device
-from provisioner.errors import ChipAbsentError, ChipError, ConfigError
+from provisioner.errors import (
+    ChipAbsentError,
+    ChipError,
+    ConfigError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+)
 from provisioner.settings import Settings
 
 
@@ -29,8 +46,16 @@ def locator(settings: Settings, station_id: str, socket: int) -> str:
     return "hid:"
 
 
-def load_emulated_chip(connector: Connector, station_id: str, socket: int, dev: Device) -> None:
-    jig = connector.jig(station_id)
+def auto_fed(settings: Settings, station_id: str) -> bool:
+    """Whether the emulator's operator feeds this station's sockets (else a person does)."""
+    st = settings.station(station_id)
+    return st.transport == "emulated" and st.feed == "auto"
+
+
+def feed_auto(settings: Settings, station_id: str, socket: int, dev: Device) -> None:
+    """The emulated operator of an auto-fed station puts the chip ``dev`` needs in
+    ``socket``: a blank one for a new device, the device's own chip for a resumed one."""
+    jig = Connector(settings).jig(station_id)
     if dev.chip_serial is None:
         jig.insert_blank(socket)
         return
@@ -40,19 +65,89 @@ def load_emulated_chip(connector: Connector, station_id: str, socket: int, dev: 
     jig.insert(socket, path)
 
 
-@contextmanager
-def open_socket(
-    settings: Settings, station_id: str, socket: int, dev: Device
-) -> Iterator[CryptoAuthChip]:
-    """The chip for ``dev`` in ``socket``, opened; closed (released) on exit."""
-    connector = Connector(settings)
-    if settings.station(station_id).transport == "emulated":
-        load_emulated_chip(connector, station_id, socket, dev)
-    chip = connector.open(locator(settings, station_id, socket))
-    try:
-        yield chip
-    finally:
-        chip.close()
+# --- operator actions on an emulated jig -----------------------------------------------------
+
+
+def _emulated_jig(settings: Settings, station_id: str, socket: int) -> StationJig:
+    st = settings.station(station_id)
+    if st.transport != "emulated":
+        raise ConflictError(
+            f"station {station_id} has real chips ({st.transport}): put chips in and take "
+            "them out by hand; `station insert|remove` are for emulated stations"
+        )
+    if not 0 <= socket < st.sockets:
+        raise InvalidInputError(
+            f"station {station_id} has sockets 0..{st.sockets - 1}, not {socket}"
+        )
+    return Connector(settings).jig(station_id)
+
+
+def insert_chip(
+    engine: Engine,
+    settings: Settings,
+    station_id: str,
+    socket: int,
+    *,
+    actor: str,
+    serial: str | None = None,
+) -> str:
+    """Put a chip in an empty socket of an emulated jig: a factory-fresh one, or the chip
+    ``serial`` from the tray's pool (e.g. a chip taken out earlier). Returns its serial."""
+    jig = _emulated_jig(settings, station_id, socket)
+    held = jig.serial_in(socket)
+    if held is not None:
+        raise ConflictError(
+            f"socket {socket} of {station_id} holds chip {held}: take it out first "
+            f"(`provisioner station remove --station {station_id} --socket {socket}`)"
+        )
+    fresh = serial is None
+    if serial is not None:
+        serial = serial.strip().upper()
+        if not re.fullmatch(r"[0-9A-F]{18}", serial):
+            raise InvalidInputError(f"--serial must be 18 hex digits (9 bytes), got {serial!r}")
+        if not jig.pool_path(serial).exists():
+            raise NotFoundError(f"no chip {serial} in the tray of emulated chips")
+    with transaction(engine) as s:
+        if serial is None:
+            serial = jig.insert_blank(socket).stem
+        else:
+            jig.insert(socket, jig.pool_path(serial))
+        chain.append(
+            s,
+            "station.chip_inserted",
+            actor=actor,
+            station_id=station_id,
+            socket=socket,
+            chip_serial=serial,
+            payload={"fresh": fresh},
+        )
+    return serial
+
+
+def remove_chip(
+    engine: Engine, settings: Settings, station_id: str, socket: int, *, actor: str
+) -> str:
+    """Take the chip out of a socket of an emulated jig (it stays in the tray's pool, so
+    ``insert --serial`` can put it back). Returns its serial."""
+    jig = _emulated_jig(settings, station_id, socket)
+    serial = jig.serial_in(socket)
+    if serial is None:
+        raise ConflictError(f"socket {socket} of {station_id} is empty: nothing to remove")
+    with transaction(engine) as s:
+        jig.remove(socket)
+        socket_state.chip_taken_out(s, station_id, socket, serial)
+        chain.append(
+            s,
+            "station.chip_removed",
+            actor=actor,
+            station_id=station_id,
+            socket=socket,
+            chip_serial=serial,
+        )
+    return serial
+
+
+# --- probing ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,14 @@ import logging
 from typing import Any
 
 from celery import Celery, Task
+from celery.exceptions import Retry
 from celery.exceptions import TimeoutError as CeleryTimeoutError
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import RedisError
 
 from provisioner import pipeline
 from provisioner.errors import (
+    BatchNotRunningError,
     CaNotInitialisedError,
     HsmBusyError,
     HsmError,
@@ -22,6 +26,7 @@ from provisioner.errors import (
     NotFoundError,
     PolicyViolationError,
     ProvisionerError,
+    QuotaExhaustedError,
     RegistryError,
     RegistryUnavailableError,
     ServiceUnavailableError,
@@ -53,16 +58,21 @@ class RemoteSigner:
         self.timeout_s = timeout_s
 
     def sign(self, request: SigningRequest) -> IssuedCertificate:
-        res = self.app.send_task(
-            SIGN_TASK, args=[request_to_json(request)], queue=HSM_QUEUE, expires=self.timeout_s
-        )
         try:
+            res = self.app.send_task(
+                SIGN_TASK, args=[request_to_json(request)], queue=HSM_QUEUE, expires=self.timeout_s
+            )
             out = res.get(timeout=self.timeout_s, disable_sync_subtasks=False)
         except CeleryTimeoutError:
             res.revoke()
             raise ServiceUnavailableError(
                 f"the signer did not answer within {self.timeout_s:.0f}s: is the hsm worker "
                 "running (`provisioner services run`)?"
+            ) from None
+        except (KombuOperationalError, RedisError, OSError) as exc:
+            raise ServiceUnavailableError(
+                f"the broker was lost while asking the signer ({type(exc).__name__}): "
+                "is Redis running (`provisioner services status`)?"
             ) from None
         if "error" in out:
             kind = _REMOTE_ERRORS.get(out.get("kind", ""), ProvisionerError)
@@ -79,6 +89,8 @@ _REMOTE_ERRORS: dict[str, type[ProvisionerError]] = {
     cls.__name__: cls
     for cls in (
         PolicyViolationError,
+        QuotaExhaustedError,
+        BatchNotRunningError,
         HsmError,
         HsmUnavailableError,
         HsmBusyError,
@@ -110,42 +122,69 @@ def request_from_json(d: dict[str, Any]) -> SigningRequest:
     )
 
 
+def _retry_or_leave(
+    task: Task, result: dict[str, Any], *, countdown: float, signer_waits: int
+) -> None:
+    """Run ``task`` again in ``countdown`` seconds; if even that cannot be sent (the broker
+    is down), leave the device as it is (released, no error): the supervisor re-dispatches
+    the running batches once the broker is back."""
+    try:
+        raise task.retry(countdown=countdown, kwargs={"signer_waits": signer_waits})
+    except Retry:
+        raise
+    except Exception as exc:  # the broker refused the retry message
+        log.warning("device %s left for re-dispatch (%s): %s", result["device_id"], exc, result)
+
+
 def register(app: Celery) -> None:
     """Register the product's tasks on ``app``."""
 
     @app.task(name=PROVISION_TASK, bind=True, acks_late=True, max_retries=None)
-    def provision_device(self: Task, device_id: int) -> dict[str, Any]:
-        from provisioner.station import open_socket
+    def provision_device(self: Task, device_id: int, signer_waits: int = 0) -> dict[str, Any]:
+        """One device on this child's socket (provisioner.socket_task). A socket waiting for
+        a chip tries again every ~2 s while the batch runs; a signer or broker that does not
+        answer is waited for with backoff (``signer_waits`` so far), then the device fails
+        with its part left in the socket."""
+        import os
+
+        from provisioner.socket_task import SocketRun
 
         rt = runtime.current()
         assert rt.station_id is not None and rt.socket is not None, "not a station worker"
-        ledger = DeviceLedger(rt.engine, f"station:{rt.station_id}", rt.station_id, rt.socket)
-        registry = rt.settings.registry
-        try:
-            with open_socket(rt.settings, rt.station_id, rt.socket, ledger.load(device_id)) as chip:
-                dev = pipeline.provision_device(
-                    device_id,
-                    chip,
-                    RemoteSigner(app, rt.settings.celery.sign_timeout_s),
-                    ledger,
-                    registry=f"projects/{registry.project}/locations/{registry.location}"
-                    f"/registries/{registry.registry}",
+        reg = rt.settings.registry
+        run = SocketRun(
+            rt.settings,
+            rt.engine,
+            rt.station_id,
+            rt.socket,
+            RemoteSigner(app, rt.settings.celery.sign_timeout_s),
+            registry=f"projects/{reg.project}/locations/{reg.location}/registries/{reg.registry}",
+            holder=f"{rt.station_id}:{rt.socket}:{os.getpid()}",
+        )
+        out = run.run(device_id)
+        if out.kind == "done":
+            try:
+                app.send_task(UPLOAD_TASK, args=[device_id], queue=REGISTRY_QUEUE)
+            except (KombuOperationalError, RedisError, OSError) as exc:
+                # The upload row is in the database: the registry worker's periodic sync
+                # (or the supervisor's re-dispatch) sends it.
+                log.warning("device %s: upload not queued (%s), left to the sync", device_id, exc)
+        elif out.kind == "wait_chip":
+            _retry_or_leave(self, out.as_json(), countdown=2.0, signer_waits=signer_waits)
+        elif out.kind == "wait_service":
+            if signer_waits < rt.settings.celery.hsm_wait_retries:
+                log.warning("device %s waits (try %s): %s", device_id, signer_waits, out.detail)
+                _retry_or_leave(
+                    self,
+                    out.as_json(),
+                    countdown=float(min(30, 2**signer_waits)),
+                    signer_waits=signer_waits + 1,
                 )
-        except (HsmUnavailableError, HsmBusyError) as exc:
-            # The signer stopped (token lost) or is saturated: the chip stays in its socket
-            # and the device waits at its step, without an error, until the signer is back.
-            retries = self.request.retries
-            if retries < rt.settings.celery.hsm_wait_retries:
-                log.warning("device %s waits for the signer (try %s): %s", device_id, retries, exc)
-                raise self.retry(countdown=min(30, 2**retries), exc=exc) from None
-            ledger.fail(device_id, f"signer unavailable after {retries + 1} tries: {exc}")
-            return {"device_id": device_id, "ok": False, "error": str(exc)}
-        except ProvisionerError as exc:
-            log.warning("device %s failed: %s", device_id, exc)
-            ledger.fail(device_id, str(exc))
-            return {"device_id": device_id, "ok": False, "error": str(exc)}
-        app.send_task(UPLOAD_TASK, args=[device_id], queue=REGISTRY_QUEUE)
-        return {"device_id": device_id, "ok": True, "step": dev.step.name}
+            else:
+                out = run.fail_waiting(
+                    device_id, f"unavailable after {signer_waits + 1} tries: {out.detail}"
+                )
+        return out.as_json()
 
     @app.task(name=SIGN_TASK, acks_late=True)
     def sign_certificate(request: dict[str, Any]) -> dict[str, Any]:
@@ -199,3 +238,24 @@ def register(app: Celery) -> None:
             ledger.refuse_upload(device_id, f"refused: {exc}")
             return {"device_id": device_id, "ok": False, "parked": True, "error": str(exc)}
         return {"device_id": device_id, "ok": dev.error is None, "step": dev.step.name}
+
+    from workers.queues import BLOCK_TASK  # here, to keep this task's edit in one place
+
+    @app.task(name=BLOCK_TASK, bind=True, acks_late=True, max_retries=None)
+    def block_device(self: Task, device_id: int) -> dict[str, Any]:
+        """Block a revoked device in the registry (provisioner.registry.blocking): paced
+        like creates, retried with backoff, then parked for the periodic sync."""
+        from provisioner.registry import blocking
+
+        rt = runtime.current()
+        assert rt.registry is not None, "not a registry worker"
+        done = blocking.task_attempt(
+            rt.engine,
+            rt.registry,
+            device_id,
+            self.request.retries,
+            rt.settings.celery.task_retry_max,
+        )
+        if done.retry_in_s is not None:
+            raise self.retry(countdown=done.retry_in_s)
+        return done.result

@@ -3,6 +3,8 @@
 Chips live as files in a shared pool (``<chips_dir>/pool/<SERIAL>.json``); a socket is a
 small file naming the chip in it (``<chips_dir>/<station>/socket-<n>``), so every process
 of the station agrees on what is where, and a chip taken out and put back is the same chip.
+Like a physical chip, one chip is in at most one socket of the jig: inserting it in a
+socket takes it out of any other.
 """
 
 from __future__ import annotations
@@ -37,13 +39,22 @@ class StationJig:
             return None
         return Path(name) if name else None
 
+    def serial_in(self, socket: int) -> str | None:
+        """The serial (hex) of the chip in ``socket``, from the jig alone (None: empty)."""
+        path = self.chip_path(socket)
+        return path.stem if path is not None else None
+
     def insert(self, socket: int, chip_path: Path) -> None:
         if not chip_path.exists():
             raise FileNotFoundError(f"no emulated chip at {chip_path}")
+        target = chip_path.resolve()
+        for other in range(self.sockets):
+            if other != socket and self.chip_path(other) == target:
+                self.remove(other)
         f = self._socket_file(socket)
         f.parent.mkdir(parents=True, exist_ok=True)
-        tmp = f.with_name(f.name + ".tmp")
-        tmp.write_text(str(chip_path.resolve()))
+        tmp = f.with_name(f.name + f".{os.getpid()}.tmp")
+        tmp.write_text(str(target))
         os.replace(tmp, f)
 
     def remove(self, socket: int) -> None:

@@ -1,0 +1,372 @@
+"""One device on one socket of a station: what a station worker's task does, minus Celery.
+
+The pipeline (:mod:`provisioner.pipeline`) knows the steps; this module knows the socket
+around them:
+
+- the device is claimed first (a lease on its row), so two messages for the same device
+  never work on it at once; the claim is released whatever happens;
+- its batch says whether it may start (running), stops at the next step boundary (paused;
+  cancelled before its certificate is issued) or finishes (cancelled after that);
+- a socket without the right chip waits for one (``insert_chip``) instead of failing the
+  device; on an auto-fed emulated station the emulator's operator puts it in;
+- a chip error that can pass (no answer, CRC noise on the bus, an ECC fault) is retried up to
+  ``chip_retries`` times per step by running the pipeline again (it resumes idempotently);
+- a failure says what the operator does with the part (:class:`PartAction`);
+- the socket's ``socket_state`` row says what it is doing, on every change.
+
+The Celery task (``workers/tasks.py``) turns the :class:`Outcome` into a retry, an upload
+or nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Literal
+
+from cryptoauthlib.status import Status
+from sqlalchemy.engine import Engine
+from sqlmodel import select
+
+from provisioner import pipeline, socket_state
+from provisioner.chips.connector import Connector
+from provisioner.db.engine import transaction
+from provisioner.db.models import Batch, BatchState, Device, PartAction, Step
+from provisioner.errors import (
+    BatchNotRunningError,
+    ChipAbsentError,
+    ChipCommandError,
+    ChipError,
+    DeviceStopped,
+    PolicyViolationError,
+    ProvisionerError,
+    QuotaExhaustedError,
+    ServiceUnavailableError,
+    WrongChipError,
+)
+from provisioner.ledger import DeviceLedger, get_device
+from provisioner.ports import CertificateSigner, SecureElement
+from provisioner.settings import Settings
+from provisioner.station import auto_fed, feed_auto, locator
+
+log = logging.getLogger("provisioner.station")
+
+# Chip errors that can pass when the command is sent again: noise or a bad contact on the
+# bus (cryptoauthlib's host-side codes), and the status bytes the datasheet says to retry
+# on (bus CRC error 0xFF, ECC fault 0x05). Anything else the chip answers is its verdict.
+TRANSIENT_STATUSES = frozenset(
+    int(s)
+    for s in (
+        Status.ATCA_STATUS_CRC,
+        Status.ATCA_STATUS_ECC,
+        Status.ATCA_BAD_CRC,
+        Status.ATCA_RX_FAIL,
+        Status.ATCA_RX_NO_RESPONSE,
+        Status.ATCA_RESYNC_WITH_WAKEUP,
+        Status.ATCA_PARITY_ERROR,
+        Status.ATCA_TX_TIMEOUT,
+        Status.ATCA_RX_TIMEOUT,
+        Status.ATCA_COMM_FAIL,
+        Status.ATCA_TIMEOUT,
+        Status.ATCA_TX_FAIL,
+        Status.ATCA_HEALTH_TEST_ERROR,
+    )
+)
+
+_PART = {
+    PartAction.REJECT: "reject bin",
+    PartAction.REINSERT: "take the part out and insert it again, then `batch retry`",
+    PartAction.WAIT: "leave the part in the socket",
+}
+
+
+def next_step(step: Step) -> Step:
+    """The step a device at ``step`` works towards next."""
+    return min((s for s in Step if s > step), default=Step.DONE)
+
+
+def may_start(state: BatchState, device_cancelled: bool, step: Step) -> bool:
+    """Whether a device of a batch in ``state`` may start working towards ``step``.
+
+    Paused: no step starts (the one in progress has finished when this is asked). Cancelled:
+    a device whose certificate is issued finishes (the certificate exists; the chip should
+    carry it), any other stops before the signer is asked."""
+    if device_cancelled:
+        return False
+    if state is BatchState.RUNNING:
+        return True
+    if state is BatchState.CANCELLED:
+        return step > Step.CERT_ISSUED
+    return False
+
+
+def transient(exc: ChipError) -> bool:
+    """Whether a chip error can pass when the step is tried again."""
+    return isinstance(exc, ChipAbsentError) or (
+        isinstance(exc, ChipCommandError) and exc.status in TRANSIENT_STATUSES
+    )
+
+
+def part_action(exc: ProvisionerError) -> PartAction:
+    """What the operator does with the part of a device that failed with ``exc``: a chip
+    that does not answer or is not the device's goes back in; a chip the line refuses (bad
+    state, provisioned elsewhere, clone, reused key, read-back mismatch, errors that
+    persisted) goes to the reject bin; anything else (a service, the setup) is not the
+    part's fault: it waits in its socket."""
+    if isinstance(exc, ChipAbsentError | WrongChipError):
+        return PartAction.REINSERT
+    if isinstance(exc, QuotaExhaustedError | BatchNotRunningError):
+        return PartAction.WAIT  # the order, not the part: an admin raises the quota
+    if isinstance(exc, ChipError | PolicyViolationError):
+        return PartAction.REJECT
+    return PartAction.WAIT
+
+
+Kind = Literal["done", "skipped", "stopped", "wait_chip", "wait_service", "failed"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one run of a device's socket task ended.
+
+    done: verified on its chip (queue the upload); skipped: nothing touched (already done,
+    held by another task, or its batch not running); stopped: at a step boundary (batch
+    paused or cancelled); wait_chip: the socket needs a chip (try again soon); wait_service:
+    the signer or the broker did not answer (``error``; try again with backoff); failed:
+    recorded on the device with the part's action."""
+
+    kind: Kind
+    device_id: int
+    detail: str = ""
+    error: ServiceUnavailableError | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "ok": self.kind == "done",
+            "outcome": self.kind,
+            "detail": self.detail,
+        }
+
+
+class SocketRun:
+    """Runs devices on one socket of a station (one per worker child)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        station_id: str,
+        socket: int,
+        signer: CertificateSigner,
+        *,
+        registry: str,
+        holder: str,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.station_id = station_id
+        self.socket = socket
+        self.signer = signer
+        self.registry = registry
+        self.holder = holder
+        self.ledger = DeviceLedger(engine, f"station:{station_id}", station_id, socket)
+        self.lease_s = settings.celery.sign_timeout_s + 120
+        self.chip_retries = settings.station(station_id).chip_retries
+        self.auto = auto_fed(settings, station_id)
+        self.locator = locator(settings, station_id, socket)
+        self.connector = Connector(settings)
+
+    # --- the task --------------------------------------------------------------------
+
+    def run(self, device_id: int) -> Outcome:
+        """Claim the device, run it as far as its batch allows, release it."""
+        dev = self.ledger.load(device_id)
+        if dev.step >= Step.CERT_VERIFIED:
+            return Outcome("skipped", device_id, "already verified on its chip")
+        if dev.error is not None:  # a stray message: a failed device waits for `batch retry`
+            return Outcome("skipped", device_id, "failed: waits for `batch retry`")
+        if not self._claim(device_id):
+            return Outcome("skipped", device_id, "another socket's task holds it")
+        try:
+            if not self._gate(device_id, next_step(dev.step), announce=False):
+                self._let_go(device_id)
+                return Outcome("skipped", device_id, "its batch is not running")
+            return self._attempts(device_id)
+        finally:
+            self.ledger.release(device_id, self.holder)
+
+    def _claim(self, device_id: int) -> bool:
+        """Claim the device; a claim left by a task of this station whose process is gone
+        (a pool child killed mid-device, whose message Celery delivers again) is taken
+        over at once rather than after its lease."""
+        if self.ledger.claim(device_id, self.holder, self.lease_s):
+            return True
+        holder = self.ledger.load(device_id).claimed_by
+        return (
+            holder is not None
+            and _dead_local_holder(holder, self.station_id)
+            and self.ledger.take_over(device_id, holder, self.holder, self.lease_s)
+        )
+
+    def fail_waiting(self, device_id: int, reason: str) -> Outcome:
+        """The service the device waited for stayed away: fail it; the part stays put."""
+        return self._fail(device_id, reason, PartAction.WAIT)
+
+    # --- attempts --------------------------------------------------------------------
+
+    def _attempts(self, device_id: int) -> Outcome:
+        """Run the pipeline until it ends one way or another; chip errors that can pass
+        are tried again, ``chip_retries`` times per step."""
+        failures, step, feed = 0, self.ledger.load(device_id).step, self.auto
+        while True:
+            try:
+                return self._attempt(device_id, feed)
+            except DeviceStopped as exc:
+                self._socket("idle", device_id, f"{exc}: batch paused or cancelled")
+                return Outcome("stopped", device_id, str(exc))
+            except ServiceUnavailableError as exc:
+                self._socket("busy", device_id, f"waiting: {exc}")
+                return Outcome("wait_service", device_id, str(exc), error=exc)
+            except ChipAbsentError as exc:
+                if not self.auto:  # a person feeds this socket: wait for the chip
+                    return self._wait_chip(device_id, self._wanted(self.ledger.load(device_id)))
+                error: ChipError = exc
+            except ChipError as exc:
+                if not transient(exc):
+                    return self._fail(device_id, str(exc), part_action(exc))
+                error = exc
+            except PolicyViolationError as exc:
+                # The signer refuses a batch cancelled since the last step boundary: that is
+                # the batch stopping, not the part's fault.
+                now = self.ledger.load(device_id).step
+                if not self._gate(device_id, next_step(now), announce=False):
+                    self._socket("idle", device_id, f"stopped: {exc}")
+                    return Outcome("stopped", device_id, str(exc))
+                return self._fail(device_id, str(exc), part_action(exc))
+            except ProvisionerError as exc:
+                return self._fail(device_id, str(exc), part_action(exc))
+            now = self.ledger.load(device_id).step
+            failures, step = (1, now) if now > step else (failures + 1, step)
+            if failures > self.chip_retries:
+                return self._fail(
+                    device_id,
+                    f"{error} (still failing after {failures} tries)",
+                    part_action(error),
+                )
+            log.warning("device %s: %s; trying again (%s)", device_id, error, failures)
+            feed = self.auto and isinstance(error, ChipAbsentError)
+
+    def _attempt(self, device_id: int, feed: bool) -> Outcome:
+        if not self.ledger.claim(device_id, self.holder, self.lease_s):  # renew the lease
+            return Outcome("skipped", device_id, "its lease ran out and another task holds it")
+        dev = self.ledger.load(device_id)
+        if feed:
+            feed_auto(self.settings, self.station_id, self.socket, dev)
+        with self.connector.open(self.locator) as chip:
+            misplaced = self._misplaced(chip, dev)
+            if misplaced is not None:
+                return self._wait_chip(device_id, misplaced)
+            done = pipeline.provision_device(
+                device_id,
+                chip,
+                self.signer,
+                self.ledger,
+                registry=self.registry,
+                proceed=partial(self._gate, device_id, announce=True),
+            )
+        self._socket(
+            "idle", device_id, "provisioned" if self.auto else "provisioned: take the chip out"
+        )
+        return Outcome("done", done.id or device_id)
+
+    # --- the chip in the socket ------------------------------------------------------
+
+    def _misplaced(self, chip: SecureElement, dev: Device) -> str | None:
+        """What to do first when the socket holds a chip that is not this device's to use
+        (None: go): a chip already provisioned, or another device's, comes out; a resumed
+        device needs its own chip back."""
+        serial = chip.identity().serial_hex
+        if serial == dev.chip_serial:
+            return None
+        with transaction(self.engine) as s:
+            owner = s.exec(select(Device).where(Device.chip_serial == serial)).first()
+        if owner is None and dev.chip_serial is None:
+            return None  # a new chip for a new device (the pipeline judges the chip itself)
+        if owner is None:
+            why = "not this device's"
+        elif owner.step >= Step.CERT_VERIFIED:
+            why = "provisioned"
+        else:
+            why = f"device {owner.id}'s"
+        return f"remove chip {serial} ({why}), then {self._wanted(dev)}"
+
+    @staticmethod
+    def _wanted(dev: Device) -> str:
+        return f"insert chip {dev.chip_serial}" if dev.chip_serial else "insert chip"
+
+    def _wait_chip(self, device_id: int, detail: str) -> Outcome:
+        self._socket("insert_chip", device_id, detail)
+        return Outcome("wait_chip", device_id, detail)
+
+    # --- batch state, failures, the socket's row --------------------------------------
+
+    def _gate(self, device_id: int, step: Step, *, announce: bool) -> bool:
+        """Whether the device may start working towards ``step`` now (its batch's state is
+        read afresh each time); ``announce``: mark the socket busy with it if so."""
+        with transaction(self.engine) as s:
+            dev = get_device(s, device_id)
+            batch = s.get(Batch, dev.batch_id)
+            ok = batch is not None and may_start(batch.state, dev.cancelled_at is not None, step)
+            if ok and announce:
+                socket_state.put(
+                    s,
+                    self.station_id,
+                    self.socket,
+                    "busy",
+                    device_id=device_id,
+                    chip_serial=dev.chip_serial,
+                    detail=f"step {step.name.lower()}",
+                )
+        return ok
+
+    def _fail(self, device_id: int, reason: str, action: PartAction) -> Outcome:
+        log.warning("device %s failed (%s): %s", device_id, action.value, reason)
+        self.ledger.fail(device_id, reason, action)
+        self._socket("failed", device_id, f"{_PART[action]}: {reason}")
+        return Outcome("failed", device_id, reason)
+
+    def _let_go(self, device_id: int) -> None:
+        """The device is not to run now: a socket row still naming it no longer does."""
+        rows = socket_state.read(self.engine, self.station_id)
+        if any(r.socket == self.socket and r.device_id == device_id for r in rows):
+            socket_state.record(self.engine, self.station_id, self.socket, "idle")
+
+    def _socket(self, state: socket_state.State, device_id: int, detail: str) -> None:
+        dev = self.ledger.load(device_id)
+        socket_state.record(
+            self.engine,
+            self.station_id,
+            self.socket,
+            state,
+            device_id=device_id,
+            chip_serial=dev.chip_serial,
+            detail=detail,
+        )
+
+
+def _dead_local_holder(holder: str, station_id: str) -> bool:
+    """Whether ``holder`` (``station:socket:pid``) is a task of this station's worker
+    whose process no longer exists (the station's children share one host)."""
+    parts = holder.rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != station_id or not parts[2].isdigit():
+        return False
+    try:
+        os.kill(int(parts[2]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
