@@ -161,7 +161,9 @@ class RegistrySettings(_Section):
     # Which kind of registry receives the certificates: any Cloud IoT v1 endpoint (the
     # built-in one by default), ClearBlade IoT Core (its own client), or AWS IoT (boto3).
     kind: Literal["cloudiot", "clearblade", "aws"] = "cloudiot"
-    url: str = "http://127.0.0.1:8711"
+    # Where uploads go. Unset (the default): the built-in registry this machine runs, at
+    # listen_host:listen_port, so moving the listener moves the uploads with it.
+    url: str | None = None
     project: str = "factory"
     location: str = "local"
     registry: str = "devices"
@@ -185,16 +187,34 @@ class RegistrySettings(_Section):
     listen_port: int = Field(default=8711, ge=1, le=65535)
     database_url: str | None = None  # default: sqlite:///<var>/registry.db
 
+    @property
+    def effective_url(self) -> str:
+        """``url``, or the built-in registry's own listener when it is not set."""
+        return self.url or local_url(self.listen_host, self.listen_port)
+
 
 class ApiSettings(_Section):
     """The provisioner's HTTP API (CRLs and CA certificates; public material only)."""
 
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(default=8712, ge=1, le=65535)
-    public_url: str = "http://127.0.0.1:8712"  # how devices and clouds reach it
+    # How devices and clouds reach it; unset: derived from listen_host:listen_port.
+    public_url: str | None = None
+
+    @property
+    def effective_url(self) -> str:
+        """``public_url``, or this machine's listener when it is not set."""
+        return self.public_url or local_url(self.listen_host, self.listen_port)
 
     def crl_url(self, name: str) -> str:
-        return f"{self.public_url.rstrip('/')}/crl/{name}.crl"
+        return f"{self.effective_url.rstrip('/')}/crl/{name}.crl"
+
+
+def local_url(host: str, port: int) -> str:
+    """The URL a process on this machine uses to reach a listener on ``host:port``: a
+    wildcard address (0.0.0.0, ::) is reached through the loopback."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 class AuditSettings(_Section):
@@ -216,6 +236,13 @@ class StationSettings(_Section):
     sockets: int = Field(default=4, ge=1, le=64)
     i2c_bus: str = "/dev/i2c-1"
     i2c_address: int = 0x6A
+    # Who puts chips in an emulated jig: "auto", the emulator's operator (a blank chip for a
+    # new device, the device's own chip for a resumed one; the demo), or "manual": sockets
+    # stay empty until `provisioner station insert`. Silicon is always fed by hand.
+    feed: Literal["auto", "manual"] = "auto"
+    # How often a chip error that can pass (no answer, CRC noise on the bus, ECC fault) is
+    # retried, per step, before the device fails and the part goes to the reject bin.
+    chip_retries: int = Field(default=3, ge=0, le=20)
 
 
 class CelerySettings(_Section):
@@ -332,6 +359,16 @@ class Settings(BaseSettings):
     def chips_dir(self) -> Path:
         """Emulated chip state files and station jigs."""
         return self.var / "chips"
+
+    @property
+    def registry_url(self) -> str:
+        """Where uploads go (``registry.url``, else derived from ``registry.listen_port``)."""
+        return self.registry.effective_url
+
+    @property
+    def api_url(self) -> str:
+        """The API's public URL (``api.public_url``, else derived from ``api.listen_port``)."""
+        return self.api.effective_url
 
     @property
     def registry_token_file(self) -> Path:

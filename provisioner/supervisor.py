@@ -1,37 +1,98 @@
-"""Starts and stops the station's services as child processes: Redis, the registry, workers.
+"""Starts, watches and stops the station's services as child processes: Redis, the
+registry, the API and the Celery workers.
 
 Used by ``provisioner services run``, ``provisioner demo`` and the end-to-end tests, so all
-three run the same real processes. Children get their own session (Ctrl-C in the terminal
-reaches only the supervisor, which then stops them in order: stations first, Redis last),
-their logs go to ``<var>/log/``, and their pids to ``<var>/run/`` so a supervisor that was
-killed outright leaves nothing running the next time one starts.
+three run the same real processes.
+
+- One supervisor per var dir (:mod:`provisioner.supervisor_lock`); a second one refuses
+  and touches nothing. Children a dead supervisor left behind are reaped only once its lock
+  is free, i.e. once it is certainly dead.
+- Each child is the leader of its own process group (its own session): Ctrl-C in the
+  terminal reaches only the supervisor, and stopping a child kills its whole group, Celery's
+  pool processes included.
+- A child that exits is restarted after a backoff (1, 2, 4 ... 30 s) by a monitor thread;
+  the restart is logged (``<var>/log/supervisor.log`` and stderr) and counted in
+  ``<var>/run/services.json``. One that exits more than ``restart_limit`` times within
+  ``restart_window_s`` is reported and left down. After Redis (which keeps nothing on disk:
+  every queued message is gone) or a worker (an upload worker dies with the messages it
+  held) comes back, the running batches are dispatched again, so they finish on their own.
+- Stopping ignores further Ctrl-C/SIGTERM (a second one only makes it skip the grace
+  period): workers first, Redis last, SIGTERM to each group then SIGKILL.
+- A health monitor thread (:mod:`provisioner.health`) probes the signer and the registry.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import httpx
 import redis
+from sqlalchemy.engine import Engine
 
 from provisioner.errors import ServiceUnavailableError
-from provisioner.settings import Settings
-from workers.queues import HSM_QUEUE, REGISTRY_QUEUE, station_queue
+from provisioner.listeners import plan_ports
+from provisioner.process_groups import group_alive, group_carries, signal_group, wait_group_gone
+from provisioner.settings import Settings, local_url
+from provisioner.supervisor_lock import InstanceLock
+from provisioner.supervisor_status import ComponentStatus, remove_status, write_status
+from workers.queues import HSM_QUEUE, REGISTRY_QUEUE, STATION_PREFIX, station_queue
+
+log = logging.getLogger("provisioner.supervisor")
+
+REDIS, REGISTRY, API, WORKER = "redis", "registry", "api", "worker"
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass
 class Child:
+    """One supervised process (and its process group), across its restarts."""
+
     name: str
-    proc: subprocess.Popen[bytes]
+    kind: str
+    argv: list[str]
     log: Path
+    proc: subprocess.Popen[bytes]
+    queue: str | None = None  # workers: the queue they consume
+    started_at: float = field(default_factory=time.time)
+    restarts: int = 0
+    state: str = "running"  # running | restarting | failed
+    last_exit: int | None = None
+    crashes: list[float] = field(default_factory=list)  # monotonic, within the window
+    restart_at: float = 0.0
+
+    def status(self) -> ComponentStatus:
+        return ComponentStatus(
+            self.name,
+            self.proc.pid,
+            self.state,
+            self.started_at,
+            self.restarts,
+            self.last_exit,
+        )
+
+
+def _stop_phase(c: Child) -> int:
+    """Stations first (a device in hand still needs the signer and Redis to finish its
+    step), then the signer and uploader, then the HTTP services, Redis last."""
+    if c.kind == WORKER:
+        return 0 if (c.queue or "").startswith(STATION_PREFIX) else 1
+    return 2 if c.kind in (REGISTRY, API) else 3
+
+
+class _Stopping(Exception):
+    """The supervisor is stopping: no new child may start."""
 
 
 @dataclass
@@ -41,6 +102,24 @@ class Supervisor:
     settings: Settings
     config_file: Path | None = None
     children: list[Child] = field(default_factory=list)
+    # PROVISIONER_* overrides for the children (ports moved by the demo).
+    child_overrides: dict[str, str] = field(default_factory=dict)
+    restart_limit: int = 5
+    restart_window_s: float = 120.0
+    backoff_max_s: float = 30.0
+    health_interval_s: float = 15.0
+    health_timeout_s: float = 10.0
+    _lock: InstanceLock | None = field(default=None, repr=False)
+    _mutex: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    _stopping: threading.Event = field(default_factory=threading.Event, repr=False)
+    _threads: list[threading.Thread] = field(default_factory=list, repr=False)
+    _engine: Engine | None = field(default=None, repr=False)
+    # Signals: the first one interrupts (KeyboardInterrupt), later ones only hurry the stop;
+    # inside a critical section (a child being started) the interrupt waits for its end.
+    _interrupted: bool = field(default=False, repr=False)
+    _hurry: bool = field(default=False, repr=False)
+    _defer: int = field(default=0, repr=False)
+    _pending: bool = field(default=False, repr=False)
 
     @property
     def log_dir(self) -> Path:
@@ -50,84 +129,128 @@ class Supervisor:
     def run_dir(self) -> Path:
         return self.settings.var / "run"
 
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            from provisioner.db.engine import create_schema, make_engine
+
+            self._engine = make_engine(self.settings.db_url)
+            create_schema(self._engine)
+        return self._engine
+
     def child_env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["PROVISIONER_VAR_DIR"] = str(self.settings.var)
         if self.config_file is not None:
             env["PROVISIONER_CONFIG"] = str(self.config_file.resolve())
+        env.update(self.child_overrides)
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
-    def spawn(self, name: str, argv: list[str]) -> Child:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        log = self.log_dir / f"{name}.log"
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=self.child_env(),
-                cwd=os.getcwd(),
-                start_new_session=True,
-            )
-        (self.run_dir / f"{name}.pid").write_text(str(proc.pid))
-        child = Child(name, proc, log)
-        self.children.append(child)
-        return child
+    # --- one instance per var dir ---------------------------------------------------------
 
-    # --- the services -----------------------------------------------------------------
+    def acquire(self) -> None:
+        """Take the var dir's lock (ConflictError naming the running supervisor), then reap
+        what a dead predecessor left; start logging to ``<var>/log/supervisor.log``."""
+        lock = InstanceLock(self.run_dir, self.config_file)
+        lock.acquire()
+        self._lock = lock
+        _log_to(self.log_dir / "supervisor.log")
+        self.reap_stale()
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+            _detach_logs()
 
     def reap_stale(self) -> None:
-        """Stop processes a previous supervisor left behind (it was SIGKILLed)."""
+        """Stop the process groups a previous supervisor left behind (it was SIGKILLed):
+        SIGTERM to all, SIGKILL to what is left after 10 s. Only groups whose processes
+        carry this var dir are touched: a pid file can outlive its process and the pid be
+        reused by something else."""
         if not self.run_dir.is_dir():
             return
+        remove_status(self.run_dir)
+        marker = str(self.settings.var)
+        stale: list[int] = []
         for pidfile in self.run_dir.glob("*.pid"):
-            try:
-                pid = int(pidfile.read_text())
-                os.killpg(pid, signal.SIGTERM)
-                _wait_gone(pid, 10.0)
-            except (ValueError, ProcessLookupError, PermissionError):
-                pass
+            with suppress(ValueError, OSError):
+                pgid = int(pidfile.read_text())
+                if group_carries(pgid, marker):
+                    log.warning("stopping %s (pid %d) left by a dead supervisor", pidfile, pgid)
+                    signal_group(pgid, signal.SIGTERM)
+                    stale.append(pgid)
             pidfile.unlink(missing_ok=True)
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and any(group_alive(g) for g in stale):
+            time.sleep(0.1)
+        for pgid in stale:
+            signal_group(pgid, signal.SIGKILL)
+            wait_group_gone(pgid, 5.0)
+
+    # --- starting children ----------------------------------------------------------------
+
+    def spawn(
+        self, name: str, argv: list[str], kind: str = WORKER, queue: str | None = None
+    ) -> Child:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        log_file = self.log_dir / f"{name}.log"
+        with self._critical():
+            proc = self._popen(name, argv, log_file)
+            child = Child(name, kind, argv, log_file, proc, queue)
+            self.children.append(child)
+        return child
+
+    def _popen(self, name: str, argv: list[str], log_file: Path) -> subprocess.Popen[bytes]:
+        with self._mutex:
+            if self._stopping.is_set():
+                raise _Stopping(name)
+            with log_file.open("ab") as out:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=self.child_env(),
+                    cwd=os.getcwd(),
+                    start_new_session=True,
+                )
+            (self.run_dir / f"{name}.pid").write_text(str(proc.pid))
+        return proc
 
     def start_redis(self) -> None:
         sock = self.settings.redis_socket
         sock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         sock.unlink(missing_ok=True)
-        self.spawn(
-            "redis",
-            [
-                _which("redis-server"),
-                "--port",
-                "0",
-                "--unixsocket",
-                str(sock),
-                "--unixsocketperm",
-                "700",
-                "--dir",
-                str(sock.parent),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-            ],
-        )
-        self._wait("redis", lambda: redis.Redis(unix_socket_path=str(sock)).ping())
+        argv = [
+            _which("redis-server"),
+            "--port",
+            "0",
+            "--unixsocket",
+            str(sock),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(sock.parent),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+        ]
+        self._wait_ready(self.spawn("redis", argv, REDIS), self._check_alive)
 
     def start_registry(self) -> None:
-        self.spawn("registry", [sys.executable, "-m", "provisioner.registry"])
-        url = f"http://{self.settings.registry.listen_host}:{self.settings.registry.listen_port}"
-        self._wait("registry", lambda: httpx.get(url + "/healthz", timeout=1).is_success)
+        child = self.spawn("registry", [sys.executable, "-m", "provisioner.registry"], REGISTRY)
+        self._wait_ready(child, self._check_alive)
 
     def start_api(self) -> None:
-        """The public PKI endpoints (CRLs, CA certificates)."""
-        self.spawn("api", [sys.executable, "-m", "provisioner.api"])
-        url = f"http://{self.settings.api.listen_host}:{self.settings.api.listen_port}"
-        self._wait("api", lambda: httpx.get(url + "/healthz", timeout=1).is_success)
+        """The HTTP API (public PKI files; audit, batches and users by role)."""
+        child = self.spawn("api", [sys.executable, "-m", "provisioner.api"], API)
+        self._wait_ready(child, self._check_alive)
 
     def start_workers(self, station_ids: list[str]) -> None:
         specs = [("worker-hsm", HSM_QUEUE, 1), ("worker-registry", REGISTRY_QUEUE, 2)]
@@ -137,89 +260,352 @@ class Supervisor:
         ]
         for name, queue, concurrency in specs:
             self.start_worker(name, queue, concurrency, wait=False)
-        self.wait_workers([q for _, q, _ in specs])
+        self.wait_workers([q for _, q, _ in specs], check=self._check_alive)
 
     def start_worker(self, name: str, queue: str, concurrency: int, *, wait: bool = True) -> None:
         """One ``celery -A workers worker`` consuming ``queue`` (one child per socket for a
         station queue)."""
-        self.spawn(
-            name,
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers",
-                "worker",
-                "-Q",
-                queue,
-                "-n",
-                f"{name}@%h",
-                "-c",
-                str(concurrency),
-                "--loglevel",
-                "INFO",
-                "--without-gossip",
-                "--without-mingle",
-            ],
-        )
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers",
+            "worker",
+            "-Q",
+            queue,
+            "-n",
+            f"{name}@%h",
+            "-c",
+            str(concurrency),
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+        self.spawn(name, argv, WORKER, queue)
         if wait:
-            self.wait_workers([queue])
+            self.wait_workers([queue], check=self._check_alive)
 
-    def wait_workers(self, queues: list[str], timeout: float = 60.0) -> None:
+    def wait_workers(
+        self, queues: list[str], timeout: float = 60.0, check: Callable[[], None] | None = None
+    ) -> None:
         from workers.celery_app import make_celery
 
         app = make_celery(self.settings)
         deadline = time.monotonic() + timeout
         missing = set(queues)
-        while time.monotonic() < deadline:
-            self._check_alive()
-            replies = app.control.inspect(timeout=1.0).active_queues() or {}
-            seen = {q["name"] for qs in replies.values() for q in qs}
-            missing = set(queues) - seen
-            if not missing:
-                return
+        try:
+            while time.monotonic() < deadline and not self._stopping.is_set():
+                if check is not None:
+                    check()
+                with suppress(Exception):  # Redis itself may be coming back
+                    replies = app.control.inspect(timeout=1.0).active_queues() or {}
+                    seen = {q["name"] for qs in replies.values() for q in qs}
+                    missing = set(queues) - seen
+                    if not missing:
+                        return
+        finally:
+            app.close()
         raise ServiceUnavailableError(
             f"workers for {sorted(missing)} did not start within {timeout:.0f}s; "
             f"see {self.log_dir}/worker-*.log"
         )
 
-    def _wait(self, name: str, probe: object, timeout: float = 30.0) -> None:
+    def _wait_ready(self, child: Child, check: Callable[[], None], timeout: float = 30.0) -> None:
+        """Until the child answers (Redis PING, HTTP /healthz, the worker consuming)."""
+        if child.kind == WORKER:
+            assert child.queue is not None
+            self.wait_workers([child.queue], timeout=2 * timeout, check=check)
+            return
+        probe = self._probe(child.kind)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self._check_alive()
-            try:
-                if probe():  # type: ignore[operator]
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            check()
+            with suppress(Exception):
+                if probe():
                     return
-            except Exception:
-                pass
             time.sleep(0.1)
         raise ServiceUnavailableError(
-            f"{name} did not become ready within {timeout:.0f}s; see {self.log_dir}/{name}.log"
+            f"{child.name} did not become ready within {timeout:.0f}s; see {child.log}"
         )
 
+    def _probe(self, kind: str) -> Callable[[], bool]:
+        if kind == REDIS:
+            sock = str(self.settings.redis_socket)
+            return lambda: bool(redis.Redis(unix_socket_path=sock, socket_timeout=1).ping())
+        section = self.settings.registry if kind == REGISTRY else self.settings.api
+        url = local_url(section.listen_host, section.listen_port) + "/healthz"
+        return lambda: httpx.get(url, timeout=1).is_success
+
     def _check_alive(self) -> None:
+        """While starting: a child that exits is fatal (a port in use, a bad config)."""
         for c in self.children:
             code = c.proc.poll()
             if code is not None:
-                tail = c.log.read_text(errors="replace").strip().splitlines()[-3:]
-                raise ServiceUnavailableError(
-                    f"{c.name} exited with code {code}: " + " | ".join(tail)
-                )
+                raise ServiceUnavailableError(f"{c.name} exited with code {code}: {_tail(c.log)}")
+
+    # --- watching and restarting ----------------------------------------------------------
+
+    def start_monitor(self, *, health: bool = True) -> None:
+        """Restart crashed children (and probe the signer and registry) from now on."""
+        self._thread("supervisor-monitor", self._monitor)
+        if health:
+            from provisioner.health import HealthMonitor
+
+            monitor = HealthMonitor(
+                self.settings,
+                self.engine,
+                interval_s=self.health_interval_s,
+                timeout_s=self.health_timeout_s,
+            )
+            self._thread("supervisor-health", lambda: monitor.run(self._stopping))
+        self.write_status()
+
+    def _thread(self, name: str, target: Callable[[], None]) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self._threads = [x for x in self._threads if x.is_alive()] + [t]
+
+    def _monitor(self) -> None:
+        last_write = time.monotonic()
+        while not self._stopping.wait(0.5):
+            try:
+                changed = False
+                for c in list(self.children):
+                    if c.state == "running" and c.proc.poll() is not None:
+                        self._exited(c, c.proc.returncode)
+                        changed = True
+                    elif c.state == "restarting" and time.monotonic() >= c.restart_at:
+                        changed = True
+                        self._restart(c)
+                if changed or time.monotonic() - last_write > 5:
+                    self.write_status()
+                    last_write = time.monotonic()
+            except _Stopping:
+                return
+            except Exception:
+                log.exception("supervisor monitor")
+
+    def _exited(self, c: Child, code: int) -> None:
+        now = time.monotonic()
+        c.last_exit = code
+        signal_group(c.proc.pid, signal.SIGKILL)  # what the dead leader left (pool children)
+        c.crashes = [t for t in c.crashes if now - t < self.restart_window_s] + [now]
+        if len(c.crashes) > self.restart_limit:
+            c.state = "failed"
+            _report(
+                logging.ERROR,
+                f"{c.name} exited {len(c.crashes)} times within {self.restart_window_s:.0f}s "
+                f"(last exit code {code}); not restarting it: see {c.log}",
+            )
+            return
+        delay = min(self.backoff_max_s, 2.0 ** (len(c.crashes) - 1))
+        c.state, c.restart_at = "restarting", now + delay
+        _report(logging.WARNING, f"{c.name} exited with code {code}; restarting it in {delay:.0f}s")
+
+    def _restart(self, c: Child) -> None:
+        if c.kind == REDIS:
+            self.settings.redis_socket.unlink(missing_ok=True)
+        with self._mutex:  # stop() cannot miss a child started now
+            c.proc = self._popen(c.name, c.argv, c.log)
+            c.started_at, c.state = time.time(), "running"
+            c.restarts += 1
+        _report(logging.WARNING, f"{c.name} restarted (pid {c.proc.pid}, restart {c.restarts})")
+        self.write_status()
+        # Waiting for it to answer must not hold up the monitor: Redis may need restarting
+        # while a worker waits for it.
+        proc = c.proc
+        self._thread(f"supervisor-ready-{c.name}", lambda: self._after_restart(c, proc))
+
+    def _after_restart(self, c: Child, proc: subprocess.Popen[bytes]) -> None:
+        """Once the restarted child answers: queue the running batches' work again after
+        Redis (it lost every message) or a worker (it died with the messages it held)."""
+
+        def alive() -> None:
+            if proc.poll() is not None:
+                raise ServiceUnavailableError(f"{c.name} exited again")
+
+        try:
+            self._wait_ready(c, alive)
+        except ServiceUnavailableError as exc:
+            log.warning("%s: %s", c.name, exc)  # the monitor sees it exit, or it is stuck
+            return
+        if c.kind in (REDIS, WORKER) and not self._stopping.is_set():
+            self._redispatch(c.name)
+
+    def _redispatch(self, why: str) -> None:
+        """Queue the running batches' work again (a message sent twice never works twice)."""
+        from provisioner.dispatch import redispatch_running
+
+        try:
+            devices, uploads = redispatch_running(self.engine, self.settings)
+        except Exception as exc:
+            log.warning("re-dispatch after %s restarted failed: %s", why, exc)
+            return
+        _report(
+            logging.INFO,
+            f"{why} restarted: re-queued {devices} devices and {uploads} uploads "
+            "of running batches",
+        )
+
+    def write_status(self) -> None:
+        holder = {
+            "pid": os.getpid(),
+            "config": str(self.config_file.resolve()) if self.config_file else None,
+        }
+        with suppress(OSError):
+            write_status(self.run_dir, holder, [c.status() for c in self.children])
+
+    # --- stopping -------------------------------------------------------------------------
 
     def stop(self, timeout: float = 20.0) -> None:
-        """Stop children in reverse start order: SIGTERM (Celery's warm shutdown), then KILL."""
-        for c in reversed(self.children):
-            if c.proc.poll() is None:
-                with suppress(ProcessLookupError):
-                    os.killpg(c.proc.pid, signal.SIGTERM)
-            try:
-                c.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(c.proc.pid, signal.SIGKILL)
-                c.proc.wait()
+        """Stop every child and its group: station workers, the signer and uploader, the
+        registry and the API, Redis last; SIGTERM to each leader (Celery's warm
+        shutdown), then SIGKILL to each group after ``timeout`` (at once after a second
+        Ctrl-C). Signals arriving meanwhile cannot interrupt it."""
+        self._interrupted = True  # from now on a signal only hurries
+        with self._mutex:
+            self._stopping.set()
+        log.info("stopping %d services", len(self.children))
+        for t in list(self._threads):
+            t.join(timeout=2.0)  # the monitor may be waiting for a restarted child
+        self._threads.clear()
+        for phase in range(4):
+            group = [c for c in reversed(self.children) if _stop_phase(c) == phase]
+            if group:
+                self._stop_children(group, timeout)
+                log.info("stopped %s", ", ".join(c.name for c in group))
+        for c in self.children:
             (self.run_dir / f"{c.name}.pid").unlink(missing_ok=True)
         self.children.clear()
+        remove_status(self.run_dir)
+        log.info("services stopped")
+        self.release()
+
+    def _stop_children(self, children: list[Child], timeout: float) -> None:
+        for c in children:
+            # SIGTERM to the leader alone: a Celery worker then lets its pool finish the
+            # task in hand (warm shutdown) and takes the pool down with it; SIGTERM to
+            # the pool would kill every device mid-step. The group gets SIGKILL after.
+            if c.proc.poll() is None:
+                with suppress(ProcessLookupError):
+                    c.proc.send_signal(signal.SIGTERM)
+            else:
+                signal_group(c.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._hurry:
+            if not any(c.proc.poll() is None or group_alive(c.proc.pid) for c in children):
+                break
+            time.sleep(0.05)
+        for c in children:
+            signal_group(c.proc.pid, signal.SIGKILL)
+        for c in children:  # SIGKILL is delivered asynchronously: see every member go
+            with suppress(subprocess.TimeoutExpired):
+                c.proc.wait(5)
+            wait_group_gone(c.proc.pid, 5.0)
+
+    # --- signals --------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self._interrupted:
+            if not self._hurry:
+                self._hurry = True
+                print("stopping: not waiting for the services any more", file=sys.stderr)
+            return
+        self._interrupted = True
+        if self._defer:
+            self._pending = True
+            return
+        raise KeyboardInterrupt
+
+    @contextmanager
+    def _critical(self) -> Iterator[None]:
+        """No KeyboardInterrupt between starting a child and recording it (it would be an
+        orphan); an interrupt that arrives meanwhile is raised at the end. Only the main
+        thread gets signals; the monitor thread is ordered with stop() by the mutex."""
+        if not _in_main_thread():
+            yield
+            return
+        self._defer += 1
+        try:
+            yield
+        finally:
+            self._defer -= 1
+            if self._pending and not self._defer:
+                self._pending = False
+                raise KeyboardInterrupt
+
+    @contextmanager
+    def handling_signals(self) -> Iterator[None]:
+        """SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt once (in the main thread);
+        the next ones only make the stop skip its grace period."""
+        if not _in_main_thread():
+            yield
+            return
+        old = {s: signal.getsignal(s) for s in _SIGNALS}
+        for s in _SIGNALS:
+            signal.signal(s, self._on_signal)
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _report(level: int, msg: str) -> None:
+    """A restart or a give-up: the supervisor's log, and from warnings up the terminal."""
+    log.log(level, msg)
+
+
+_LOGGERS = ("provisioner.supervisor", "provisioner.health")
+_HANDLERS: list[logging.Handler] = []  # ours, while a supervisor holds its lock
+
+
+def _detach_logs() -> None:
+    for name in _LOGGERS:
+        logger = logging.getLogger(name)
+        for h in [h for h in logger.handlers if h in _HANDLERS]:
+            logger.removeHandler(h)
+            _HANDLERS.remove(h)
+            h.close()
+        logger.propagate = True
+
+
+def _log_to(path: Path) -> None:
+    """The supervisor's and the health monitor's messages: all of them to ``path``, the
+    warnings and errors (a restart, a give-up, a service down) also to stderr."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _detach_logs()
+    for name in _LOGGERS:
+        logger = logging.getLogger(name)
+        to_file = logging.FileHandler(path)
+        to_file.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        to_tty = logging.StreamHandler(sys.stderr)
+        to_tty.setLevel(logging.WARNING)
+        to_tty.setFormatter(_LowerLevel("%(levelname)s: %(message)s"))
+        for h in (to_file, to_tty):
+            _HANDLERS.append(h)
+            logger.addHandler(h)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+class _LowerLevel(logging.Formatter):
+    """``warning: ...`` / ``error: ...``, like the CLI's own one-line errors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace(record.levelname, record.levelname.lower(), 1)
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    with suppress(OSError):
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    return ""
 
 
 def _which(cmd: str) -> str:
@@ -231,29 +617,35 @@ def _which(cmd: str) -> str:
     raise ServiceUnavailableError(f"{cmd} is not installed: run `make install` (apt: {cmd})")
 
 
-def _wait_gone(pid: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    os.killpg(pid, signal.SIGKILL)
-
-
 @contextmanager
 def running_services(
-    settings: Settings, stations: list[str], config_file: Path | None = None
+    settings: Settings,
+    stations: list[str],
+    config_file: Path | None = None,
+    *,
+    move_taken_ports: bool = False,
+    on_ports_moved: Callable[[str], Any] | None = None,
 ) -> Iterator[Supervisor]:
-    """Start Redis, the registry and the workers; stop them all on exit (also on Ctrl-C)."""
+    """Take the var dir's lock, start Redis, the registry, the API and the workers, and
+    watch them; stop them all on exit (also on Ctrl-C, SIGTERM or SIGHUP).
+
+    A listener port in use is an error naming its setting, or with ``move_taken_ports``
+    (the demo) moved to a free port, each move passed to ``on_ports_moved``."""
     sup = Supervisor(settings, config_file)
-    sup.reap_stale()
-    try:
-        sup.start_redis()
-        sup.start_registry()
-        sup.start_api()
-        sup.start_workers(stations)
-        yield sup
-    finally:
-        sup.stop()
+    with sup.handling_signals():
+        sup.acquire()
+        try:
+            plan = plan_ports(settings, move_taken=move_taken_ports)
+            sup.settings, sup.child_overrides = plan.settings, plan.env
+            for note in plan.notes:
+                log.info(note)
+                if on_ports_moved is not None:
+                    on_ports_moved(note)
+            sup.start_redis()
+            sup.start_registry()
+            sup.start_api()
+            sup.start_workers(stations)
+            sup.start_monitor()
+            yield sup
+        finally:
+            sup.stop()

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import signal
+import json
 import time
+from dataclasses import asdict
 
 import typer
 from rich.console import Console
+from rich.table import Table
 from sqlalchemy import func
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from provisioner import batches
 from provisioner.audit import chain
@@ -17,10 +19,12 @@ from provisioner.audit.checkpointer import load_audit_key
 from provisioner.audit.verify import verify_log
 from provisioner.cli.batch import start_batch
 from provisioner.cli.context import ctx_of
-from provisioner.cli.view import devices_table
+from provisioner.cli.view import devices_table, summary_view
 from provisioner.db.engine import transaction
-from provisioner.db.models import AuditCheckpoint, AuditEvent
+from provisioner.db.models import AuditCheckpoint, AuditEvent, ServiceHealth
 from provisioner.supervisor import running_services
+from provisioner.supervisor_lock import running_holder
+from provisioner.supervisor_status import read_status
 
 app = typer.Typer(
     help="Run the station's services (Redis, registry, workers).", no_args_is_help=True
@@ -34,25 +38,110 @@ def run(
         None, "--station", "-s", help="Station(s) to run workers for (default: all configured)."
     ),
 ) -> None:
-    """Start Redis, the built-in registry and the hsm/registry/station workers in the
-    foreground; Ctrl-C (or SIGTERM) stops them all."""
+    """Start Redis, the built-in registry, the API and the hsm/registry/station workers in
+    the foreground and keep them running (a crashed one is restarted); Ctrl-C (or SIGTERM)
+    stops them all. One per var dir: a second one refuses."""
     c = ctx_of(ctx)
     c.require("services.run")
     stations = station or sorted(c.settings.stations)
     for s in stations:
         c.settings.station(s)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    with running_services(c.settings, stations, c.config) as sup:
+    try:
+        with running_services(c.settings, stations, c.config) as sup:
+            typer.echo(
+                f"services running ({', '.join(ch.name for ch in sup.children)}); "
+                f"logs in {sup.log_dir}; `provisioner services status` shows them. "
+                "Ctrl-C stops them."
+            )
+            try:
+                while True:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                typer.echo("stopping services ...")
+    except KeyboardInterrupt:
+        typer.echo("services stopped")
+        raise typer.Exit(130) from None
+    typer.echo("services stopped")
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+@app.command("status")
+def status(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Whether the services of this var dir run: each component's pid, state, uptime and
+    restarts, and whether the signer and the registry answer (checked every 15 s)."""
+    c = ctx_of(ctx)
+    c.require("services.status")
+    run_dir = c.settings.var / "run"
+    holder = running_holder(run_dir)
+    if holder is None:
+        if as_json:
+            typer.echo(json.dumps({"running": False}))
+        else:
+            typer.echo(f"services not running (var dir {c.settings.var})")
+        return
+    now = time.time()
+    _, comps = read_status(run_dir) or ({}, [])
+    with Session(c.engine) as s:
+        health = list(s.exec(select(ServiceHealth).order_by(col(ServiceHealth.name))).all())
+    if as_json:
         typer.echo(
-            f"services running ({', '.join(ch.name for ch in sup.children)}); "
-            f"logs in {sup.log_dir}. Ctrl-C stops them."
+            json.dumps(
+                {
+                    "running": True,
+                    "supervisor": {"pid": holder.pid, "since": holder.started_at},
+                    "components": [
+                        {**asdict(x), "uptime_s": round(x.uptime_s(now), 1)} for x in comps
+                    ],
+                    "health": [
+                        {
+                            "name": h.name,
+                            "up": h.up,
+                            "since": h.since.isoformat(),
+                            "checked_at": h.checked_at.isoformat(),
+                            "detail": h.detail,
+                        }
+                        for h in health
+                    ],
+                }
+            )
         )
-        try:
-            while True:
-                sup._check_alive()
-                time.sleep(1)
-        except KeyboardInterrupt:
-            typer.echo("stopping services ...")
+        return
+    console = Console()
+    console.print(f"services running: supervisor {holder.describe()}")
+    table = Table("component", "pid", "state", "uptime", "restarts", "last exit")
+    for x in comps:
+        colour = {"running": "green", "restarting": "yellow"}.get(x.state, "red")
+        table.add_row(
+            x.name,
+            str(x.pid),
+            f"[{colour}]{x.state}[/]",
+            _duration(x.uptime_s(now)) if x.state == "running" else "-",
+            str(x.restarts),
+            "-" if x.last_exit is None else str(x.last_exit),
+        )
+    console.print(table)
+    if health:
+        ht = Table("service", "state", "since", "checked", "detail")
+        for h in health:
+            ht.add_row(
+                h.name,
+                "[green]up[/]" if h.up else "[red]down[/]",
+                h.since.strftime("%Y-%m-%d %H:%M:%S"),
+                h.checked_at.strftime("%H:%M:%S"),
+                h.detail or "",
+            )
+        console.print(ht)
 
 
 def wait_for_checkpoint(engine: Engine, batch_id: int, timeout_s: float) -> int | None:
@@ -104,10 +193,11 @@ def demo(
                 actor=c.actor,
                 payload={"intermediate_fingerprint_sha256": info.intermediate_fingerprint_sha256},
             )
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     batch_id = None
     try:
-        with running_services(c.settings, [station], c.config):
+        with running_services(
+            c.settings, [station], c.config, move_taken_ports=True, on_ports_moved=console.print
+        ):
             console.print(
                 "services started: redis, registry, workers (hsm, registry, "
                 f"station {station} x{c.settings.station(station).sockets} sockets)"
@@ -115,8 +205,10 @@ def demo(
             batch_id = batches.create_batch(
                 c.engine, c.settings, station_id=station, count=count, actor=c.actor
             )
-            rep = start_batch(c, batch_id, console, wait=True, timeout_s=timeout)
+            start_batch(c, batch_id, console, wait=True, timeout_s=timeout)
+            rep = batches.report(c.engine, batch_id)
             console.print(devices_table(rep))
+            console.print(summary_view(rep))
             size = wait_for_checkpoint(c.engine, batch_id, timeout_s=30)
             console.print(
                 f"audit checkpoint signed by the HSM audit key at size {size}"

@@ -25,19 +25,27 @@ PACE_HEADROOM = 0.99
 
 
 class PacedBackend(Closeable):
-    """A backend whose creates take the registry's shared slots (:mod:`.ratelimit`);
-    reads are not paced (their quota is ten times larger)."""
+    """A backend whose writes (creates and blocks) take the registry's shared slots
+    (:mod:`.ratelimit`); reads are not paced (their quota is ten times larger). Blocks share
+    the creates' slots rather than get their own: together they never exceed the rate."""
 
     def __init__(self, backend: Any, pacer: Pacer, fallback: Pacer) -> None:
         self.backend, self.pacer, self.fallback = backend, pacer, fallback
 
-    def create_device(self, device_id: str, certificate_pem: str) -> RegistryDevice:
+    def _wait(self) -> None:
         try:
             self.pacer.wait()
         except redis.RedisError:  # Redis down: pace this process on its own
             self.fallback.wait()
+
+    def create_device(self, device_id: str, certificate_pem: str) -> RegistryDevice:
+        self._wait()
         result: RegistryDevice = self.backend.create_device(device_id, certificate_pem)
         return result
+
+    def block_device(self, device_id: str) -> bool:
+        self._wait()
+        return bool(self.backend.block_device(device_id))
 
     def get_device(self, device_id: str) -> RegistryDevice | None:
         result: RegistryDevice | None = self.backend.get_device(device_id)
@@ -50,7 +58,7 @@ class PacedBackend(Closeable):
 def open_backend(settings: Settings) -> PacedBackend:
     """A new, paced backend for ``settings.registry`` (the caller closes it)."""
     r = settings.registry
-    key = f"{r.kind}:{r.url if r.kind != 'aws' else r.aws_region}:{r.project}"
+    key = f"{r.kind}:{settings.registry_url if r.kind != 'aws' else r.aws_region}:{r.project}"
     rate = r.rate_per_minute * PACE_HEADROOM
     return PacedBackend(
         _raw_backend(settings),
@@ -72,7 +80,12 @@ def _raw_backend(settings: Settings) -> Any:
             raise ConfigError("registry.kind = clearblade needs registry.clearblade_system_key")
         token = read_token(settings.registry_token_file)
         return ClearBladeRegistry(
-            r.url, r.project, r.location, r.registry, r.clearblade_system_key, token
+            settings.registry_url,
+            r.project,
+            r.location,
+            r.registry,
+            r.clearblade_system_key,
+            token,
         )
     from cryptography.hazmat.primitives import serialization
 

@@ -66,7 +66,7 @@ class CloudIotRegistry(Closeable):
         (ConfigError, saying how to create it, when that file is missing)."""
         r = settings.registry
         token = read_token(settings.registry_token_file)
-        return cls(r.url, r.project, r.location, r.registry, token, r.timeout_s)
+        return cls(settings.registry_url, r.project, r.location, r.registry, token, r.timeout_s)
 
     # --- RegistryBackend --------------------------------------------------------------------
 
@@ -91,6 +91,25 @@ class CloudIotRegistry(Closeable):
         if resp.status_code != 200:
             raise self._refused(f"read device {device_id}", resp)
         return self._device(resp)
+
+    def block_device(self, device_id: str) -> bool:
+        """PATCH the device with ``updateMask=blocked``: Cloud IoT then refuses its
+        connections (the certificate stays, for the record)."""
+        resp = self._send(
+            "PATCH",
+            f"/devices/{quote(device_id, safe='')}?updateMask=blocked",
+            {"blocked": True},
+        )
+        if resp.status_code == 404:
+            return False
+        if resp.status_code != 200:
+            raise self._refused(f"block device {device_id}", resp)
+        if not self._device(resp).blocked:
+            raise RegistryError(
+                f"registry {self.base_url} answered the block of {device_id} with a device "
+                "that is not blocked"
+            )
+        return True
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -138,6 +157,7 @@ class CloudIotRegistry(Closeable):
                 certificate_pems=tuple(
                     str(c["publicKey"]["key"]) for c in data.get("credentials") or []
                 ),
+                blocked=data.get("blocked") is True,
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             raise RegistryError(

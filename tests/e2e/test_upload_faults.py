@@ -80,7 +80,7 @@ def _prepare(config: str, n: int) -> None:
 def _station(root: Path, proxy_port: int) -> Station:
     st = make_station(root, sockets=1, extra="[celery]\ntask_retry_max = 3\n")
     cfg = st.config.read_text()
-    own = st.settings.registry.url
+    own = st.settings.registry_url
     cfg = cfg.replace(
         f'url = "{own}"',
         f'url = "http://127.0.0.1:{proxy_port}"\ntimeout_s = 1.0\n'

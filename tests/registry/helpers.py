@@ -102,7 +102,7 @@ class RegistryProcess:
 
     @property
     def url(self) -> str:
-        return self.station.settings.registry.url
+        return self.station.settings.registry_url
 
     @property
     def token(self) -> str:
@@ -123,7 +123,7 @@ class RegistryProcess:
     def client(self, token: str | None = None, timeout_s: float = 5.0) -> CloudIotRegistry:
         r = self.station.settings.registry
         return CloudIotRegistry(
-            r.url, r.project, r.location, r.registry, token or self.token, timeout_s
+            self.url, r.project, r.location, r.registry, token or self.token, timeout_s
         )
 
     def http(self, token: str | None = None) -> httpx.Client:
