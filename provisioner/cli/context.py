@@ -4,7 +4,12 @@ per invocation.
 Who is acting: the user whose token is in ``--token-file`` / ``$PROVISIONER_TOKEN_FILE``
 (never a token on the command line). Until the first user exists (a fresh install) the
 CLI acts as the local bootstrap admin ``admin:<OS user>``, which is how the first admin is
-made (``provisioner users add``); from then on every command needs a token. The CLI runs
+made (``provisioner users add``); from then on every command needs a token. The first user
+must be an admin (:func:`provisioner.auth.users.add_user` refuses anyone else), so the
+bootstrap admin only ends once a real admin exists. It never comes back, even if every admin
+is later lost: "no users" is a state nobody can recreate, whereas "no live admin" could be
+brought about on purpose to get an unaccountable admin; the way back in is ``users
+recover-admin`` (root and the factory token's SO PIN, audited). The CLI runs
 where the database is, so roles here are accountability (who did what, refusals audited),
 not a wall against someone who can open the database directly — that is what the signed
 audit checkpoints are for.
@@ -60,7 +65,8 @@ class CliContext:
         elif users.has_users(self.engine):
             raise AuthenticationError(
                 "this installation has user accounts: pass --token-file FILE or set "
-                "PROVISIONER_TOKEN_FILE (an admin creates tokens with `provisioner users`)"
+                "PROVISIONER_TOKEN_FILE (an admin creates tokens with `provisioner users`; "
+                "no admin left: root runs `provisioner users recover-admin`)"
             )
         else:
             who = users.Principal(getpass.getuser(), Role.ADMIN)

@@ -1,7 +1,9 @@
 """``provisioner users ...``: admins manage accounts and their tokens.
 
 A new token is written to a file (mode 0600) and never printed: terminals, CI logs and
-shell history keep what is printed.
+shell history keep what is printed. The last admin can be neither revoked nor demoted; if its
+token is lost anyway, root on the line server runs ``users recover-admin`` with the factory
+token's SO PIN (the one command here that needs no user token).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from provisioner.auth import users
+from provisioner.auth import recovery, users
 from provisioner.cli.context import ctx_of
 from provisioner.errors import ConfigError
 
@@ -76,19 +78,69 @@ def revoke(ctx: typer.Context, name: str = typer.Argument(..., help="User name."
     typer.echo(f"{n} token(s) of {name} revoked")
 
 
+@app.command("role")
+def role(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="User name."),
+    new_role: str = typer.Option(..., "--role", help="operator, auditor or admin."),
+) -> None:
+    """Change a user's role (the last admin cannot be demoted: add another admin first)."""
+    c = ctx_of(ctx)
+    who = c.require("users.manage")
+    old = users.set_role(c.engine, name, new_role, who.actor)
+    if old == new_role:
+        typer.echo(f"{name} is already {new_role}: nothing changed")
+    else:
+        typer.echo(f"{name}: {old} -> {new_role}")
+
+
+@app.command("recover-admin")
+def recover_admin(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="User to make admin (created if absent)."),
+    token_out: Path = _OUT,
+    so_pin_file: Path | None = typer.Option(
+        None,
+        "--so-pin-file",
+        help="File holding the factory token's SO PIN (default: typed at a prompt).",
+    ),
+) -> None:
+    """Break-glass for root on the line server: make NAME an admin again (needs the SO PIN).
+
+    For when no admin can act (the last admin's token is lost): with the factory token's SO
+    PIN, NAME becomes an enabled admin (created if absent) with a new token. Audited."""
+    c = ctx_of(ctx)  # no user token: this is the way back in (root + SO PIN instead)
+    users.check_name(name)
+    recovery.require_root(c.engine, name)
+    if token_out.exists():
+        raise ConfigError(f"{token_out} exists; choose a new file for the token")
+    so_pin = recovery.read_so_pin(so_pin_file, c.settings.hsm.factory_token)
+    token = recovery.recover_admin(c.settings, c.engine, name, so_pin)
+    del so_pin
+    _write_token(token_out, token)
+    typer.echo(f"{name} is an admin again; token written to {token_out}")
+
+
 @app.command("list")
 def list_(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
-    """Users and their roles."""
+    """Users, their roles and tokens; a user without a live token is shown as revoked."""
     c = ctx_of(ctx)
     c.require("users.read")
     rows = users.list_users(c.engine)
     if as_json:
+        typer.echo(json.dumps([u.as_dict() for u in rows]))
+        return
+    if not rows:
         typer.echo(
-            json.dumps([{"name": u.name, "role": u.role, "disabled": u.disabled} for u in rows])
+            "no users yet: add the first admin with `provisioner users add NAME --role admin`"
         )
         return
+    typer.echo(f"{'NAME':<24} {'ROLE':<9} {'STATUS':<9} {'TOKENS':>6} {'REVOKED':>7}  CREATED")
     for u in rows:
-        typer.echo(f"{u.name:<24} {u.role:<9} {'disabled' if u.disabled else ''}")
+        typer.echo(
+            f"{u.name:<24} {u.role:<9} {u.status:<9} {u.live_tokens:>6} {u.revoked_tokens:>7}  "
+            f"{u.created_at:%Y-%m-%d %H:%M} by {u.created_by}"
+        )

@@ -51,6 +51,7 @@ def setup(tmp_path: Path) -> tuple[Settings, Engine, str]:
                 {"t": f"2026-11-{1 + (i - 1) // 24:02d}T{(i - 1) % 24:02d}:00:00.000000Z", "s": i},
             )
         triggers.install(c)
+    users.add_user(engine, "ada", "admin", "admin:root")  # the first user must be an admin
     token = users.add_user(engine, "aude", "auditor", "admin:root")
     return settings, engine, token
 
