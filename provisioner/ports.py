@@ -122,6 +122,7 @@ class RegistryDevice:
     device_id: str
     num_id: str
     certificate_pems: tuple[str, ...]
+    blocked: bool = False  # the registry refuses the device's connections (revoked)
 
 
 class RegistryBackend(Protocol):
@@ -131,6 +132,11 @@ class RegistryBackend(Protocol):
     def create_device(self, device_id: str, certificate_pem: str) -> RegistryDevice: ...
 
     def get_device(self, device_id: str) -> RegistryDevice | None: ...
+
+    def block_device(self, device_id: str) -> bool:
+        """Make the registry refuse the device from now on (its certificate was revoked).
+        Idempotent; False when the registry holds no such device (nothing to block)."""
+        ...
 
 
 class Closeable:

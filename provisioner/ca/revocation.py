@@ -1,5 +1,9 @@
 """Revoking device certificates and publishing CRLs signed in the token.
 
+A revocation also records the device's registry block in the same transaction
+(:mod:`provisioner.registry.blocking`): the CRL tells relying parties, the block tells the
+registry that receives the device's connections.
+
 One CRL per intermediate, named like the intermediate (its key label), so a certificate's
 CRL distribution point stays valid across rotations: ``<var>/ca/crl/<name>.crl`` (DER),
 served by the API at ``/crl/<name>.crl``. Each CRL carries a CRL number that only grows
@@ -32,6 +36,7 @@ from provisioner.ca.store import fingerprint
 from provisioner.db.engine import transaction
 from provisioner.db.models import Certificate, CrlNumber, Device, Revocation
 from provisioner.errors import HsmError, InvalidInputError, NotFoundError
+from provisioner.registry.blocking import request_block
 from provisioner.settings import Settings
 
 REASONS: dict[str, x509.ReasonFlags] = {
@@ -56,6 +61,8 @@ class Revoked:
     chip_serial: str | None
     reason: str
     already: bool  # it was revoked before: nothing changed
+    device_id: int | None = None
+    registry_block: str | None = None  # BlockState of the device's registry block
 
 
 @dataclass(frozen=True)
@@ -105,8 +112,16 @@ def revoke(engine: Engine, target: str, reason: str, actor: str) -> Revoked:
         assert cert.id is not None
         existing = s.exec(select(Revocation).where(Revocation.certificate_id == cert.id)).first()
         if existing is not None:
+            # A revocation recorded before registry blocks existed gets its block now.
+            block = request_block(s, dev, actor)
             return Revoked(
-                cert.serial_number, cert.fingerprint_sha256, dev.chip_serial, existing.reason, True
+                cert.serial_number,
+                cert.fingerprint_sha256,
+                dev.chip_serial,
+                existing.reason,
+                True,
+                dev.id,
+                block.state.value,
             )
         s.add(
             Revocation(
@@ -130,7 +145,19 @@ def revoke(engine: Engine, target: str, reason: str, actor: str) -> Revoked:
                 "reason": reason,
             },
         )
-    return Revoked(cert.serial_number, cert.fingerprint_sha256, dev.chip_serial, reason, False)
+        # The registry must stop accepting the device too: its block is recorded with the
+        # revocation, so it is carried out even if no message ever reaches a worker.
+        block_state = request_block(s, dev, actor).state.value
+        done = Revoked(
+            cert.serial_number,
+            cert.fingerprint_sha256,
+            dev.chip_serial,
+            reason,
+            False,
+            dev.id,
+            block_state,
+        )
+    return done
 
 
 def build_crl(

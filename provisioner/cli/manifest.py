@@ -78,11 +78,19 @@ def verify(
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read the manifest {file}: {exc}") from None
     try:
-        ids = manifest.verify(entries, cert)
+        verified = manifest.verify_entries(entries, cert)
     except manifest.ManifestError as exc:
         typer.echo(f"manifest does NOT verify: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"manifest verified: {len(ids)} entries signed by {cert.subject.rfc4514_string()}")
+    typer.echo(
+        f"manifest verified: {len(verified)} entries signed by {cert.subject.rfc4514_string()}"
+    )
+    for e in verified:
+        if e.revocation is not None:
+            typer.echo(
+                f"  {e.unique_id}: REVOKED ({e.revocation.get('reason')}, "
+                f"{e.revocation.get('revocationDate')})"
+            )
 
 
 def _signer(path: Path) -> x509.Certificate:

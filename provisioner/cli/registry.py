@@ -20,11 +20,15 @@ def sync(
     batch: int | None = typer.Option(None, "--batch", help="Only this batch's uploads."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
-    """Upload every parked or pending certificate now (what the registry worker does
-    every `registry.sync_interval_s`). Idempotent; stops early if the registry is down."""
+    """Upload every parked or pending certificate, then block every revoked device still
+    waiting for its block, now (what the registry worker does every
+    `registry.sync_interval_s`). Idempotent; stops early if the registry is down."""
+    from provisioner.registry import blocking
+
     c = ctx_of(ctx)
     c.require("registry.sync")
     ids = forwarder.waiting(c.engine, batch_id=batch)
+    block_ids = blocking.waiting_blocks(c.engine, batch_id=batch)
     console = Console(stderr=True)
     with open_backend(c.settings) as backend:
 
@@ -33,8 +37,17 @@ def sync(
                 console.print(f"{n}/{len(ids)}: {rep.as_json()}")
 
         rep = forwarder.drain(c.engine, backend, ids, progress=progress)
+        blocks = blocking.drain_blocks(c.engine, backend, block_ids)
     if as_json:
-        typer.echo(json.dumps({"waiting": len(ids), **rep.as_json()}))
+        typer.echo(
+            json.dumps(
+                {
+                    "waiting": len(ids),
+                    **rep.as_json(),
+                    "blocks": {"waiting": len(block_ids), **blocks.as_json()},
+                }
+            )
+        )
     else:
         typer.echo(
             f"{len(ids)} uploads waiting: {rep.done} done, {rep.conflicts} conflicts, "
@@ -42,5 +55,13 @@ def sync(
             f"{rep.unavailable + rep.left} still waiting"
             + (" (registry unreachable; try again later)" if rep.left else "")
         )
+        if block_ids:
+            typer.echo(
+                f"{len(block_ids)} revoked devices to block: {blocks.done} blocked, "
+                f"{blocks.conflicts} skipped (another certificate under the id), "
+                f"{blocks.refused} refused, {blocks.unavailable + blocks.left} still waiting"
+            )
     if rep.unavailable or rep.left or rep.conflicts or rep.refused:
+        raise typer.Exit(1)
+    if blocks.unavailable or blocks.left or blocks.refused:
         raise typer.Exit(1)

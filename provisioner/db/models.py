@@ -276,3 +276,29 @@ class CrlNumber(SQLModel, table=True):
 
     ca_name: str = Field(primary_key=True, max_length=64)
     number: int = 0
+
+
+class BlockState(StrEnum):
+    """Where blocking a revoked device in the registry stands (provisioner.registry.blocking)."""
+
+    PENDING = "pending"  # to do: the block task (or the next sync) tries it, with backoff
+    PARKED = "parked"  # the task gave up for now; the periodic sync / `registry sync` retries
+    DONE = "done"  # the registry shows the device blocked (or holds no such device)
+    SKIPPED = "skipped"  # the registry holds another certificate under the id: not ours
+
+
+class RegistryBlock(SQLModel, table=True):
+    """A revoked device to block in the registry: written with the revocation itself, so the
+    block survives a lost Redis message and is retried until the registry shows it."""
+
+    __tablename__ = "device_block"  # not registry_*: that prefix is the built-in registry's
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: int = Field(foreign_key="device.id", unique=True)
+    state: BlockState = Field(default=BlockState.PENDING, index=True)
+    attempts: int = 0
+    error: str | None = None
+    requested_by: str
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    blocked_at: datetime | None = None

@@ -15,6 +15,10 @@ duplicates (research/registry.md):
 3. ``AttachThingPrincipal`` (attaching twice is a no-op).
 4. ``AttachPolicy`` when ``registry.aws_policy`` names one (idempotent too).
 
+A revoked device is blocked by setting every certificate attached to its thing to REVOKED
+(UpdateCertificate): AWS IoT has no per-thing switch, and a revoked certificate can never be
+made active again.
+
 Credentials come from boto3's own chain (environment, shared files, instance role); none
 are in the settings, argv or logs. botocore's retries are off: throttling, 5xx and network
 errors become :class:`~provisioner.errors.RegistryUnavailableError`, and the upload task's
@@ -138,11 +142,43 @@ class AwsIotRegistry(Closeable):
         thing = self._thing(device_id)
         if thing is None:
             return None
+        pems: list[str] = []
+        statuses: list[str] = []
+        for desc in self._certificates(device_id):
+            pem = desc.get("certificatePem")
+            if pem:
+                pems.append(pem)
+            statuses.append(str(desc.get("status")))
+        return RegistryDevice(
+            device_id=device_id,
+            num_id=str(thing.get("thingId") or ""),
+            certificate_pems=tuple(pems),
+            blocked=bool(statuses) and "ACTIVE" not in statuses,
+        )
+
+    def block_device(self, device_id: str) -> bool:
+        """UpdateCertificate ``newStatus=REVOKED`` for every certificate attached to the
+        thing: AWS IoT then refuses (and within minutes disconnects) anything using them. A
+        certificate already revoked is left alone (AWS refuses to leave REVOKED)."""
+        if self._thing(device_id) is None:
+            return False
+        for desc in self._certificates(device_id):
+            if desc.get("status") == "REVOKED":
+                continue
+            cert_id = str(desc.get("certificateId"))
+            self._call(
+                f"revoke certificate {cert_id} of {device_id}",
+                partial(self._iot.update_certificate, certificateId=cert_id, newStatus="REVOKED"),
+            )
+        return True
+
+    def _certificates(self, device_id: str) -> list[dict[str, Any]]:
+        """The descriptions of the certificates attached to the thing."""
         out = self._call(
             f"list the principals of thing {device_id}",
             lambda: self._iot.list_thing_principals(thingName=device_id),
         )
-        pems: list[str] = []
+        found: list[dict[str, Any]] = []
         for arn in out.get("principals", []):
             if ":cert/" not in arn:
                 continue
@@ -151,14 +187,8 @@ class AwsIotRegistry(Closeable):
                 f"read certificate {cert_id}",
                 partial(self._iot.describe_certificate, certificateId=cert_id),
             )
-            pem = desc.get("certificateDescription", {}).get("certificatePem")
-            if pem:
-                pems.append(pem)
-        return RegistryDevice(
-            device_id=device_id,
-            num_id=str(thing.get("thingId") or ""),
-            certificate_pems=tuple(pems),
-        )
+            found.append(dict(desc.get("certificateDescription", {})))
+        return found
 
     def close(self) -> None:
         self._iot.close()

@@ -104,6 +104,36 @@ class ClearBladeRegistry(Closeable):
             raise self._refused(f"read device {device_id}", out)
         return self._device(out, device_id)
 
+    def block_device(self, device_id: str) -> bool:
+        """``update_device`` with ``updateMask=blocked``; like a get, a failure comes back
+        as the raw response."""
+        from clearblade.cloud import iot_v1
+
+        with self._configured():
+            client = iot_v1.DeviceManagerClient()
+            out = self._call(
+                f"block device {device_id}",
+                lambda: client.update_device(
+                    request=iot_v1.UpdateDeviceRequest(
+                        parent=self.parent,
+                        device=iot_v1.Device(id=device_id, blocked=True),
+                        updateMask="blocked",
+                    )
+                ),
+            )
+        if isinstance(out, httpx.Response):
+            out = _json(out)
+        if isinstance(out, dict):
+            if _code(out) == 404:
+                return False
+            raise self._refused(f"block device {device_id}", out)
+        if not self._device(out, device_id).blocked:
+            raise RegistryError(
+                f"ClearBlade registry {self.url} answered the block of {device_id} with a "
+                "device that is not blocked"
+            )
+        return True
+
     def close(self) -> None:
         self._config_file.unlink(missing_ok=True)
 
@@ -164,6 +194,7 @@ class ClearBladeRegistry(Closeable):
             device_id=getattr(dev, "id", None) or device_id,
             num_id=str(getattr(dev, "num_id", "") or ""),
             certificate_pems=tuple(pems),
+            blocked=getattr(dev, "blocked", None) is True,
         )
 
 

@@ -6,7 +6,8 @@ task gives up the row is PARKED, visible in ``batch status``. :func:`drain` is w
 them home — the registry worker runs it periodically (:class:`Forwarder`) and an operator
 can run it now (``provisioner registry sync``). Every upload goes through
 :func:`provisioner.pipeline.upload_device`, which is idempotent (ALREADY_EXISTS -> compare),
-so a drain racing a task never makes a second device.
+so a drain racing a task never makes a second device. The periodic drain also carries
+out the registry blocks of revoked devices that wait (:mod:`.blocking`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, and_, col, or_, select
 
 from provisioner import pipeline
-from provisioner.db.models import Device, RegistryUpload, UploadState, utcnow
+from provisioner.db.models import Device, RegistryBlock, RegistryUpload, UploadState, utcnow
 from provisioner.errors import RegistryError, RegistryUnavailableError
 from provisioner.ledger import DeviceLedger
 from provisioner.periodic import Periodic
@@ -55,8 +56,13 @@ def waiting(
     engine: Engine, *, batch_id: int | None = None, pending_older_than_s: float = 0.0
 ) -> list[int]:
     """Device ids whose upload is parked, or pending for longer than the given age (a
-    pending row younger than that is probably in a worker's hands right now)."""
+    pending row younger than that is probably in a worker's hands right now). A revoked
+    device (one with a registry block) is left to the block drain, which uploads it and
+    blocks it in one attempt (:mod:`.blocking`): a sync never creates it unblocked."""
     cutoff = utcnow() - timedelta(seconds=pending_older_than_s)
+    revoked = select(RegistryBlock.device_id).where(
+        RegistryBlock.device_id == RegistryUpload.device_id
+    )
     q = (
         select(RegistryUpload.device_id)
         .join(Device, col(Device.id) == RegistryUpload.device_id)
@@ -67,7 +73,8 @@ def waiting(
                     col(RegistryUpload.state) == UploadState.PENDING,
                     col(RegistryUpload.updated_at) <= cutoff,
                 ),
-            )
+            ),
+            ~revoked.exists(),
         )
         .order_by(col(RegistryUpload.id))
     )
@@ -116,9 +123,19 @@ def drain(
     return rep
 
 
-def _log_drain(rep: DrainReport) -> None:
-    if rep.tried:
-        log.info("registry sync: %s", rep.as_json())
+@dataclass
+class SyncReport:
+    """One round of the periodic drain: uploads, then blocks of revoked devices."""
+
+    uploads: DrainReport
+    blocks: DrainReport
+
+
+def _log_drain(rep: SyncReport) -> None:
+    if rep.uploads.tried:
+        log.info("registry sync: %s", rep.uploads.as_json())
+    if rep.blocks.tried:
+        log.info("registry sync (blocks of revoked devices): %s", rep.blocks.as_json())
 
 
 class Forwarder:
@@ -142,9 +159,18 @@ class Forwarder:
             "registry sync failed",
         )
 
-    def tick(self) -> DrainReport:
+    def tick(self) -> SyncReport:
+        from provisioner.registry import blocking
+
         ids = waiting(self.engine, pending_older_than_s=self.pending_older_than_s)
-        return drain(self.engine, self.backend, ids) if ids else DrainReport()
+        uploads = drain(self.engine, self.backend, ids) if ids else DrainReport()
+        blocks = blocking.waiting_blocks(
+            self.engine, pending_older_than_s=self.pending_older_than_s
+        )
+        return SyncReport(
+            uploads,
+            blocking.drain_blocks(self.engine, self.backend, blocks) if blocks else DrainReport(),
+        )
 
     def start(self) -> None:
         self._periodic.start()

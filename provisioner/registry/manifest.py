@@ -8,6 +8,14 @@ lower-case hex) and carries its public key with the certificate chain in ``x5c``
 protected header names the manifest signer by ``kid`` (its SKI) and ``x5t#S256`` (SHA-256 of
 its certificate), which is how a verifier pins it (research/atecc608.md).
 
+A chip whose certificate was revoked before the manifest was built keeps its entry (the
+customer must know the part exists) and is marked in the signed payload:
+``"revocation": {"status": "revoked", "reason": "key_compromise", "revocationDate":
+"2026-12-01T12:00:00.000Z", "certificateSerial": "<hex>"}``. Microchip's format has no such
+field; readers of the format ignore a field they do not know, and the mark is inside the
+JWS, so it cannot be stripped without breaking the entry's signature. An entry without it
+was not revoked when the manifest was built (the CRL says what happened since).
+
 The manifest key is its own P-256 key in the factory token (``manifest-signer``), made with
 the CA; its certificate (self-signed by that key) is ``var/ca/manifest-signer.pem``.
 :func:`verify` needs only the manifest and that certificate.
@@ -110,6 +118,39 @@ class ChipRecord:
     provisioned_at: datetime
     device_cert: x509.Certificate
     signer_cert: x509.Certificate  # the intermediate that issued device_cert
+    revoked: RevocationMark | None = None
+
+
+@dataclass(frozen=True)
+class RevocationMark:
+    """A revoked chip's mark in its entry (module docstring)."""
+
+    reason: str
+    revoked_at: datetime
+    serial_number: str  # the certificate's, hex
+
+    def as_json(self) -> dict[str, str]:
+        return {
+            "status": "revoked",
+            "reason": self.reason,
+            "revocationDate": _timestamp(self.revoked_at),
+            "certificateSerial": self.serial_number,
+        }
+
+
+@dataclass(frozen=True)
+class VerifiedEntry:
+    """One entry that verified: the chip and, if the manifest marks it, its revocation."""
+
+    unique_id: str
+    revocation: dict[str, Any] | None
+
+
+def _timestamp(when: datetime) -> str:
+    """Microchip's timestamp form: UTC, milliseconds, ``Z``."""
+    if when.tzinfo is None:  # SQLite hands back naive datetimes; they are UTC
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _model(revision_hex: str | None) -> str:
@@ -122,7 +163,7 @@ def _payload(rec: ChipRecord, provisioner: dict[str, str]) -> dict[str, Any]:
     assert isinstance(pub, ec.EllipticCurvePublicKey)
     nums = pub.public_numbers()
     der = serialization.Encoding.DER
-    return {
+    out: dict[str, Any] = {
         "version": 1,
         "model": _model(rec.revision_hex),
         "partNumber": _model(rec.revision_hex),
@@ -130,10 +171,7 @@ def _payload(rec: ChipRecord, provisioner: dict[str, str]) -> dict[str, Any]:
         "provisioner": provisioner,
         "distributor": provisioner,
         "groupId": "",
-        "provisioningTimestamp": rec.provisioned_at.astimezone(UTC).strftime(
-            "%Y-%m-%dT%H:%M:%S.%f"
-        )[:-3]
-        + "Z",
+        "provisioningTimestamp": _timestamp(rec.provisioned_at),
         "uniqueId": rec.serial_hex.lower(),
         "publicKeySet": {
             "keys": [
@@ -151,6 +189,9 @@ def _payload(rec: ChipRecord, provisioner: dict[str, str]) -> dict[str, Any]:
             ]
         },
     }
+    if rec.revoked is not None:
+        out["revocation"] = rec.revoked.as_json()
+    return out
 
 
 def _protected(signer: x509.Certificate) -> dict[str, str]:
@@ -186,13 +227,18 @@ def sign_entries(
 def verify(entries: Any, signer: x509.Certificate) -> list[str]:
     """Check every entry against the manifest signer certificate; returns the chips'
     uniqueIds. ManifestError names the first entry that fails and why."""
+    return [e.unique_id for e in verify_entries(entries, signer)]
+
+
+def verify_entries(entries: Any, signer: x509.Certificate) -> list[VerifiedEntry]:
+    """:func:`verify`, also returning each entry's revocation mark (None: not revoked)."""
     if not isinstance(entries, list) or not entries:
         raise ManifestError("a manifest is a non-empty JSON list of signed entries")
     expected = _protected(signer)
     pub = signer.public_key()
     if not isinstance(pub, ec.EllipticCurvePublicKey):
         raise ManifestError("the manifest signer certificate has no EC key")
-    ids = []
+    ids: list[VerifiedEntry] = []
     for n, entry in enumerate(entries, 1):
         try:
             header = json.loads(unb64url(entry["protected"]))
@@ -216,7 +262,10 @@ def verify(entries: Any, signer: x509.Certificate) -> list[str]:
         if payload.get("uniqueId") != unique:
             raise ManifestError(f"entry {n}: header uniqueId {unique} differs from the payload")
         _check_key(n, payload)
-        ids.append(unique)
+        mark = payload.get("revocation")
+        if mark is not None and not (isinstance(mark, dict) and mark.get("status") == "revoked"):
+            raise ManifestError(f"entry {n} ({unique}): malformed revocation mark")
+        ids.append(VerifiedEntry(unique, mark))
     return ids
 
 
@@ -248,7 +297,7 @@ def batch_records(engine: Any, settings: Settings, batch_id: int) -> list[ChipRe
 
     from provisioner.ca.ceremony import store_of
     from provisioner.ca.store import fingerprint
-    from provisioner.db.models import Batch, Certificate, Device
+    from provisioner.db.models import Batch, Certificate, Device, Revocation
     from provisioner.errors import NotFoundError
 
     store = store_of(settings)
@@ -260,13 +309,14 @@ def batch_records(engine: Any, settings: Settings, batch_id: int) -> list[ChipRe
         if s.get(Batch, batch_id) is None:
             raise NotFoundError(f"batch {batch_id} does not exist (see `provisioner batch list`)")
         rows = s.exec(
-            select(Device, Certificate)
+            select(Device, Certificate, Revocation)
             .join(Certificate, col(Certificate.device_id) == Device.id)
+            .join(Revocation, col(Revocation.certificate_id) == Certificate.id, isouter=True)
             .where(Device.batch_id == batch_id)
             .order_by(col(Device.position))
         ).all()
     out = []
-    for dev, cert in rows:
+    for dev, cert, rev in rows:
         issuer = issuers.get(cert.issuer_fingerprint_sha256)
         if issuer is None:
             raise NotFoundError(
@@ -280,6 +330,9 @@ def batch_records(engine: Any, settings: Settings, batch_id: int) -> list[ChipRe
                 provisioned_at=cert.created_at,
                 device_cert=x509.load_der_x509_certificate(cert.der),
                 signer_cert=issuer,
+                revoked=None
+                if rev is None
+                else RevocationMark(rev.reason, rev.revoked_at, rev.serial_number),
             )
         )
     return out

@@ -175,7 +175,7 @@ def test_cli_revoke_and_the_api_serves_the_crl(station: Station) -> None:
     assert out["serial_number"] == format(cert.serial_number, "x")
     assert out["crls"][0]["entries"] == 1
     url = out["crls"][0]["url"]
-    assert url == f"{settings.api.public_url}/crl/intermediate-ca.crl"
+    assert url == f"{settings.api_url}/crl/intermediate-ca.crl"
     pin = settings.pin_file.read_text().strip()
     assert pin not in done.stdout + done.stderr
 
