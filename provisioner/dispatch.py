@@ -14,15 +14,15 @@ from collections.abc import Iterable
 
 from celery import Celery
 from sqlalchemy.engine import Engine
-from sqlmodel import col, or_, select
+from sqlmodel import col, select
 
+from provisioner.batches.lifecycle import runnable_query
 from provisioner.db.engine import transaction
 from provisioner.db.models import (
     Batch,
     BatchState,
     Device,
     RegistryUpload,
-    Step,
     UploadState,
     utcnow,
 )
@@ -54,26 +54,10 @@ def send_uploads(app: Celery, device_ids: Iterable[int]) -> int:
 
 
 def runnable_devices(engine: Engine, batch_id: int) -> list[int]:
-    """Devices of the batch a station still has to work on: not yet verified on their chip,
-    not failed (a failed device waits for `batch retry`), not released by a cancel and not
-    held by a running socket task."""
-    now = utcnow()
+    """Devices of the batch a station still has to work on (see
+    :func:`provisioner.batches.lifecycle.runnable_query`)."""
     with transaction(engine) as s:
-        return [
-            i
-            for i in s.exec(
-                select(Device.id)
-                .where(
-                    Device.batch_id == batch_id,
-                    col(Device.step) < Step.CERT_VERIFIED,
-                    col(Device.error).is_(None),
-                    col(Device.cancelled_at).is_(None),
-                    or_(col(Device.claimed_until).is_(None), col(Device.claimed_until) < now),
-                )
-                .order_by(col(Device.position))
-            ).all()
-            if i is not None
-        ]
+        return [i for i in s.exec(runnable_query(batch_id, utcnow())).all() if i is not None]
 
 
 def waiting_uploads(engine: Engine, batch_id: int | None = None) -> list[int]:

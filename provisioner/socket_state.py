@@ -64,6 +64,19 @@ def record(
         )
 
 
+def as_json(row: SocketState) -> dict[str, object]:
+    """One socket's row for `station status --json`, `batch status --json` and the API."""
+    return {
+        "station": row.station_id,
+        "socket": row.socket,
+        "state": row.state,
+        "device_id": row.device_id,
+        "chip_serial": row.chip_serial,
+        "detail": row.detail,
+        "updated_at": row.updated_at.isoformat(),
+    }
+
+
 def read(engine: Engine, station_id: str | None = None) -> list[SocketState]:
     """Every socket row (of one station), by station and socket."""
     with transaction(engine) as s:

@@ -23,6 +23,7 @@ from datetime import datetime
 from sqlalchemy import func, or_
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from provisioner.audit import chain
 from provisioner.db.engine import transaction
@@ -115,11 +116,12 @@ def _refuse(batch: Batch, action: str, hint: str = "") -> ConflictError:
     return ConflictError(msg + (f"; {hint}" if hint else ""))
 
 
-def _runnable(s: Session, batch_id: int, now: datetime) -> list[int]:
-    """Devices a station still has to work on (see provisioner.dispatch.runnable_devices;
-    here inside the transition's own transaction)."""
-    rows = s.exec(
-        select(Device.id)
+def runnable_query(batch_id: int, now: datetime) -> SelectOfScalar[int | None]:
+    """The devices of the batch a station still has to work on, in position order: not
+    yet verified on their chip, not failed (a failed device waits for `batch retry`), not
+    released by a cancel and not held by a running socket task."""
+    return (
+        select(col(Device.id))
         .where(
             Device.batch_id == batch_id,
             col(Device.step) < Step.CERT_VERIFIED,
@@ -128,8 +130,11 @@ def _runnable(s: Session, batch_id: int, now: datetime) -> list[int]:
             or_(col(Device.claimed_until).is_(None), col(Device.claimed_until) < now),
         )
         .order_by(col(Device.position))
-    ).all()
-    return [i for i in rows if i is not None]
+    )
+
+
+def _runnable(s: Session, batch_id: int, now: datetime) -> list[int]:
+    return [i for i in s.exec(runnable_query(batch_id, now)).all() if i is not None]
 
 
 def _audit(s: Session, batch: Batch, event: str, actor: str, **payload: object) -> None:

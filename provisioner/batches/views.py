@@ -15,6 +15,7 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from provisioner import socket_state
 from provisioner.db.engine import transaction
 from provisioner.db.models import (
     Batch,
@@ -290,14 +291,7 @@ def _live(
     s: Session, station_id: str
 ) -> tuple[tuple[dict[str, object], ...], tuple[dict[str, object], ...]]:
     sockets: tuple[dict[str, object], ...] = tuple(
-        {
-            "socket": r.socket,
-            "state": r.state,
-            "device_id": r.device_id,
-            "chip_serial": r.chip_serial,
-            "detail": r.detail,
-            "updated_at": r.updated_at.isoformat(),
-        }
+        socket_state.as_json(r)
         for r in s.exec(
             select(SocketState)
             .where(SocketState.station_id == station_id)

@@ -19,7 +19,7 @@ from provisioner.audit.checkpointer import load_audit_key
 from provisioner.audit.verify import verify_log
 from provisioner.cli.batch import start_batch
 from provisioner.cli.context import ctx_of
-from provisioner.cli.view import devices_table, summary_view
+from provisioner.cli.view import devices_table, duration_text, summary_view
 from provisioner.db.engine import transaction
 from provisioner.db.models import AuditCheckpoint, AuditEvent, ServiceHealth
 from provisioner.supervisor import running_services
@@ -62,15 +62,6 @@ def run(
         typer.echo("services stopped")
         raise typer.Exit(130) from None
     typer.echo("services stopped")
-
-
-def _duration(seconds: float) -> str:
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 @app.command("status")
@@ -126,7 +117,7 @@ def status(
             x.name,
             str(x.pid),
             f"[{colour}]{x.state}[/]",
-            _duration(x.uptime_s(now)) if x.state == "running" else "-",
+            duration_text(x.uptime_s(now)) if x.state == "running" else "-",
             str(x.restarts),
             "-" if x.last_exit is None else str(x.last_exit),
         )

@@ -81,16 +81,7 @@ def status_cmd(
         typer.echo(
             json.dumps(
                 [
-                    {
-                        "station": r.station_id,
-                        "socket": r.socket,
-                        "state": r.state,
-                        "device_id": r.device_id,
-                        "chip_serial": r.chip_serial,
-                        "detail": r.detail,
-                        "updated_at": r.updated_at.isoformat(),
-                        "age_s": round(_age_s(now, r.updated_at), 1),
-                    }
+                    socket_state.as_json(r) | {"age_s": round(_age_s(now, r.updated_at), 1)}
                     for r in rows
                 ]
             )

@@ -58,7 +58,8 @@ def watch(
             time.sleep(poll_s)
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """A duration as a person reads it on a screen: 45 s, 12 min, 3 h 5 min."""
     seconds = int(seconds)
     if seconds < 90:
         return f"{seconds} s"
@@ -95,7 +96,7 @@ def summary_view(rep: BatchReport) -> RenderableType:
         )
     )
     if rep.per_hour:
-        eta = f", about {_duration(rep.eta_s)} to go" if rep.eta_s is not None else ""
+        eta = f", about {duration_text(rep.eta_s)} to go" if rep.eta_s is not None else ""
         lines.append(Text(f"throughput: {rep.per_hour:,.0f} devices/h (last 10 min){eta}"))
     if rep.failures:
         t = Table(title="failures by reason", title_justify="left")

@@ -12,7 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Enum as SaEnum
 from sqlalchemy import event, inspect
+from sqlalchemy import text as sql_text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, SQLModel, create_engine
@@ -54,6 +56,7 @@ def create_schema(engine: Engine) -> None:
     try:
         SQLModel.metadata.create_all(engine)
         _add_missing_columns(engine)
+        _add_missing_enum_values(engine)
         with engine.begin() as conn:
             triggers.install(conn)
     except OperationalError as exc:
@@ -88,6 +91,37 @@ def _add_missing_columns(engine: Engine) -> None:
                 conn.exec_driver_sql(
                     f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {ddl}{clause}'
                 )
+
+
+def _add_missing_enum_values(engine: Engine) -> None:
+    """PostgreSQL keeps enum columns (batch states, upload states...) as native enum types
+    whose labels were fixed when the table was made; labels newer code declares (e.g. the
+    batch states ``paused`` and ``cancelled``) are added to older databases. SQLite stores
+    them as text and needs nothing."""
+    if engine.dialect.name != "postgresql":
+        return
+    with engine.connect() as conn:
+        for table in SQLModel.metadata.sorted_tables:
+            for column in table.columns:
+                kind = column.type
+                if not isinstance(kind, SaEnum) or not kind.native_enum or not kind.name:
+                    continue
+                have = {
+                    row[0]
+                    for row in conn.execute(
+                        sql_text(
+                            "SELECT e.enumlabel FROM pg_enum e JOIN pg_type t "
+                            "ON t.oid = e.enumtypid WHERE t.typname = :name"
+                        ),
+                        {"name": kind.name},
+                    )
+                }
+                for label in kind.enums:
+                    if label not in have:
+                        conn.exec_driver_sql(
+                            f"ALTER TYPE \"{kind.name}\" ADD VALUE IF NOT EXISTS '{label}'"
+                        )
+        conn.commit()
 
 
 @contextmanager

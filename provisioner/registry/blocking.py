@@ -54,7 +54,7 @@ from provisioner.db.models import (
 from provisioner.errors import NotFoundError, RegistryError, RegistryUnavailableError
 from provisioner.ledger import DeviceLedger
 from provisioner.ports import RegistryBackend
-from provisioner.registry.forwarder import DrainReport
+from provisioner.registry.forwarder import DrainReport, drain_each
 from provisioner.registry.ratelimit import backoff_s
 from provisioner.settings import Settings
 
@@ -233,31 +233,15 @@ def drain_blocks(
     """Block ``device_ids`` one by one (the store-and-forward drain for blocks): ``done``
     counts blocked devices, ``conflicts`` skipped ones. Stops after ``give_up_after``
     consecutive unreachable answers, like the upload drain."""
-    rep = DrainReport()
-    streak = 0
-    for n, device_id in enumerate(device_ids, 1):
-        if streak >= give_up_after:
-            rep.left = len(device_ids) - n + 1
-            break
-        try:
-            outcome = attempt(engine, backend, device_id, actor)
-        except RegistryUnavailableError as exc:
-            note_retry(engine, device_id, str(exc), actor)
-            rep.unavailable += 1
-            streak += 1
-        except RegistryError as exc:
-            park(engine, device_id, f"refused: {exc}", actor)
-            rep.refused += 1
-            streak = 0
-        else:
-            streak = 0
-            if outcome is BlockOutcome.BLOCKED:
-                rep.done += 1
-            elif outcome is BlockOutcome.SKIPPED:
-                rep.conflicts += 1
-        if progress is not None:
-            progress(n, rep)
-    return rep
+    outcomes = {BlockOutcome.BLOCKED: True, BlockOutcome.SKIPPED: False}
+    return drain_each(
+        device_ids,
+        lambda d: outcomes.get(attempt(engine, backend, d, actor)),
+        note_retry=lambda d, why: note_retry(engine, d, why, actor),
+        refuse=lambda d, why: park(engine, d, f"refused: {why}", actor),
+        give_up_after=give_up_after,
+        progress=progress,
+    )
 
 
 def block_state(engine: Engine, device_id: int) -> RegistryBlock | None:

@@ -84,6 +84,48 @@ def waiting(
         return list(s.exec(q).all())
 
 
+def drain_each(
+    device_ids: list[int],
+    try_one: Callable[[int], bool | None],
+    *,
+    note_retry: Callable[[int, str], None],
+    refuse: Callable[[int, str], None],
+    give_up_after: int = 3,
+    progress: Callable[[int, DrainReport], None] | None = None,
+) -> DrainReport:
+    """Work through ``device_ids`` one by one (uploads, blocks). ``try_one`` answers True
+    (done), False (a conflict a person decides) or None (nothing to do yet); an unreachable
+    registry is noted for a later retry, a refusal kept with its answer. After
+    ``give_up_after`` consecutive unreachable answers the registry is taken to be down and
+    the rest are left for later (hammering a dead or throttling registry only makes it
+    worse)."""
+    rep = DrainReport()
+    streak = 0
+    for n, device_id in enumerate(device_ids, 1):
+        if streak >= give_up_after:
+            rep.left = len(device_ids) - n + 1
+            break
+        try:
+            done = try_one(device_id)
+        except RegistryUnavailableError as exc:
+            note_retry(device_id, str(exc))
+            rep.unavailable += 1
+            streak += 1
+        except RegistryError as exc:  # not retryable as it is: parked, the error kept
+            refuse(device_id, str(exc))
+            rep.refused += 1
+            streak = 0
+        else:
+            streak = 0
+            if done is True:
+                rep.done += 1
+            elif done is False:
+                rep.conflicts += 1
+        if progress is not None:
+            progress(n, rep)
+    return rep
+
+
 def drain(
     engine: Engine,
     backend: RegistryBackend,
@@ -92,35 +134,16 @@ def drain(
     give_up_after: int = 3,
     progress: Callable[[int, DrainReport], None] | None = None,
 ) -> DrainReport:
-    """Upload ``device_ids`` one by one. After ``give_up_after`` consecutive unreachable
-    answers the registry is taken to be down and the rest are left for later (hammering a
-    dead or throttling registry only makes it worse)."""
+    """Upload ``device_ids`` one by one (:func:`drain_each`)."""
     ledger = DeviceLedger(engine, "registry-uploader")
-    rep = DrainReport()
-    streak = 0
-    for n, device_id in enumerate(device_ids, 1):
-        if streak >= give_up_after:
-            rep.left = len(device_ids) - n + 1
-            break
-        try:
-            dev = pipeline.upload_device(device_id, backend, ledger)
-        except RegistryUnavailableError as exc:
-            ledger.note_upload_retry(device_id, str(exc))
-            rep.unavailable += 1
-            streak += 1
-        except RegistryError as exc:  # not retryable as it is: parked, the error kept
-            ledger.refuse_upload(device_id, str(exc))
-            rep.refused += 1
-            streak = 0
-        else:
-            streak = 0
-            if dev.error is None:
-                rep.done += 1
-            else:
-                rep.conflicts += 1
-        if progress is not None:
-            progress(n, rep)
-    return rep
+    return drain_each(
+        device_ids,
+        lambda d: pipeline.upload_device(d, backend, ledger).error is None,
+        note_retry=ledger.note_upload_retry,
+        refuse=ledger.refuse_upload,
+        give_up_after=give_up_after,
+        progress=progress,
+    )
 
 
 @dataclass
