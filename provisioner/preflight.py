@@ -81,6 +81,7 @@ def check_workers(settings: Settings, queues: list[str]) -> None:
     missing = [q for q in queues if q not in seen]
     if missing:
         raise ServiceUnavailableError(
-            f"no worker consumes {', '.join(missing)}: start the services with "
+            f"no worker consumes {', '.join(missing)} (none answered within 2 s): see "
+            "`provisioner services status`, or start the services with "
             "`provisioner services run`"
         )

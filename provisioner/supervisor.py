@@ -471,17 +471,23 @@ class Supervisor:
         for t in list(self._threads):
             t.join(timeout=2.0)  # the monitor may be waiting for a restarted child
         self._threads.clear()
-        for phase in range(4):
-            group = [c for c in reversed(self.children) if _stop_phase(c) == phase]
-            if group:
-                self._stop_children(group, timeout)
-                log.info("stopped %s", ", ".join(c.name for c in group))
-        for c in self.children:
-            (self.run_dir / f"{c.name}.pid").unlink(missing_ok=True)
-        self.children.clear()
-        remove_status(self.run_dir)
-        log.info("services stopped")
-        self.release()
+        try:
+            for phase in range(4):
+                group = [c for c in reversed(self.children) if _stop_phase(c) == phase]
+                if group:
+                    self._stop_children(group, timeout)
+                    log.info("stopped %s", ", ".join(c.name for c in group))
+        finally:
+            # Whatever cut the orderly stop short (an error, a terminal that went away),
+            # no process group it started outlives it.
+            for c in self.children:
+                signal_group(c.proc.pid, signal.SIGKILL)
+            for c in self.children:
+                (self.run_dir / f"{c.name}.pid").unlink(missing_ok=True)
+            self.children.clear()
+            remove_status(self.run_dir)
+            log.info("services stopped")
+            self.release()
 
     def _stop_children(self, children: list[Child], timeout: float) -> None:
         for c in children:
@@ -511,7 +517,7 @@ class Supervisor:
         if self._interrupted:
             if not self._hurry:
                 self._hurry = True
-                print("stopping: not waiting for the services any more", file=sys.stderr)
+                say("stopping: not waiting for the services any more")
             return
         self._interrupted = True
         if self._defer:
@@ -555,6 +561,14 @@ class Supervisor:
 
 def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
+
+
+def say(msg: str) -> None:
+    """One line to the operator's terminal, if it is still there: a closed terminal (SIGHUP)
+    or a pipe whose reader died (`| tee` killed by the same Ctrl-C) must never cut a stop
+    short."""
+    with suppress(OSError, ValueError):
+        print(msg, file=sys.stderr, flush=True)
 
 
 def _report(level: int, msg: str) -> None:

@@ -316,7 +316,7 @@ def set_quota(engine: Engine, batch_id: int, quota: int, *, actor: str) -> Trans
     with transaction(engine) as s:
         batch = _batch(s, batch_id)
         if batch.state.ended:
-            raise _refuse(batch, "change the quota of", "it has ended")
+            raise _refuse(batch, "change the quota of", "an ended batch keeps its quota")
         if quota < batch.issued:
             raise InvalidInputError(
                 f"quota {quota} is below the {batch.issued} certificate(s) already issued "

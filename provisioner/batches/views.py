@@ -9,7 +9,7 @@ time, optionally only the failed ones or those at one step.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func
 from sqlalchemy.engine import Engine
@@ -270,21 +270,31 @@ def _summary(s: Session, batch: Batch, *, live: bool) -> BatchReport:
         uploads_conflict=uploads.get(UploadState.CONFLICT, 0),
         failures=failures,
     )
-    per_hour = _per_hour(batch, recent, now)
+    verified = sum(n for k, n in steps.items() if Step[k] >= Step.CERT_VERIFIED)
+    per_hour = _per_hour(batch, recent, verified, now)
     eta = rep.remaining / per_hour * 3600 if per_hour and batch.state == "running" else None
     live_parts = _live(s, batch.station_id) if live else ((), ())
     return replace(rep, per_hour=per_hour, eta_s=eta, sockets=live_parts[0], services=live_parts[1])
 
 
-def _per_hour(batch: Batch, recent: int, now: datetime) -> float | None:
-    """Devices per hour over the last ten minutes (or since the start, if more recent)."""
-    if not recent or batch.started_at is None:
+def _per_hour(batch: Batch, recent: int, verified: int, now: datetime) -> float | None:
+    """Devices verified on their chip per hour: over the last ten minutes (or since the
+    start, if more recent) while the batch is under way; over its whole run once it ended."""
+    if batch.started_at is None:
         return None
-    started = (
-        batch.started_at if batch.started_at.tzinfo else batch.started_at.replace(tzinfo=now.tzinfo)
-    )
+    started = _utc(batch.started_at)
+    if batch.state.ended and batch.finished_at is not None:
+        run = max(_utc(batch.finished_at) - started, timedelta(seconds=1))
+        return verified * 3600 / run.total_seconds() if verified else None
+    if not recent:
+        return None
     window = min(RATE_WINDOW, max(now - started, timedelta(seconds=1)))
     return recent * 3600 / window.total_seconds()
+
+
+def _utc(when: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _live(

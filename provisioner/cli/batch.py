@@ -215,8 +215,8 @@ def status(
     step: str | None = typer.Option(
         None, "--step", help="List only devices at this step (pending, identified, ... done)."
     ),
-    offset: int = typer.Option(0, "--offset", help="Skip this many devices of the list."),
-    limit: int = typer.Option(100, "--limit", help="Devices per page (at most 1000)."),
+    offset: int = typer.Option(0, "--offset", min=0, help="Skip this many devices of the list."),
+    limit: int = typer.Option(100, "--limit", min=1, max=1000, help="Devices per page."),
     as_json: bool = _JSON,
 ) -> None:
     """A batch's summary: counts per step, failures by reason with what to do with each
@@ -241,8 +241,10 @@ def status(
         return
     console = Console()
     console.print(summary_view(rep))
-    if listing:
-        shown = f"devices {offset + 1}-{offset + len(rep.devices)}" if rep.devices else "none"
+    if listing and not rep.devices:
+        console.print("no device matches" + (f" past --offset {offset}" if offset else ""))
+    elif listing:
+        shown = f"devices {offset + 1}-{offset + len(rep.devices)}"
         console.print(devices_table(rep, title=f"batch {rep.id}: {shown}"))
         if len(rep.devices) == limit:
             console.print(f"more: --offset {offset + limit}")

@@ -22,7 +22,7 @@ from provisioner.cli.context import ctx_of
 from provisioner.cli.view import devices_table, duration_text, summary_view
 from provisioner.db.engine import transaction
 from provisioner.db.models import AuditCheckpoint, AuditEvent, ServiceHealth
-from provisioner.supervisor import running_services
+from provisioner.supervisor import running_services, say
 from provisioner.supervisor_lock import running_holder
 from provisioner.supervisor_status import read_status
 
@@ -57,11 +57,11 @@ def run(
                 while True:
                     time.sleep(1)
             except KeyboardInterrupt:
-                typer.echo("stopping services ...")
+                say("stopping services ...")
     except KeyboardInterrupt:
-        typer.echo("services stopped")
+        say("services stopped")
         raise typer.Exit(130) from None
-    typer.echo("services stopped")
+    say("services stopped")
 
 
 @app.command("status")

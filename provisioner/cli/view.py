@@ -11,7 +11,7 @@ from rich.text import Text
 from sqlalchemy.engine import Engine
 
 from provisioner.batches import BatchReport, summary
-from provisioner.db.models import PartAction
+from provisioner.db.models import BatchState, PartAction
 
 # What the operator does with the part of a failed device, in the words of the floor.
 PART_ACTION_TEXT: dict[str, str] = {
@@ -97,7 +97,8 @@ def summary_view(rep: BatchReport) -> RenderableType:
     )
     if rep.per_hour:
         eta = f", about {duration_text(rep.eta_s)} to go" if rep.eta_s is not None else ""
-        lines.append(Text(f"throughput: {rep.per_hour:,.0f} devices/h (last 10 min){eta}"))
+        over = "over its run" if BatchState(rep.state).ended else "last 10 min"
+        lines.append(Text(f"throughput: {rep.per_hour:,.0f} devices/h ({over}){eta}"))
     if rep.failures:
         t = Table(title="failures by reason", title_justify="left")
         for c in ("devices", "reason", "what to do with the part"):

@@ -231,6 +231,40 @@ def test_repeated_ctrl_c_leaves_no_process(
     assert "not running" in cli(st, "services", "status").stdout
 
 
+def test_ctrl_c_with_the_output_pipe_gone_leaves_no_process(tmp_path: Path) -> None:
+    """`provisioner services run | tee log`: Ctrl-C kills tee too, so every message the
+    supervisor prints while stopping meets a broken pipe (a closed terminal is the same).
+    The stop must still take every process group down."""
+    st = make_station(tmp_path / "station", sockets=1)
+    cli(st, "ca", "init")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "provisioner.cli.main", "services", "run"],
+        env=st.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert proc.stdout is not None
+        seen = b""
+        while b"services running" not in seen:
+            line = proc.stdout.readline()
+            assert line, seen
+            seen += line
+        groups = [c["pid"] for c in _components(st).values()]
+        proc.stdout.close()  # the reader is gone: the next write is EPIPE
+        for _ in range(2):
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.3)
+        proc.wait(60)
+        assert [g for g in groups if _group_alive(g)] == []
+        assert _station_processes(st) == []
+        assert "not running" in cli(st, "services", "status").stdout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _kill_leftovers(st)
+
+
 def test_ctrl_c_while_starting_leaves_no_process(tmp_path: Path) -> None:
     st = make_station(tmp_path / "station", sockets=1)
     proc, out = _start(st)
