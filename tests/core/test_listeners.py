@@ -15,6 +15,7 @@ from provisioner.listeners import plan_ports
 from provisioner.settings import Settings
 from provisioner.supervisor_lock import InstanceLock, running_holder
 from provisioner.supervisor_status import ComponentStatus, read_status, write_status
+from tests.conftest import free_port
 
 
 @pytest.fixture
@@ -51,7 +52,9 @@ def test_a_taken_port_names_its_setting(tmp_path: Path, squatter: socket.socket)
 
 def test_the_demo_moves_a_taken_port_and_says_so(tmp_path: Path, squatter: socket.socket) -> None:
     port = squatter.getsockname()[1]
-    s = Settings(var_dir=tmp_path, registry={"listen_port": port})  # type: ignore[arg-type]
+    # The API on a port known to be free: the default 8712 may be in use on this machine.
+    api = {"listen_port": free_port()}
+    s = Settings(var_dir=tmp_path, registry={"listen_port": port}, api=api)  # type: ignore[arg-type]
     plan = plan_ports(s, move_taken=True)
     new = plan.settings.registry.listen_port
     assert new != port and plan.env == {"PROVISIONER_REGISTRY__LISTEN_PORT": str(new)}
@@ -61,6 +64,7 @@ def test_the_demo_moves_a_taken_port_and_says_so(tmp_path: Path, squatter: socke
     pinned = Settings(
         var_dir=tmp_path,
         registry={"listen_port": port, "url": f"http://127.0.0.1:{port}"},  # type: ignore[arg-type]
+        api=api,  # type: ignore[arg-type]
     )
     with pytest.raises(ServiceUnavailableError, match=r"registry\.listen_port"):
         plan_ports(pinned, move_taken=True)
