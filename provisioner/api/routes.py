@@ -8,7 +8,7 @@ it."""
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
@@ -21,7 +21,7 @@ from provisioner.audit.checkpointer import load_audit_key
 from provisioner.audit.verify import verify_log
 from provisioner.auth import users
 from provisioner.db.engine import transaction
-from provisioner.db.models import AuditCheckpoint
+from provisioner.db.models import MAX_ID, AuditCheckpoint
 from provisioner.errors import (
     ConflictError,
     InvalidInputError,
@@ -32,6 +32,9 @@ from provisioner.errors import (
 from provisioner.settings import Settings
 
 Who = users.Principal
+# A batch id as the database can hold it (a 64-bit integer): anything larger is a 422,
+# never an overflow inside the database driver.
+BatchId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 def _problem(exc: ProvisionerError) -> ApiProblem:
@@ -164,7 +167,7 @@ def ops_router(engine: Engine, settings: Settings, guard: Guard) -> APIRouter:
 
     @r.get("/batches/{batch_id}")
     def get_batch(
-        batch_id: int,
+        batch_id: BatchId,
         who: Annotated[Who, Depends(guard("batch.read"))],
         devices: Annotated[str | None, Query(pattern="^(all|failed)$")] = None,
         step: str | None = None,
@@ -205,24 +208,24 @@ def ops_router(engine: Engine, settings: Settings, guard: Guard) -> APIRouter:
         }
 
     @r.post("/batches/{batch_id}/pause")
-    def pause(batch_id: int, who: Annotated[Who, Depends(guard("batch.control"))]) -> Any:
+    def pause(batch_id: BatchId, who: Annotated[Who, Depends(guard("batch.control"))]) -> Any:
         return _transition(lambda: batches.pause(engine, batch_id, actor=who.actor))
 
     @r.post("/batches/{batch_id}/resume")
-    def resume(batch_id: int, who: Annotated[Who, Depends(guard("batch.control"))]) -> Any:
+    def resume(batch_id: BatchId, who: Annotated[Who, Depends(guard("batch.control"))]) -> Any:
         return _transition(lambda: batches.resume(engine, batch_id, actor=who.actor))
 
     @r.post("/batches/{batch_id}/cancel")
-    def cancel(batch_id: int, who: Annotated[Who, Depends(guard("batch.control"))]) -> Any:
+    def cancel(batch_id: BatchId, who: Annotated[Who, Depends(guard("batch.control"))]) -> Any:
         return _transition(lambda: batches.cancel(engine, batch_id, actor=who.actor))
 
     @r.post("/batches/{batch_id}/close")
-    def close(batch_id: int, who: Annotated[Who, Depends(guard("batch.control"))]) -> Any:
+    def close(batch_id: BatchId, who: Annotated[Who, Depends(guard("batch.control"))]) -> Any:
         return _transition(lambda: batches.close(engine, batch_id, actor=who.actor))
 
     @r.post("/batches/{batch_id}/retry")
     def retry(
-        batch_id: int, body: RetryRequest, who: Annotated[Who, Depends(guard("batch.control"))]
+        batch_id: BatchId, body: RetryRequest, who: Annotated[Who, Depends(guard("batch.control"))]
     ) -> Any:
         return _transition(
             lambda: batches.retry(engine, batch_id, actor=who.actor, which=body.devices or None)
@@ -230,7 +233,7 @@ def ops_router(engine: Engine, settings: Settings, guard: Guard) -> APIRouter:
 
     @r.put("/batches/{batch_id}/quota")
     def quota(
-        batch_id: int, body: QuotaChange, who: Annotated[Who, Depends(guard("batch.quota"))]
+        batch_id: BatchId, body: QuotaChange, who: Annotated[Who, Depends(guard("batch.quota"))]
     ) -> Any:
         return _transition(lambda: batches.set_quota(engine, batch_id, body.quota, actor=who.actor))
 

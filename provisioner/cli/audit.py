@@ -16,7 +16,7 @@ from provisioner.audit.checkpointer import load_audit_key, read_public_key
 from provisioner.audit.verify import verify_log
 from provisioner.cli.context import ctx_of
 from provisioner.db.engine import transaction
-from provisioner.db.models import AuditCheckpoint
+from provisioner.db.models import MAX_ID, AuditCheckpoint
 from provisioner.errors import ConfigError, ProofError
 
 app = typer.Typer(
@@ -31,7 +31,7 @@ _KEY_HELP = (
 
 
 _SERIAL = typer.Option(None, "--serial", help="Chip serial (hex, any case).")
-_BATCH = typer.Option(None, "--batch", help="Batch id.")
+_BATCH = typer.Option(None, "--batch", min=1, max=MAX_ID, help="Batch id.")
 _STATION = typer.Option(None, "--station", help="Station id.")
 _ACTOR = typer.Option(None, "--actor", help="Actor, e.g. operator:alice or station:line1.")
 _TYPE = typer.Option(None, "--type", help="Event type, e.g. device.cert_issued; 'incident.*'.")

@@ -15,6 +15,7 @@ from rich.console import Console
 from provisioner import batches, dispatch, preflight
 from provisioner.cli.context import CliContext, ctx_of
 from provisioner.cli.view import batches_table, devices_table, part_action_text, summary_view, watch
+from provisioner.db.models import MAX_ID
 from workers.queues import HSM_QUEUE, REGISTRY_QUEUE, station_queue
 
 app = typer.Typer(
@@ -25,7 +26,7 @@ app = typer.Typer(
 quota_app = typer.Typer(help="A batch's certificate quota (admin).", no_args_is_help=True)
 app.add_typer(quota_app, name="quota")
 
-_ID = typer.Argument(..., help="Batch id (see `provisioner batch list`).")
+_ID = typer.Argument(..., min=1, max=MAX_ID, help="Batch id (see `provisioner batch list`).")
 _JSON = typer.Option(False, "--json", help="Print JSON for scripts.")
 
 

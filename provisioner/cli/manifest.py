@@ -10,6 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from provisioner.cli.context import ctx_of
+from provisioner.db.models import MAX_ID
 from provisioner.errors import ConfigError
 from provisioner.registry import manifest
 
@@ -23,7 +24,7 @@ app = typer.Typer(
 @app.command("build")
 def build(
     ctx: typer.Context,
-    batch: int = typer.Option(..., "--batch", help="Batch id."),
+    batch: int = typer.Option(..., "--batch", min=1, max=MAX_ID, help="Batch id."),
     output: Path | None = typer.Option(
         None, "--output", "-o", help="Manifest file (default: manifest-batch-N.json)."
     ),

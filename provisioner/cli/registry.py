@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from provisioner.cli.context import ctx_of
+from provisioner.db.models import MAX_ID
 from provisioner.registry import forwarder
 from provisioner.registry.backends import open_backend
 
@@ -17,7 +18,9 @@ app = typer.Typer(help="Registry uploads: store and forward.", no_args_is_help=T
 @app.command("sync")
 def sync(
     ctx: typer.Context,
-    batch: int | None = typer.Option(None, "--batch", help="Only this batch's uploads."),
+    batch: int | None = typer.Option(
+        None, "--batch", min=1, max=MAX_ID, help="Only this batch's uploads."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Upload every parked or pending certificate, then block every revoked device still

@@ -15,6 +15,10 @@ from sqlalchemy import Column, Integer, LargeBinary, UniqueConstraint
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
+# The largest id a row can have (a signed 64-bit integer in SQLite and PostgreSQL): the CLI
+# and the API refuse larger ones as input errors before the database driver overflows.
+MAX_ID = 2**63 - 1
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)

@@ -247,3 +247,23 @@ def test_cli_bootstrap_then_tokens_and_roles(tmp_path: Path) -> None:
     assert _cli(settings, "users", "revoke", "olga", token=tok["admin"]).returncode == 0
     r = _cli(settings, "batch", "list", token=tok["operator"])
     assert r.returncode == 77 and "not valid" in r.stderr
+
+
+def test_batch_ids_beyond_64_bits_are_refused_not_5xx(
+    setup: tuple[Settings, Engine, dict[str, str]],
+) -> None:
+    """A batch id the database cannot hold is the caller's mistake (422), never an
+    overflow inside the driver (500), on every batch route."""
+    settings, _, tokens = setup
+    client = TestClient(create_app(settings), raise_server_exceptions=False)
+    auth = {"Authorization": f"Bearer {tokens['admin']}"}
+    huge = "99999999999999999999999"
+    for method, path, body, _ in ENDPOINTS:
+        if not path.startswith("/batches/1"):
+            continue
+        r = client.request(
+            method, path.replace("/batches/1", f"/batches/{huge}"), json=body, headers=auth
+        )
+        assert r.status_code == 422, (method, path, r.status_code, r.text)
+    r = client.get("/batches/9223372036854775807", headers=auth)
+    assert r.status_code == 404, r.text  # the largest id the database holds: just unknown

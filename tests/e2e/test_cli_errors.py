@@ -116,3 +116,23 @@ def test_start_without_workers_writes_nothing(station: Station) -> None:
         assert status["state"] == "created" and status["steps"] == {"PENDING": 2}
     finally:
         sup.stop()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("batch", "status", "99999999999999999999999"),
+        ("batch", "pause", "99999999999999999999999"),
+        ("batch", "quota", "set", "99999999999999999999999", "3"),
+        ("manifest", "build", "--batch", "99999999999999999999999"),
+        ("registry", "sync", "--batch", "99999999999999999999999"),
+        ("audit", "query", "--batch", "99999999999999999999999"),
+    ],
+)
+def test_batch_ids_beyond_64_bits_are_usage_errors(station: Station, args: tuple[str, ...]) -> None:
+    """A number the database cannot hold is the operator's typo: a usage error, never a
+    traceback from the database driver."""
+    proc = run(station, *args)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "OverflowError" not in proc.stderr
+    assert "Invalid value" in proc.stderr
