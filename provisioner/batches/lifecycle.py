@@ -143,9 +143,18 @@ def _audit(s: Session, batch: Batch, event: str, actor: str, **payload: object) 
     )
 
 
-def _done(batch: Batch, state: BatchState, queue: list[int] | None = None) -> Transition:
+def _done(
+    batch: Batch,
+    queue: list[int] | None = None,
+    *,
+    failed: tuple[dict[str, object], ...] = (),
+    detail: dict[str, object] | None = None,
+) -> Transition:
+    """The transition's outcome: the batch as it now stands and what the caller queues."""
     assert batch.id is not None
-    return Transition(batch.id, batch.station_id, state, tuple(queue or ()))
+    return Transition(
+        batch.id, batch.station_id, batch.state, tuple(queue or ()), failed, detail or {}
+    )
 
 
 def mark_started(engine: Engine, batch_id: int, *, actor: str) -> list[int]:
@@ -168,7 +177,7 @@ def start(engine: Engine, batch_id: int, *, actor: str) -> Transition:
         batch.started_at = batch.started_at or utcnow()
         s.add(batch)
         _audit(s, batch, "batch.started", actor, devices_queued=len(devices))
-        return _done(batch, batch.state, devices)
+        return _done(batch, devices)
 
 
 def pause(engine: Engine, batch_id: int, *, actor: str) -> Transition:
@@ -180,7 +189,7 @@ def pause(engine: Engine, batch_id: int, *, actor: str) -> Transition:
         batch.state = BatchState.PAUSED
         s.add(batch)
         _audit(s, batch, "batch.paused", actor)
-        return _done(batch, batch.state)
+        return _done(batch)
 
 
 def resume(engine: Engine, batch_id: int, *, actor: str) -> Transition:
@@ -198,7 +207,7 @@ def resume(engine: Engine, batch_id: int, *, actor: str) -> Transition:
         batch.state = BatchState.RUNNING
         s.add(batch)
         _audit(s, batch, "batch.resumed", actor, devices_queued=len(devices))
-        return _done(batch, batch.state, devices)
+        return _done(batch, devices)
 
 
 def cancel(engine: Engine, batch_id: int, *, actor: str) -> Transition:
@@ -221,7 +230,7 @@ def cancel(engine: Engine, batch_id: int, *, actor: str) -> Transition:
         for d in unstarted:
             d.cancelled_at = now
             s.add(d)
-        in_flight = _count(
+        in_flight = count_devices(
             s,
             Device.batch_id == batch_id,
             col(Device.claimed_until) >= now,
@@ -239,13 +248,7 @@ def cancel(engine: Engine, batch_id: int, *, actor: str) -> Transition:
             in_flight=in_flight,
             quota_released=max(0, limit - batch.issued),
         )
-        t = _done(batch, batch.state)
-        return Transition(
-            t.batch_id,
-            t.station_id,
-            t.state,
-            detail={"released": len(unstarted), "in_flight": in_flight},
-        )
+        return _done(batch, detail={"released": len(unstarted), "in_flight": in_flight})
 
 
 def close(engine: Engine, batch_id: int, *, actor: str, max_listed: int = 1000) -> Transition:
@@ -256,13 +259,13 @@ def close(engine: Engine, batch_id: int, *, actor: str, max_listed: int = 1000) 
         batch = _batch(s, batch_id)
         if batch.state not in (BatchState.RUNNING, BatchState.PAUSED):
             raise _refuse(batch, "close", "only a running or paused batch with failures closes")
-        in_flight = _count(s, Device.batch_id == batch_id, col(Device.claimed_until) >= now)
+        in_flight = count_devices(s, Device.batch_id == batch_id, col(Device.claimed_until) >= now)
         if in_flight:
             raise ConflictError(
                 f"batch {batch_id} has {in_flight} device(s) in a socket right now: pause it "
                 "and wait for them, then close"
             )
-        unfinished = _count(
+        unfinished = count_devices(
             s,
             Device.batch_id == batch_id,
             col(Device.step) < Step.CERT_VERIFIED,
@@ -306,8 +309,7 @@ def close(engine: Engine, batch_id: int, *, actor: str, max_listed: int = 1000) 
             failed=len(failed),
             failed_devices=[f["device_id"] for f in failed[:max_listed]],
         )
-        t = _done(batch, batch.state)
-        return Transition(t.batch_id, t.station_id, t.state, failed=failed)
+        return _done(batch, failed=failed)
 
 
 def set_quota(engine: Engine, batch_id: int, quota: int, *, actor: str) -> Transition:
@@ -330,8 +332,7 @@ def set_quota(engine: Engine, batch_id: int, quota: int, *, actor: str) -> Trans
         batch.quota = quota
         s.add(batch)
         _audit(s, batch, "batch.quota_changed", actor, old=old, new=quota, issued=batch.issued)
-        t = _done(batch, batch.state)
-        return Transition(t.batch_id, t.station_id, t.state, detail={"old": old, "new": quota})
+        return _done(batch, detail={"old": old, "new": quota})
 
 
 def retry(
@@ -372,7 +373,7 @@ def retry(
             s.add(d)
         queue = [d.id for d in devices if d.id is not None]
         running = batch.state is BatchState.RUNNING
-        return _done(batch, batch.state, queue if running else [])
+        return _done(batch, queue if running else [])
 
 
 def _all_failed(s: Session, batch_id: int) -> list[Device]:
@@ -424,5 +425,6 @@ def _check_retryable(d: Device) -> None:
         )
 
 
-def _count(s: Session, *where: object) -> int:
+def count_devices(s: Session, *where: object) -> int:
+    """How many devices match ``where`` (one COUNT in the database)."""
     return int(s.exec(select(func.count()).select_from(Device).where(*where)).one())  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from provisioner import socket_state
+from provisioner.batches.lifecycle import count_devices
 from provisioner.db.engine import transaction
 from provisioner.db.models import (
     Batch,
@@ -216,15 +217,11 @@ def _summary(s: Session, batch: Batch, *, live: bool) -> BatchReport:
             .limit(20)
         ).all()
     )
-    failed = int(
-        s.exec(
-            select(func.count()).where(
-                of_batch, col(Device.error).is_not(None), col(Device.step) < Step.DONE
-            )
-        ).one()
+    failed = count_devices(
+        s, of_batch, col(Device.error).is_not(None), col(Device.step) < Step.DONE
     )
-    cancelled = _count(s, of_batch, col(Device.cancelled_at).is_not(None))
-    in_flight = _count(s, of_batch, col(Device.claimed_until) >= now)
+    cancelled = count_devices(s, of_batch, col(Device.cancelled_at).is_not(None))
+    in_flight = count_devices(s, of_batch, col(Device.claimed_until) >= now)
     uploads = {
         state: int(n)
         for state, n in s.exec(
@@ -243,7 +240,7 @@ def _summary(s: Session, batch: Batch, *, live: bool) -> BatchReport:
             .where(of_batch)
         ).one()
     )
-    recent = _count(
+    recent = count_devices(
         s,
         of_batch,
         col(Device.step) >= Step.CERT_VERIFIED,
@@ -319,10 +316,6 @@ def _live(
         for h in s.exec(select(ServiceHealth).order_by(col(ServiceHealth.name))).all()
     )
     return sockets, services
-
-
-def _count(s: Session, *where: object) -> int:
-    return int(s.exec(select(func.count()).select_from(Device).where(*where)).one())  # type: ignore[arg-type]
 
 
 def device_page(engine: Engine, batch_id: int, query: DeviceQuery) -> tuple[DeviceRow, ...]:
