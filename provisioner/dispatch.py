@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from celery import Celery
+from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
@@ -23,6 +24,7 @@ from provisioner.db.models import (
     BatchState,
     Device,
     RegistryUpload,
+    Step,
     UploadState,
     utcnow,
 )
@@ -36,13 +38,35 @@ def celery_app(settings: Settings) -> Celery:
     return make_celery(settings)
 
 
-def send_devices(app: Celery, station_id: str, device_ids: Iterable[int]) -> int:
-    """Queue a provisioning task per device on its station's queue; returns how many."""
-    n = 0
-    for device_id in device_ids:
-        app.send_task(PROVISION_TASK, args=[device_id], queue=station_queue(station_id))
-        n += 1
-    return n
+def send_devices(settings: Settings, station_id: str, device_ids: Iterable[int]) -> int:
+    """Queue a provisioning order per device on its station's queue (in the station's
+    namespace on the broker), each signed with the line's key so the station can tell the
+    line's orders from anything else on its queue; returns how many."""
+    from provisioner.link.envelope import seal
+    from provisioner.link.keys import line_key, station_party
+    from provisioner.link.wire import WORK_TTL_S
+    from workers.celery_app import station_app
+
+    ids = list(device_ids)
+    if not ids:
+        return 0
+    key = line_key(settings)
+    app = station_app(settings, station_id, as_line=True)
+    try:
+        for device_id in ids:
+            order = seal(
+                key.key,
+                kid=key.kid,
+                task=PROVISION_TASK,
+                sender=key.party,
+                recipient=station_party(station_id),
+                body={"device": device_id},
+                ttl_s=WORK_TTL_S,
+            )
+            app.send_task(PROVISION_TASK, args=[order], queue=station_queue(station_id))
+    finally:
+        app.close()
+    return len(ids)
 
 
 def send_uploads(app: Celery, device_ids: Iterable[int]) -> int:
@@ -53,11 +77,12 @@ def send_uploads(app: Celery, device_ids: Iterable[int]) -> int:
     return n
 
 
-def runnable_devices(engine: Engine, batch_id: int) -> list[int]:
+def runnable_devices(engine: Engine, batch_id: int, *, include_claimed: bool = False) -> list[int]:
     """Devices of the batch a station still has to work on (see
     :func:`provisioner.batches.lifecycle.runnable_query`)."""
+    q = runnable_query(batch_id, utcnow(), include_claimed=include_claimed)
     with transaction(engine) as s:
-        return [i for i in s.exec(runnable_query(batch_id, utcnow())).all() if i is not None]
+        return [i for i in s.exec(q).all() if i is not None]
 
 
 def waiting_uploads(engine: Engine, batch_id: int | None = None) -> list[int]:
@@ -80,11 +105,62 @@ def redispatch_running(engine: Engine, settings: Settings) -> tuple[int, int]:
         running = s.exec(
             select(Batch.id, Batch.station_id).where(Batch.state == BatchState.RUNNING)
         ).all()
-    app = celery_app(settings)
     devices = sum(
-        send_devices(app, station_id, runnable_devices(engine, batch_id))
+        send_devices(settings, station_id, runnable_devices(engine, batch_id))
         for batch_id, station_id in running
         if batch_id is not None
     )
-    uploads = send_uploads(app, waiting_uploads(engine))
+    app = celery_app(settings)
+    try:
+        uploads = send_uploads(app, waiting_uploads(engine))
+    finally:
+        app.close()
     return devices, uploads
+
+
+def redispatch_station(engine: Engine, settings: Settings, station_id: str) -> int:
+    """Queue again the runnable devices of one station's running batches (it restarted, or
+    came up after its batches started): returns how many were sent."""
+    with transaction(engine) as s:
+        running = s.exec(
+            select(Batch.id).where(
+                Batch.state == BatchState.RUNNING, Batch.station_id == station_id
+            )
+        ).all()
+    return sum(  # held ones too: the restarted station's sockets take over dead claims
+        send_devices(settings, station_id, runnable_devices(engine, b, include_claimed=True))
+        for b in running
+        if b is not None
+    )
+
+
+def resend_lapsed(engine: Engine, settings: Settings) -> int:
+    """Queue again the devices of running batches whose claim lapsed: the socket task that
+    held one died, or could not give it back (a station that lost the broker mid-device
+    cannot release its claim), and no message for it is left. Each lapsed claim is cleared
+    as its device is re-sent, so a station that is down is sent each device once."""
+    now = utcnow()
+    with transaction(engine) as s:
+        rows = s.exec(
+            select(Device.id, Batch.station_id)
+            .join(Batch, col(Batch.id) == Device.batch_id)
+            .where(
+                Batch.state == BatchState.RUNNING,
+                col(Device.step) < Step.CERT_VERIFIED,
+                col(Device.error).is_(None),
+                col(Device.cancelled_at).is_(None),
+                col(Device.claimed_until) < now,
+            )
+        ).all()
+        ids = [i for i, _ in rows if i is not None]
+        if ids:
+            s.execute(
+                update(Device)
+                .where(col(Device.id).in_(ids), col(Device.claimed_until) < now)
+                .values(claimed_by=None, claimed_until=None)
+            )
+    by_station: dict[str, list[int]] = {}
+    for device_id, station_id in rows:
+        if device_id is not None:
+            by_station.setdefault(station_id, []).append(device_id)
+    return sum(send_devices(settings, sid, ids) for sid, ids in by_station.items())

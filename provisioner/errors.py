@@ -22,6 +22,14 @@ class ConfigError(ProvisionerError):
     exit_code = 2
 
 
+class SchemaMismatchError(ProvisionerError):
+    """The database schema is not the revision this software was built for (older, newer,
+    or made before migrations existed). Nothing was changed: the message names both
+    revisions and the command to run (``provisioner db upgrade``, or upgrade the software)."""
+
+    exit_code = 2
+
+
 class NotFoundError(ProvisionerError):
     """A batch, station, device or object that the user named does not exist."""
 
@@ -173,3 +181,16 @@ class AuthenticationError(ProvisionerError):
     """No valid user token was presented."""
 
     exit_code = 77
+
+
+class LinkRefusedError(ProvisionerError):
+    """A message between the line server and a station was refused: not signed by a known,
+    unrevoked sender, altered, relabelled, replayed, expired, or asking for something the
+    records do not allow (another station's device, a step out of order, a bad proof of
+    possession). ``reason`` is a short code; the message says what to check."""
+
+    exit_code = 6
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -9,6 +9,7 @@ reverse).
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -18,6 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from provisioner.audit import chain
+from provisioner.ca.issuer import verify_proof_of_possession
 from provisioner.db.engine import transaction
 from provisioner.db.models import (
     Batch,
@@ -30,8 +32,13 @@ from provisioner.db.models import (
     UploadState,
     utcnow,
 )
-from provisioner.errors import NotFoundError, PolicyViolationError
+from provisioner.errors import ChipError, ConfigError, NotFoundError, PolicyViolationError
 from provisioner.ports import IssuedCertificate
+
+
+def registry_device_id(chip_serial_hex: str) -> str:
+    """Cloud IoT device ids must start with a letter: ``sn`` + the serial in lower-case hex."""
+    return "sn" + chip_serial_hex.lower()
 
 
 def get_device(session: Session, device_id: int) -> Device:
@@ -82,11 +89,14 @@ class DeviceLedger:
         actor: str,
         station_id: str | None = None,
         socket: int | None = None,
+        *,
+        registry: str | None = None,
     ) -> None:
         self.engine = engine
         self.actor = actor
         self.station_id = station_id
         self.socket = socket  # the jig socket a station worker serves
+        self.registry = registry  # where verified devices are uploaded (registry path)
 
     def load(self, device_id: int) -> Device:
         with transaction(self.engine) as s:
@@ -208,6 +218,65 @@ class DeviceLedger:
         raise PolicyViolationError(
             f"chip {dev.chip_serial} reports public key {key_hash[:16]}…, already recorded for "
             f"device {other}: a cloned chip; remove it from the line"
+        )
+
+    def challenge(self, device_id: int) -> bytes:
+        """A fresh proof-of-possession challenge for the device, kept on its row: the chip
+        must sign this one (and the signer is only asked with it), so a proof made earlier
+        or for another device cannot be replayed. A new one replaces the last."""
+        challenge = os.urandom(32)
+        with transaction(self.engine) as s:
+            dev = get_device(s, device_id)
+            dev.pop_challenge = challenge.hex()
+            s.add(dev)
+        return challenge
+
+    def record_pop(self, device_id: int, challenge: bytes, signature: bytes) -> Device:
+        """Check the chip's proof of possession against the challenge given out and the
+        recorded key, then record POP_VERIFIED."""
+        dev = self.load(device_id)
+        if dev.pop_challenge is None or dev.pop_challenge != challenge.hex():
+            raise PolicyViolationError(
+                f"device {device_id}: the proof of possession answers a challenge the line "
+                "did not give out for it (replayed or forged)"
+            )
+        verify_proof_of_possession(bytes.fromhex(dev.public_key or ""), challenge, signature)
+        return self.advance(
+            device_id,
+            Step.POP_VERIFIED,
+            "device.pop_verified",
+            payload={"challenge_sha256": hashlib.sha256(challenge).hexdigest()},
+        )
+
+    def record_written(self, device_id: int, fingerprint: str) -> Device:
+        """Record that the device's own certificate (``fingerprint``) is on its chip."""
+        if self.certificate(device_id).fingerprint_sha256 != fingerprint:
+            raise PolicyViolationError(
+                f"device {device_id}: the certificate written is not the one issued to it"
+            )
+        return self.advance(
+            device_id,
+            Step.CERT_WRITTEN,
+            "device.cert_written",
+            payload={"fingerprint_sha256": fingerprint},
+        )
+
+    def record_verified(self, device_id: int, read_back: bytes) -> Device:
+        """The certificate read back from the chip: byte for byte the issued one, or the
+        device fails; then queue the registry upload (:meth:`queue_upload`)."""
+        cert = self.certificate(device_id)
+        if read_back != cert.der:
+            raise ChipError(
+                f"device {device_id}: the certificate read back differs from the one written"
+            )
+        if self.registry is None:
+            raise ConfigError("this ledger has no registry to queue uploads for")
+        dev = self.load(device_id)
+        return self.queue_upload(
+            device_id,
+            registry=self.registry,
+            registry_device_id=registry_device_id(dev.chip_serial or ""),
+            fingerprint=cert.fingerprint_sha256,
         )
 
     def claim(self, device_id: int, holder: str, lease_s: float) -> bool:

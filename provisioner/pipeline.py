@@ -4,16 +4,17 @@ Station side, :func:`provision_device`::
 
     read serial + revision -> configure (blank chip) + generate key in the key slot
     + lock the data zone
-    -> read public key -> proof of possession (chip signs a fresh random challenge)
-    -> HSM signs the certificate (the signer records it) -> write it to the chip
+    -> read public key -> proof of possession (the chip signs a challenge the line gave
+    out) -> HSM signs the certificate (the signer records it) -> write it to the chip
     -> read back and compare -> queue the registry upload
 
 Registry side, :func:`upload_device`::
 
     create the device in the registry -> on ALREADY_EXISTS compare certificates -> done
 
-Every step is recorded by the :class:`~provisioner.ledger.DeviceLedger` together with its
-audit event, *after* it completed. A task that crashed is simply run again: steps already
+Every step is recorded by the station's ledger (:class:`StationLedger`: the line server's
+records, reached through the broker from a station PC) together with its audit event,
+*after* it completed. A task that crashed is simply run again: steps already
 recorded are skipped (after checking the chip still agrees with the record), so nothing is
 generated, issued or written twice.
 
@@ -26,8 +27,8 @@ A step that has started always finishes.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
+from typing import Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import load_der_x509_certificate, load_pem_x509_certificate
@@ -35,32 +36,54 @@ from cryptography.x509 import load_der_x509_certificate, load_pem_x509_certifica
 from provisioner.ca.issuer import verify_proof_of_possession
 from provisioner.db.models import Device, Step, UploadState
 from provisioner.errors import ChipError, ChipStateError, DeviceStopped, WrongChipError
-from provisioner.ledger import DeviceLedger
+from provisioner.ledger import DeviceLedger, registry_device_id
 from provisioner.ports import (
     CertificateSigner,
     DeviceAlreadyExists,
+    IssuedCertificate,
     RegistryBackend,
     SecureElement,
     SigningRequest,
 )
 
 
-def registry_device_id(chip_serial_hex: str) -> str:
-    """Cloud IoT device ids must start with a letter: ``sn`` + the serial in lower-case hex."""
-    return "sn" + chip_serial_hex.lower()
-
-
 def always(_: Step) -> bool:
     return True
+
+
+class StationLedger(Protocol):
+    """Where a station records each step: :class:`~provisioner.ledger.DeviceLedger` on the
+    line server, or the line server itself through the broker
+    (:class:`~provisioner.link.remote.RemoteRecords`) from a station PC. Either way the
+    line server checks what is recorded (the key against the proof of possession, the
+    written certificate against the issued one, the read-back byte for byte) before it
+    writes."""
+
+    def load(self, device_id: int) -> Device: ...
+
+    def identify(
+        self, device_id: int, serial_hex: str, revision_hex: str, locator: str
+    ) -> Device: ...
+
+    def record_key(self, device_id: int, point: bytes) -> Device: ...
+
+    def challenge(self, device_id: int) -> bytes: ...
+
+    def record_pop(self, device_id: int, challenge: bytes, signature: bytes) -> Device: ...
+
+    def certificate(self, device_id: int) -> IssuedCertificate: ...
+
+    def record_written(self, device_id: int, fingerprint: str) -> Device: ...
+
+    def record_verified(self, device_id: int, read_back: bytes) -> Device: ...
 
 
 def provision_device(
     device_id: int,
     chip: SecureElement,
     signer: CertificateSigner,
-    ledger: DeviceLedger,
+    ledger: StationLedger,
     *,
-    registry: str,
     proceed: Callable[[Step], bool] = always,
 ) -> Device:
     """Run (or resume) the station part of one device's provisioning on ``chip``."""
@@ -111,20 +134,16 @@ def provision_device(
             f"{device_id}: the key slot was changed outside the pipeline"
         )
 
-    # 4+5. Proof of possession, then the HSM signs (the signer records CERT_ISSUED itself,
-    # atomically with the certificate, so asking again returns the same certificate).
+    # 4+5. Proof of possession over a challenge the line gives out, then the HSM signs (the
+    # signer records CERT_ISSUED itself, atomically with the certificate, so asking again
+    # returns the same certificate).
     if dev.step < Step.CERT_ISSUED:
         boundary(Step.POP_VERIFIED)
-        challenge = os.urandom(32)
+        challenge = ledger.challenge(device_id)
         raw_sig = chip.sign_digest(hashlib.sha256(challenge).digest())
         verify_proof_of_possession(point, challenge, raw_sig)
         if dev.step < Step.POP_VERIFIED:
-            dev = ledger.advance(
-                device_id,
-                Step.POP_VERIFIED,
-                "device.pop_verified",
-                payload={"challenge_sha256": hashlib.sha256(challenge).hexdigest()},
-            )
+            dev = ledger.record_pop(device_id, challenge, raw_sig)
         boundary(Step.CERT_ISSUED)
         cert = signer.sign(
             SigningRequest(
@@ -143,23 +162,15 @@ def provision_device(
     if dev.step < Step.CERT_WRITTEN:
         boundary(Step.CERT_WRITTEN)
         chip.write_certificate(cert.der)
-        dev = ledger.advance(
-            device_id,
-            Step.CERT_WRITTEN,
-            "device.cert_written",
-            payload={"fingerprint_sha256": cert.fingerprint_sha256},
-        )
+        dev = ledger.record_written(device_id, cert.fingerprint_sha256)
 
-    # 7. Read back and compare byte for byte, then queue the upload (store and forward).
+    # 7. Read back and compare byte for byte (here, and again by the line server), then the
+    # upload is queued with the step (store and forward).
     boundary(Step.CERT_VERIFIED)
-    if chip.read_certificate() != cert.der:
+    read_back = chip.read_certificate()
+    if read_back != cert.der:
         raise ChipError(f"chip {serial}: the certificate read back differs from the one written")
-    return ledger.queue_upload(
-        device_id,
-        registry=registry,
-        registry_device_id=registry_device_id(serial),
-        fingerprint=cert.fingerprint_sha256,
-    )
+    return ledger.record_verified(device_id, read_back)
 
 
 def upload_device(device_id: int, backend: RegistryBackend, ledger: DeviceLedger) -> Device:

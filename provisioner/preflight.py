@@ -4,27 +4,60 @@ because Redis is down or the token refuses its PIN."""
 from __future__ import annotations
 
 import redis
+from sqlalchemy.engine import Engine
 
 from provisioner.errors import ServiceUnavailableError
 from provisioner.settings import Settings
 
 
 def redis_client(settings: Settings) -> redis.Redis:
-    url = settings.broker_url
-    if url.startswith("redis+socket://"):
-        return redis.Redis(unix_socket_path=url.removeprefix("redis+socket://"), socket_timeout=2)
-    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    """The line's own login to the broker (user ``line``), for probes."""
+    from provisioner.broker.clients import line_login
+    from provisioner.broker.clients import redis_client as client
+
+    return client(settings, line_login(settings), timeout_s=2.0)
+
+
+def broker_address(settings: Settings) -> str:
+    if settings.broker.mode == "unix":
+        return str(settings.redis_socket)
+    return f"{settings.broker.host}:{settings.broker.port} (TLS)"
 
 
 def check_redis(settings: Settings) -> None:
     try:
         redis_client(settings).ping()
     except (redis.RedisError, OSError):
-        where = settings.broker_url.split("@")[-1]  # never print a password from the URL
         raise ServiceUnavailableError(
-            f"Redis is unreachable at {where}: start the services with "
-            "`provisioner services run` (or check redis_url)"
+            f"Redis is unreachable at {broker_address(settings)}: start the services with "
+            "`provisioner services run` (or check the [broker] settings)"
         ) from None
+
+
+def check_station(settings: Settings, engine: Engine, station_id: str) -> None:
+    """The station has enrolled (it has a current certificate): otherwise its devices would
+    wait for a station that cannot even log in to the broker."""
+    from datetime import UTC, datetime
+
+    from sqlmodel import col, select
+
+    from provisioner.db.engine import transaction
+    from provisioner.db.models import StationIdentity
+
+    with transaction(engine) as s:
+        rows = s.exec(
+            select(StationIdentity).where(
+                StationIdentity.station_id == station_id,
+                col(StationIdentity.revoked_at).is_(None),
+            )
+        ).all()
+    now = datetime.now(UTC)
+    if not any(r.not_after.replace(tzinfo=r.not_after.tzinfo or UTC) > now for r in rows):
+        raise ServiceUnavailableError(
+            f"station {station_id} has no current certificate (never enrolled, revoked or "
+            f"expired): `provisioner station add {station_id}` on the line server, then "
+            "`provisioner station enroll` on the station PC"
+        )
 
 
 def check_ca(settings: Settings) -> None:

@@ -245,8 +245,23 @@ class StationSettings(_Section):
     chip_retries: int = Field(default=3, ge=0, le=20)
 
 
+class BrokerSettings(_Section):
+    """The line's Redis. ``unix`` (the one-PC default): a unix socket under the var dir,
+    reachable only by this PC's user. ``tls``: a TCP port with TLS both ways (the server
+    certificate and every client's from the HSM CA) for stations on other PCs. Both modes
+    have ACL users: one per enrolled station, limited to its own keys, and the line's."""
+
+    mode: Literal["unix", "tls"] = "unix"
+    host: str = "127.0.0.1"  # how stations reach the broker (the line server's address)
+    listen_host: str = "127.0.0.1"  # where the line server's Redis listens (tls mode)
+    port: int = Field(default=6390, ge=1, le=65535)
+
+
 class CelerySettings(_Section):
     sign_timeout_s: float = Field(default=60.0, gt=0)
+    # How long a station waits for the line server's answer to one request (a step
+    # recorded, a socket shown) before it counts the line as unavailable and waits.
+    link_timeout_s: float = Field(default=30.0, gt=0)
     task_retry_max: int = Field(default=5, ge=0)
     # How often a device waits for a stopped signer (token lost) before it is failed;
     # the waits back off 1, 2, 4 ... 30 s, so the default covers about 10 minutes.
@@ -264,14 +279,25 @@ class Settings(BaseSettings):
     )
 
     var_dir: Path = Path("var")
+    # What this PC runs (``services run --role`` overrides it): "all", the line server and
+    # its stations on one PC (the demo); "line", the line server only (HSM, database,
+    # broker, uploads, audit, API); "station", one station's jig only (``station_id``),
+    # which holds no database URL and no PIN and reaches the line through the broker.
+    role: Literal["all", "line", "station"] = "all"
+    station_id: str | None = None  # role "station": which station this PC is
+    # role "station": the line server's API, for `provisioner station enroll`
+    line_url: str | None = None
+    # role "station": this PC's station identity (key, certificate, pinned chain, broker
+    # password); default <var>/identity
+    identity_dir: Path | None = None
     database_url: str | None = None  # default: sqlite:///<var>/provisioner.db
-    redis_url: str | None = None  # default: redis+socket://<var>/redis/redis.sock
     hsm: HsmSettings = HsmSettings()
     profile: ProfileSettings = ProfileSettings()
     chip: ChipProfileSettings = ChipProfileSettings()
     registry: RegistrySettings = RegistrySettings()
     api: ApiSettings = ApiSettings()
     celery: CelerySettings = CelerySettings()
+    broker: BrokerSettings = BrokerSettings()
     audit: AuditSettings = AuditSettings()
     stations: dict[str, StationSettings] = Field(
         default_factory=lambda: {"line1": StationSettings()}
@@ -308,12 +334,30 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{self.var / 'provisioner.db'}"
 
     @property
-    def broker_url(self) -> str:
-        return self.redis_url or f"redis+socket://{self.var / 'redis' / 'redis.sock'}"
-
-    @property
     def redis_socket(self) -> Path:
         return self.var / "redis" / "redis.sock"
+
+    @property
+    def broker_dir(self) -> Path:
+        """The line server's broker files: redis.conf, users.acl, line.password (0600)."""
+        return self.var / "broker"
+
+    @property
+    def line_identity_dir(self) -> Path:
+        """The line server's own identity: the key and certificate it signs messages to
+        stations with and serves Redis TLS with (line.key 0600, line.crt, ca-chain.pem)."""
+        return self.var / "line"
+
+    @property
+    def station_identity_dir(self) -> Path:
+        """This station PC's identity (role "station"): station.key (0600), station.crt,
+        ca-chain.pem, line.crt (pinned), broker.password (0600), enrollment.json."""
+        return (self.identity_dir or self.var / "identity").resolve()
+
+    @property
+    def enroll_url(self) -> str:
+        """Where `station enroll` sends its request: ``line_url``, else this PC's API."""
+        return self.line_url or self.api_url
 
     @property
     def softhsm_conf(self) -> Path:

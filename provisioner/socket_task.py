@@ -27,13 +27,12 @@ from functools import partial
 from typing import Any, Literal
 
 from cryptoauthlib.status import Status
-from sqlalchemy.engine import Engine
-from sqlmodel import select
 
 from provisioner import pipeline, socket_state
+from provisioner.ca.chain import chip_chain
+from provisioner.chips.certdef import ChipCertChain
 from provisioner.chips.connector import Connector
-from provisioner.db.engine import transaction
-from provisioner.db.models import Batch, BatchState, Device, PartAction, Step
+from provisioner.db.models import Device, PartAction, Step
 from provisioner.errors import (
     BatchNotRunningError,
     ChipAbsentError,
@@ -46,8 +45,8 @@ from provisioner.errors import (
     ServiceUnavailableError,
     WrongChipError,
 )
-from provisioner.ledger import DeviceLedger, get_device
-from provisioner.ports import CertificateSigner, SecureElement
+from provisioner.link.records import StationRecords, may_start
+from provisioner.ports import SecureElement
 from provisioner.settings import Settings
 from provisioner.station import auto_fed, feed_auto, locator
 
@@ -85,21 +84,6 @@ _PART = {
 def next_step(step: Step) -> Step:
     """The step a device at ``step`` works towards next."""
     return min((s for s in Step if s > step), default=Step.DONE)
-
-
-def may_start(state: BatchState, device_cancelled: bool, step: Step) -> bool:
-    """Whether a device of a batch in ``state`` may start working towards ``step``.
-
-    Paused: no step starts (the one in progress has finished when this is asked). Cancelled:
-    a device whose certificate is issued finishes (the certificate exists; the chip should
-    carry it), any other stops before the signer is asked."""
-    if device_cancelled:
-        return False
-    if state is BatchState.RUNNING:
-        return True
-    if state is BatchState.CANCELLED:
-        return step > Step.CERT_ISSUED
-    return False
 
 
 def transient(exc: ChipError) -> bool:
@@ -152,32 +136,29 @@ class Outcome:
 
 
 class SocketRun:
-    """Runs devices on one socket of a station (one per worker child)."""
+    """Runs devices on one socket of a station (one per worker child). ``records`` are the
+    line's (:mod:`provisioner.link`): the database on the line server, the gateway through
+    the broker on a station PC."""
 
     def __init__(
         self,
         settings: Settings,
-        engine: Engine,
         station_id: str,
         socket: int,
-        signer: CertificateSigner,
+        records: StationRecords,
         *,
-        registry: str,
         holder: str,
     ) -> None:
         self.settings = settings
-        self.engine = engine
         self.station_id = station_id
         self.socket = socket
-        self.signer = signer
-        self.registry = registry
         self.holder = holder
-        self.ledger = DeviceLedger(engine, f"station:{station_id}", station_id, socket)
+        self.ledger = records
         self.lease_s = settings.celery.sign_timeout_s + 120
         self.chip_retries = settings.station(station_id).chip_retries
         self.auto = auto_fed(settings, station_id)
         self.locator = locator(settings, station_id, socket)
-        self.connector = Connector(settings)
+        self.connector = Connector(settings, chain_source=self._chain)
 
     # --- the task --------------------------------------------------------------------
 
@@ -191,12 +172,15 @@ class SocketRun:
         if not self._claim(device_id):
             return Outcome("skipped", device_id, "another socket's task holds it")
         try:
-            if not self._gate(device_id, next_step(dev.step), announce=False):
-                self._let_go(device_id)
+            if not self.ledger.gate(device_id, next_step(dev.step), announce=False):
+                self.ledger.let_go(device_id)
                 return Outcome("skipped", device_id, "its batch is not running")
             return self._attempts(device_id)
         finally:
-            self.ledger.release(device_id, self.holder)
+            try:
+                self.ledger.release(device_id, self.holder)
+            except ServiceUnavailableError as exc:  # its lease runs out by itself
+                log.warning("device %s not released (%s)", device_id, exc)
 
     def _claim(self, device_id: int) -> bool:
         """Claim the device; a claim left by a task of this station whose process is gone
@@ -242,7 +226,7 @@ class SocketRun:
                 # The signer refuses a batch cancelled since the last step boundary: that is
                 # the batch stopping, not the part's fault.
                 now = self.ledger.load(device_id).step
-                if not self._gate(device_id, next_step(now), announce=False):
+                if not self.ledger.gate(device_id, next_step(now), announce=False):
                     self._socket("idle", device_id, f"stopped: {exc}")
                     return Outcome("stopped", device_id, str(exc))
                 return self._fail(device_id, str(exc), part_action(exc))
@@ -272,10 +256,9 @@ class SocketRun:
             done = pipeline.provision_device(
                 device_id,
                 chip,
-                self.signer,
                 self.ledger,
-                registry=self.registry,
-                proceed=partial(self._gate, device_id, announce=True),
+                self.ledger,
+                proceed=partial(self.ledger.gate, device_id, announce=True),
             )
         self._socket(
             "idle", device_id, "provisioned" if self.auto else "provisioned: take the chip out"
@@ -284,6 +267,11 @@ class SocketRun:
 
     # --- the chip in the socket ------------------------------------------------------
 
+    def _chain(self) -> ChipCertChain:
+        """The compressed-certificate definitions: from the line's material on a station
+        PC, from this PC's CA files on the line server."""
+        return chip_chain(self.settings, self.ledger.chip_chain())
+
     def _misplaced(self, chip: SecureElement, dev: Device) -> str | None:
         """What to do first when the socket holds a chip that is not this device's to use
         (None: go): a chip already provisioned, or another device's, comes out; a resumed
@@ -291,8 +279,7 @@ class SocketRun:
         serial = chip.identity().serial_hex
         if serial == dev.chip_serial:
             return None
-        with transaction(self.engine) as s:
-            owner = s.exec(select(Device).where(Device.chip_serial == serial)).first()
+        owner = self.ledger.chip_owner(serial)
         if owner is None and dev.chip_serial is None:
             return None  # a new chip for a new device (the pipeline judges the chip itself)
         if owner is None:
@@ -300,7 +287,7 @@ class SocketRun:
         elif owner.step >= Step.CERT_VERIFIED:
             why = "provisioned"
         else:
-            why = f"device {owner.id}'s"
+            why = f"device {owner.device_id}'s"
         return f"remove chip {serial} ({why}), then {self._wanted(dev)}"
 
     @staticmethod
@@ -311,26 +298,7 @@ class SocketRun:
         self._socket("insert_chip", device_id, detail)
         return Outcome("wait_chip", device_id, detail)
 
-    # --- batch state, failures, the socket's row --------------------------------------
-
-    def _gate(self, device_id: int, step: Step, *, announce: bool) -> bool:
-        """Whether the device may start working towards ``step`` now (its batch's state is
-        read afresh each time); ``announce``: mark the socket busy with it if so."""
-        with transaction(self.engine) as s:
-            dev = get_device(s, device_id)
-            batch = s.get(Batch, dev.batch_id)
-            ok = batch is not None and may_start(batch.state, dev.cancelled_at is not None, step)
-            if ok and announce:
-                socket_state.put(
-                    s,
-                    self.station_id,
-                    self.socket,
-                    "busy",
-                    device_id=device_id,
-                    chip_serial=dev.chip_serial,
-                    detail=f"step {step.name.lower()}",
-                )
-        return ok
+    # --- failures, the socket's row ----------------------------------------------------
 
     def _fail(self, device_id: int, reason: str, action: PartAction) -> Outcome:
         log.warning("device %s failed (%s): %s", device_id, action.value, reason)
@@ -338,23 +306,8 @@ class SocketRun:
         self._socket("failed", device_id, f"{_PART[action]}: {reason}")
         return Outcome("failed", device_id, reason)
 
-    def _let_go(self, device_id: int) -> None:
-        """The device is not to run now: a socket row still naming it no longer does."""
-        rows = socket_state.read(self.engine, self.station_id)
-        if any(r.socket == self.socket and r.device_id == device_id for r in rows):
-            socket_state.record(self.engine, self.station_id, self.socket, "idle")
-
     def _socket(self, state: socket_state.State, device_id: int, detail: str) -> None:
-        dev = self.ledger.load(device_id)
-        socket_state.record(
-            self.engine,
-            self.station_id,
-            self.socket,
-            state,
-            device_id=device_id,
-            chip_serial=dev.chip_serial,
-            detail=detail,
-        )
+        self.ledger.show(state, device_id, detail)
 
 
 def _dead_local_holder(holder: str, station_id: str) -> bool:
@@ -370,3 +323,6 @@ def _dead_local_holder(holder: str, station_id: str) -> bool:
     except PermissionError:
         return False
     return False
+
+
+__all__ = ["Outcome", "SocketRun", "may_start", "part_action", "transient"]

@@ -38,16 +38,18 @@ from types import FrameType
 from typing import Any
 
 import httpx
-import redis
 from sqlalchemy.engine import Engine
 
 from provisioner.errors import ServiceUnavailableError
+from provisioner.link.wire import GATEWAY_QUEUE
 from provisioner.listeners import plan_ports
 from provisioner.process_groups import group_alive, group_carries, signal_group, wait_group_gone
 from provisioner.settings import Settings, local_url
 from provisioner.supervisor_lock import InstanceLock
 from provisioner.supervisor_status import ComponentStatus, remove_status, write_status
-from workers.queues import HSM_QUEUE, REGISTRY_QUEUE, STATION_PREFIX, station_queue
+from workers.celery_app import STATION_ENV, WORKER_ENV
+from workers.queues import HSM_QUEUE, REGISTRY_QUEUE, station_queue
+from workers.runtime import READY_ENV
 
 log = logging.getLogger("provisioner.supervisor")
 
@@ -65,6 +67,9 @@ class Child:
     log: Path
     proc: subprocess.Popen[bytes]
     queue: str | None = None  # workers: the queue they consume
+    role: str = "line"  # workers: line (hsm, registry), gateway (line side of a station), station
+    env: dict[str, str] = field(default_factory=dict)  # this child's own environment
+    ready_file: Path | None = None  # workers: written by the worker once it consumes
     started_at: float = field(default_factory=time.time)
     restarts: int = 0
     state: str = "running"  # running | restarting | failed
@@ -84,10 +89,11 @@ class Child:
 
 
 def _stop_phase(c: Child) -> int:
-    """Stations first (a device in hand still needs the signer and Redis to finish its
-    step), then the signer and uploader, then the HTTP services, Redis last."""
+    """Stations first (a device in hand still needs its gateway, the signer and Redis to
+    finish its step), then the gateways, signer and uploader, then the HTTP services, Redis
+    last."""
     if c.kind == WORKER:
-        return 0 if (c.queue or "").startswith(STATION_PREFIX) else 1
+        return 0 if c.role == "station" else 1
     return 2 if c.kind in (REGISTRY, API) else 3
 
 
@@ -109,6 +115,7 @@ class Supervisor:
     backoff_max_s: float = 30.0
     health_interval_s: float = 15.0
     health_timeout_s: float = 10.0
+    lapsed_interval_s: float = 30.0
     _lock: InstanceLock | None = field(default=None, repr=False)
     _mutex: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _stopping: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -192,18 +199,31 @@ class Supervisor:
     # --- starting children ----------------------------------------------------------------
 
     def spawn(
-        self, name: str, argv: list[str], kind: str = WORKER, queue: str | None = None
+        self,
+        name: str,
+        argv: list[str],
+        kind: str = WORKER,
+        queue: str | None = None,
+        *,
+        role: str = "line",
+        env: dict[str, str] | None = None,
+        ready_file: Path | None = None,
     ) -> Child:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         log_file = self.log_dir / f"{name}.log"
+        env = dict(env or {})
         with self._critical():
-            proc = self._popen(name, argv, log_file)
-            child = Child(name, kind, argv, log_file, proc, queue)
+            if ready_file is not None:
+                ready_file.unlink(missing_ok=True)
+            proc = self._popen(name, argv, log_file, env)
+            child = Child(name, kind, argv, log_file, proc, queue, role, env, ready_file)
             self.children.append(child)
         return child
 
-    def _popen(self, name: str, argv: list[str], log_file: Path) -> subprocess.Popen[bytes]:
+    def _popen(
+        self, name: str, argv: list[str], log_file: Path, env: dict[str, str]
+    ) -> subprocess.Popen[bytes]:
         with self._mutex:
             if self._stopping.is_set():
                 raise _Stopping(name)
@@ -213,7 +233,7 @@ class Supervisor:
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
-                    env=self.child_env(),
+                    env={**self.child_env(), **env},
                     cwd=os.getcwd(),
                     start_new_session=True,
                 )
@@ -221,26 +241,17 @@ class Supervisor:
         return proc
 
     def start_redis(self) -> None:
+        """The line's broker, from the configuration :mod:`provisioner.broker.config`
+        writes (unix socket or TLS port, ACL users of the enrolled stations)."""
+        from provisioner.broker.acl import sync_acl
+        from provisioner.broker.config import write_redis_conf
+
         sock = self.settings.redis_socket
         sock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         sock.unlink(missing_ok=True)
-        argv = [
-            _which("redis-server"),
-            "--port",
-            "0",
-            "--unixsocket",
-            str(sock),
-            "--unixsocketperm",
-            "700",
-            "--dir",
-            str(sock.parent),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-        ]
+        conf = write_redis_conf(self.settings)
+        sync_acl(self.settings, self.engine)
+        argv = [_which("redis-server"), str(conf)]
         self._wait_ready(self.spawn("redis", argv, REDIS), self._check_alive)
 
     def start_registry(self) -> None:
@@ -252,19 +263,66 @@ class Supervisor:
         child = self.spawn("api", [sys.executable, "-m", "provisioner.api"], API)
         self._wait_ready(child, self._check_alive)
 
-    def start_workers(self, station_ids: list[str]) -> None:
-        specs = [("worker-hsm", HSM_QUEUE, 1), ("worker-registry", REGISTRY_QUEUE, 2)]
-        specs += [
-            (f"worker-station-{s}", station_queue(s), self.settings.station(s).sockets)
-            for s in station_ids
-        ]
-        for name, queue, concurrency in specs:
+    def start_line_workers(self) -> None:
+        """The signer (``hsm``) and the uploader (``registry``), in the line's namespace."""
+        for name, queue, concurrency in (
+            ("worker-hsm", HSM_QUEUE, 1),
+            ("worker-registry", REGISTRY_QUEUE, 2),
+        ):
             self.start_worker(name, queue, concurrency, wait=False)
-        self.wait_workers([q for _, q, _ in specs], check=self._check_alive)
+        self.wait_workers(["worker-hsm", "worker-registry"], check=self._check_alive)
 
-    def start_worker(self, name: str, queue: str, concurrency: int, *, wait: bool = True) -> None:
+    def start_gateways(self, station_ids: list[str]) -> None:
+        """One gateway worker per station (line server): it checks and records that
+        station's requests, in the station's namespace."""
+        for s in station_ids:
+            self.start_worker(
+                f"gateway-{s}", GATEWAY_QUEUE, 2, role="gateway", station=s, wait=False
+            )
+        self.wait_workers([f"gateway-{s}" for s in station_ids], check=self._check_alive)
+
+    def start_local_stations(self, station_ids: list[str]) -> None:
+        """Stations on this PC (role "all"): each enrolled with an identity of its own if
+        it has none, its gateway, then its worker."""
+        from provisioner.local_line import ensure_local_stations, station_env
+
+        ensure_local_stations(self.settings, self.engine, station_ids)
+        have = {c.env.get(STATION_ENV) for c in self.children if c.role == "gateway"}
+        self.start_gateways([s for s in station_ids if s not in have])
+        self.start_station_workers(
+            station_ids, {s: station_env(self.settings, s) for s in station_ids}
+        )
+
+    def start_station_workers(self, station_ids: list[str], env: dict[str, dict[str, str]]) -> None:
+        """Each station's worker (one pool process per socket); ``env``: per station, what
+        its worker needs beyond this PC's settings (its identity, on a one-PC line)."""
+        for s in station_ids:
+            self.start_worker(
+                f"worker-station-{s}",
+                station_queue(s),
+                self.settings.station(s).sockets,
+                role="station",
+                station=s,
+                env=env.get(s, {}),
+                wait=False,
+            )
+        self.wait_workers([f"worker-station-{s}" for s in station_ids], check=self._check_alive)
+        for s in station_ids:
+            self._station_resume(s, env.get(s, {}))
+
+    def start_worker(
+        self,
+        name: str,
+        queue: str,
+        concurrency: int,
+        *,
+        role: str = "line",
+        station: str | None = None,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+    ) -> None:
         """One ``celery -A workers worker`` consuming ``queue`` (one child per socket for a
-        station queue)."""
+        station queue), as ``role`` (line, gateway or station) for ``station``."""
         argv = [
             sys.executable,
             "-m",
@@ -283,40 +341,52 @@ class Supervisor:
             "--without-gossip",
             "--without-mingle",
         ]
-        self.spawn(name, argv, WORKER, queue)
+        ready = self.run_dir / "ready" / name
+        worker_env = {
+            WORKER_ENV: role,
+            READY_ENV: str(ready),
+            **({STATION_ENV: station} if station else {}),
+            **(env or {}),
+        }
+        self.spawn(name, argv, WORKER, queue, role=role, env=worker_env, ready_file=ready)
         if wait:
-            self.wait_workers([queue], check=self._check_alive)
+            self.wait_workers([name], check=self._check_alive)
 
     def wait_workers(
-        self, queues: list[str], timeout: float = 60.0, check: Callable[[], None] | None = None
+        self, names: list[str], timeout: float = 60.0, check: Callable[[], None] | None = None
     ) -> None:
-        from workers.celery_app import make_celery
-
-        app = make_celery(self.settings)
+        """Until each named worker consumes its queue (it writes its ready file then)."""
+        by_name = {c.name: c for c in self.children}
         deadline = time.monotonic() + timeout
-        missing = set(queues)
-        try:
-            while time.monotonic() < deadline and not self._stopping.is_set():
-                if check is not None:
-                    check()
-                with suppress(Exception):  # Redis itself may be coming back
-                    replies = app.control.inspect(timeout=1.0).active_queues() or {}
-                    seen = {q["name"] for qs in replies.values() for q in qs}
-                    missing = set(queues) - seen
-                    if not missing:
-                        return
-        finally:
-            app.close()
+        missing = list(names)
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            if check is not None:
+                check()
+            missing = [n for n in names if (f := by_name[n].ready_file) is None or not f.is_file()]
+            if not missing:
+                return
+            time.sleep(0.1)
         raise ServiceUnavailableError(
-            f"workers for {sorted(missing)} did not start within {timeout:.0f}s; "
-            f"see {self.log_dir}/worker-*.log"
+            f"workers {missing} did not start within {timeout:.0f}s; see {self.log_dir}/<name>.log"
         )
+
+    def _station_resume(self, station_id: str, env: dict[str, str]) -> None:
+        """A station's worker is up: ask the line for its running batches' work (the
+        station has no database to look in; the line's gateway sends the orders)."""
+        from provisioner.station_client import ask_resume
+
+        try:
+            n = ask_resume(self.settings, station_id, env)
+        except Exception as exc:  # the line may be down: its own re-dispatch covers it
+            log.warning("station %s: could not ask the line for its work: %s", station_id, exc)
+            return
+        if n:
+            _report(logging.INFO, f"station {station_id}: the line re-sent {n} devices")
 
     def _wait_ready(self, child: Child, check: Callable[[], None], timeout: float = 30.0) -> None:
         """Until the child answers (Redis PING, HTTP /healthz, the worker consuming)."""
         if child.kind == WORKER:
-            assert child.queue is not None
-            self.wait_workers([child.queue], timeout=2 * timeout, check=check)
+            self.wait_workers([child.name], timeout=2 * timeout, check=check)
             return
         probe = self._probe(child.kind)
         deadline = time.monotonic() + timeout
@@ -332,8 +402,9 @@ class Supervisor:
 
     def _probe(self, kind: str) -> Callable[[], bool]:
         if kind == REDIS:
-            sock = str(self.settings.redis_socket)
-            return lambda: bool(redis.Redis(unix_socket_path=sock, socket_timeout=1).ping())
+            from provisioner.preflight import redis_client
+
+            return lambda: bool(redis_client(self.settings).ping())
         section = self.settings.registry if kind == REGISTRY else self.settings.api
         url = local_url(section.listen_host, section.listen_port) + "/healthz"
         return lambda: httpx.get(url, timeout=1).is_success
@@ -345,12 +416,28 @@ class Supervisor:
             if code is not None:
                 raise ServiceUnavailableError(f"{c.name} exited with code {code}: {_tail(c.log)}")
 
+    def enrolled(self) -> list[str]:
+        from provisioner.local_line import enrolled_stations
+
+        return enrolled_stations(self.engine)
+
+    def _new_gateways(self) -> None:
+        """Stations enrolled since the line started get their gateway (line server)."""
+        have = {c.env.get(STATION_ENV) for c in self.children if c.role == "gateway"}
+        new = [s for s in self.enrolled() if s not in have]
+        if new:
+            _report(logging.INFO, f"station(s) {', '.join(new)} enrolled: starting gateways")
+            self.start_gateways(new)
+
     # --- watching and restarting ----------------------------------------------------------
 
     def start_monitor(self, *, health: bool = True) -> None:
-        """Restart crashed children (and probe the signer and registry) from now on."""
+        """Restart crashed children (and probe the signer and registry, and start the
+        gateways of newly enrolled stations: ``health``, the line server) from now on."""
         self._thread("supervisor-monitor", self._monitor)
         if health:
+            self._thread("supervisor-enrollments", self._watch_enrollments)
+            self._thread("supervisor-lapsed", self._watch_lapsed)
             from provisioner.health import HealthMonitor
 
             monitor = HealthMonitor(
@@ -361,6 +448,28 @@ class Supervisor:
             )
             self._thread("supervisor-health", lambda: monitor.run(self._stopping))
         self.write_status()
+
+    def _watch_enrollments(self) -> None:
+        while not self._stopping.wait(3.0):
+            try:
+                self._new_gateways()
+            except _Stopping:
+                return
+            except Exception as exc:
+                log.warning("checking for new stations: %s", exc)
+
+    def _watch_lapsed(self) -> None:
+        """Every ``lapsed_interval_s``: devices whose socket task died or could not give
+        them back are queued again (:func:`provisioner.dispatch.resend_lapsed`)."""
+        from provisioner.dispatch import resend_lapsed
+
+        while not self._stopping.wait(self.lapsed_interval_s):
+            try:
+                n = resend_lapsed(self.engine, self.settings)
+                if n:
+                    _report(logging.INFO, f"re-queued {n} devices whose claim had lapsed")
+            except Exception as exc:
+                log.warning("re-queueing lapsed devices: %s", exc)
 
     def _thread(self, name: str, target: Callable[[], None]) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)
@@ -407,8 +516,10 @@ class Supervisor:
     def _restart(self, c: Child) -> None:
         if c.kind == REDIS:
             self.settings.redis_socket.unlink(missing_ok=True)
+        if c.ready_file is not None:
+            c.ready_file.unlink(missing_ok=True)
         with self._mutex:  # stop() cannot miss a child started now
-            c.proc = self._popen(c.name, c.argv, c.log)
+            c.proc = self._popen(c.name, c.argv, c.log, c.env)
             c.started_at, c.state = time.time(), "running"
             c.restarts += 1
         _report(logging.WARNING, f"{c.name} restarted (pid {c.proc.pid}, restart {c.restarts})")
@@ -431,11 +542,19 @@ class Supervisor:
         except ServiceUnavailableError as exc:
             log.warning("%s: %s", c.name, exc)  # the monitor sees it exit, or it is stuck
             return
-        if c.kind in (REDIS, WORKER) and not self._stopping.is_set():
+        if self._stopping.is_set():
+            return
+        if c.role == "station":
+            station = c.env.get(STATION_ENV)
+            if station:
+                self._station_resume(station, c.env)
+        elif c.kind in (REDIS, WORKER):
             self._redispatch(c.name)
 
     def _redispatch(self, why: str) -> None:
-        """Queue the running batches' work again (a message sent twice never works twice)."""
+        """Queue the running batches' work again (a message sent twice never works twice):
+        after Redis or a worker restarted, or the line server started (its broker starts
+        empty)."""
         from provisioner.dispatch import redispatch_running
 
         try:
@@ -622,6 +741,16 @@ def _tail(path: Path, lines: int = 3) -> str:
     return ""
 
 
+def _check_ca(settings: Settings) -> None:
+    """The line server signs certificates and its own identity with the CA: without one
+    nothing would work, so say so before anything starts."""
+    from provisioner.ca.ceremony import store_of
+    from provisioner.errors import CaNotInitialisedError
+
+    if not store_of(settings).intermediate_pem.is_file():
+        raise CaNotInitialisedError()
+
+
 def _which(cmd: str) -> str:
     import shutil
 
@@ -637,18 +766,34 @@ def running_services(
     stations: list[str],
     config_file: Path | None = None,
     *,
+    role: str | None = None,
     move_taken_ports: bool = False,
     on_ports_moved: Callable[[str], Any] | None = None,
 ) -> Iterator[Supervisor]:
-    """Take the var dir's lock, start Redis, the registry, the API and the workers, and
-    watch them; stop them all on exit (also on Ctrl-C, SIGTERM or SIGHUP).
+    """Take the var dir's lock, start what ``role`` (default ``settings.role``) runs on this
+    PC, and watch it; stop it all on exit (also on Ctrl-C, SIGTERM or SIGHUP).
+
+    - ``line``: Redis (TLS or unix socket, with ACL users), the registry, the API, the
+      signer and uploader workers, and a gateway worker per enrolled station (stations
+      enrolled later get theirs within seconds);
+    - ``station``: this PC's station worker (``settings.station_id``) only;
+    - ``all`` (the demo): both, the ``stations`` enrolled locally first.
 
     A listener port in use is an error naming its setting, or with ``move_taken_ports``
     (the demo) moved to a free port, each move passed to ``on_ports_moved``."""
+    role = role or settings.role
     sup = Supervisor(settings, config_file)
     with sup.handling_signals():
         sup.acquire()
         try:
+            if role == "station":
+                sup.start_station_workers(
+                    stations, {s: {"PROVISIONER_STATION_ID": s} for s in stations}
+                )
+                sup.start_monitor(health=False)
+                yield sup
+                return
+            _check_ca(settings)
             plan = plan_ports(settings, move_taken=move_taken_ports)
             sup.settings, sup.child_overrides = plan.settings, plan.env
             for note in plan.notes:
@@ -658,8 +803,13 @@ def running_services(
             sup.start_redis()
             sup.start_registry()
             sup.start_api()
-            sup.start_workers(stations)
+            sup.start_line_workers()
+            if role == "all":
+                sup.start_local_stations(stations)
+            sup.start_gateways([s for s in sup.enrolled() if s not in stations])
             sup.start_monitor()
+            if role == "line":  # a fresh broker holds no work: queue the running batches'
+                sup._redispatch("the line server")
             yield sup
         finally:
             sup.stop()

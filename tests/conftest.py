@@ -168,7 +168,9 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, A
         "settings": settings,
         "engine": engine,
         "signer": IssuanceService(engine, ca, settings.profile),
-        "ledger": DeviceLedger(engine, "station:line1", "line1"),
+        "ledger": DeviceLedger(
+            engine, "station:line1", "line1", registry="projects/p/locations/l/registries/r"
+        ),
         "connector": Connector(settings),
         "jig": Connector(settings).jig("line1"),
     }

@@ -2,74 +2,167 @@
 
 The parent (``celery worker``) only learns which queues it consumes; every resource that
 must not cross a fork (the database connections, the PKCS#11 library and its logged-in
-session, the chip's ctypes device) is opened in the child. A station child owns exactly one
-socket of the jig: socket number = the child's pool index, so ``--concurrency`` equals the
-number of sockets.
+session, the chip's ctypes device) is opened in the child.
+
+- a *line* worker (the line server's ``hsm`` or ``registry`` queue) opens the database,
+  and the signer or the registry client;
+- a *gateway* worker (line server, one per station) opens the database and checks and
+  records that station's requests; it asks the ``hsm`` worker to sign;
+- a *station* worker (the station PC) opens no database at all: a child owns exactly one
+  socket of the jig (socket number = the child's pool index, so ``--concurrency`` equals
+  the number of sockets) and reaches the line's records through its gateway.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from billiard.process import current_process
-from celery import signals
+from celery import Celery, signals
 from sqlalchemy.engine import Engine
 
-from provisioner.db.engine import create_schema, make_engine
 from provisioner.settings import Settings, load_settings
-from workers.queues import HSM_QUEUE, REGISTRY_QUEUE, STATION_PREFIX
+from workers.queues import HSM_QUEUE, REGISTRY_QUEUE
 
 log = logging.getLogger("provisioner.worker")
+
+READY_ENV = "PROVISIONER_READY_FILE"
 
 
 @dataclass
 class WorkerRuntime:
     settings: Settings
-    engine: Engine
+    kind: str = "line"
+    engine: Engine | None = None
     station_id: str | None = None
     socket: int | None = None
     signer: Any = None  # provisioner.issuance.IssuanceService on the hsm worker
     checkpointer: Any = None  # provisioner.audit.checkpointer.Checkpointer, hsm worker too
     registry: Any = None  # a RegistryBackend on the registry worker
     forwarder: Any = None  # provisioner.registry.forwarder.Forwarder, registry worker
+    records: Any = None  # provisioner.link.remote.RemoteRecords on a station worker
+    gateway: Any = None  # provisioner.link.gateway.Gateway on a gateway worker
+    line_app: Celery | None = None  # the gateway's way to the signer and the uploader
+
+    @property
+    def db(self) -> Engine:
+        assert self.engine is not None, "this worker has no database (a station PC)"
+        return self.engine
 
 
 class _Process:
-    """Per-process holder. The parent fills ``queues``; each child fills ``runtime``."""
+    """Per-process holder. The parent fills ``queues`` and ``kind``; each child fills
+    ``runtime``."""
 
     queues: frozenset[str] = frozenset()
+    kind: str = "line"
+    station: str | None = None
     runtime: WorkerRuntime | None = None
 
 
 def current() -> WorkerRuntime:
     """The runtime of this child; opened lazily if the pool has no init hook (solo pool)."""
     if _Process.runtime is None:
-        _Process.runtime = _open(
-            load_settings(), _Process.queues, getattr(current_process(), "index", 0)
-        )
+        _Process.runtime = _open(load_settings(), getattr(current_process(), "index", 0))
     return _Process.runtime
 
 
-def _open(settings: Settings, queues: frozenset[str], index: int) -> WorkerRuntime:
-    engine = make_engine(settings.db_url)
-    create_schema(engine)
-    rt = WorkerRuntime(settings=settings, engine=engine)
-    stations = sorted(
-        q.removeprefix(STATION_PREFIX) for q in queues if q.startswith(STATION_PREFIX)
+def _open(settings: Settings, index: int) -> WorkerRuntime:
+    if _Process.kind == "station":
+        rt = _open_station(settings, index)
+    elif _Process.kind == "gateway":
+        rt = _open_gateway(settings)
+    else:
+        rt = _open_line(settings, _Process.queues, index)
+    log.info(
+        "worker process %s ready: kind=%s station=%s socket=%s",
+        index,
+        rt.kind,
+        rt.station_id,
+        rt.socket,
     )
-    if len(stations) > 1:
-        raise RuntimeError(f"one station per worker, got {stations}")
-    if stations:
-        rt.station_id = stations[0]
-        sockets = settings.station(rt.station_id).sockets
-        if index >= sockets:
-            raise RuntimeError(
-                f"station {rt.station_id} has {sockets} sockets but this is pool process "
-                f"{index}: run the worker with --concurrency={sockets}"
-            )
-        rt.socket = index
+    return rt
+
+
+def _engine(settings: Settings) -> Engine:
+    from provisioner.db.engine import create_schema, make_engine
+
+    engine = make_engine(settings.db_url)
+    create_schema(engine)  # refuses a schema older or newer than this code
+    return engine
+
+
+def _open_station(settings: Settings, index: int) -> WorkerRuntime:
+    from provisioner.link.keys import pinned_line_certificate, station_key
+    from provisioner.link.remote import RemoteRecords
+    from workers.celery_app import worker_app
+
+    station = _Process.station
+    assert station is not None
+    sockets = settings.station(station).sockets
+    if index >= sockets:
+        raise RuntimeError(
+            f"station {station} has {sockets} sockets but this is pool process "
+            f"{index}: run the worker with --concurrency={sockets}"
+        )
+    records = RemoteRecords(
+        worker_app(),
+        station_key(settings, station),
+        pinned_line_certificate(settings),
+        index,
+        timeout_s=settings.celery.link_timeout_s,
+        sign_timeout_s=settings.celery.sign_timeout_s + 15,
+    )
+    return WorkerRuntime(settings, "station", station_id=station, socket=index, records=records)
+
+
+def _open_gateway(settings: Settings) -> WorkerRuntime:
+    from provisioner.ca.chain import local_material
+    from provisioner.dispatch import redispatch_station
+    from provisioner.link.gateway import Gateway
+    from provisioner.link.keys import line_key
+    from workers.celery_app import make_celery
+    from workers.tasks import RemoteSigner, registry_path
+
+    station = _Process.station
+    assert station is not None
+    engine = _engine(settings)
+    line_app = make_celery(settings)
+
+    def upload(device_id: int) -> None:
+        from kombu.exceptions import OperationalError
+        from redis.exceptions import RedisError
+
+        from workers.queues import UPLOAD_TASK
+
+        try:
+            line_app.send_task(UPLOAD_TASK, args=[device_id], queue=REGISTRY_QUEUE)
+        except (OperationalError, RedisError, OSError) as exc:
+            # The upload row is in the database: the registry worker's periodic sync sends it.
+            log.warning("device %s: upload not queued (%s), left to the sync", device_id, exc)
+
+    gateway = Gateway(
+        engine,
+        station,
+        line_key(settings),
+        RemoteSigner(line_app, settings.celery.sign_timeout_s),
+        registry=registry_path(settings),
+        on_verified=upload,
+        on_resume=lambda: redispatch_station(engine, settings, station),
+        chain_material=lambda: local_material(settings).as_json(),
+    )
+    return WorkerRuntime(
+        settings, "gateway", engine, station_id=station, gateway=gateway, line_app=line_app
+    )
+
+
+def _open_line(settings: Settings, queues: frozenset[str], index: int) -> WorkerRuntime:
+    engine = _engine(settings)
+    rt = WorkerRuntime(settings, "line", engine)
     if HSM_QUEUE in queues:
         from provisioner.audit.checkpointer import Checkpointer
         from provisioner.issuance import IssuanceService
@@ -90,14 +183,6 @@ def _open(settings: Settings, queues: frozenset[str], index: int) -> WorkerRunti
                 settings.registry.sync_pending_after_s,
             )
             rt.forwarder.start()
-    log.info(
-        "worker process %s ready: station=%s socket=%s hsm=%s registry=%s",
-        index,
-        rt.station_id,
-        rt.socket,
-        rt.signer is not None,
-        rt.registry is not None,
-    )
     return rt
 
 
@@ -105,10 +190,17 @@ def _after_setup(sender: Any = None, instance: Any = None, **_: Any) -> None:
     _Process.queues = frozenset(instance.app.amqp.queues.consume_from or ())
 
 
+def _ready(**_: Any) -> None:
+    """Tell the supervisor this worker consumes its queue (a file it waits for: remote
+    control is off in namespaces a station can write to)."""
+    path = os.environ.get(READY_ENV)
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(str(os.getpid()))
+
+
 def _process_init(**_: Any) -> None:
-    _Process.runtime = _open(
-        load_settings(), _Process.queues, getattr(current_process(), "index", 0)
-    )
+    _Process.runtime = _open(load_settings(), getattr(current_process(), "index", 0))
 
 
 def _process_shutdown(**_: Any) -> None:
@@ -122,10 +214,15 @@ def _process_shutdown(**_: Any) -> None:
             rt.checkpointer.stop()
         if rt.signer is not None:
             rt.signer.close()
-        rt.engine.dispose()
+        if rt.line_app is not None:
+            rt.line_app.close()
+        if rt.engine is not None:
+            rt.engine.dispose()
 
 
-def connect_signals() -> None:
+def connect_signals(kind: str, station: str | None) -> None:
+    _Process.kind, _Process.station = kind, station
     signals.celeryd_after_setup.connect(_after_setup, weak=False)
+    signals.worker_ready.connect(_ready, weak=False)
     signals.worker_process_init.connect(_process_init, weak=False)
     signals.worker_process_shutdown.connect(_process_shutdown, weak=False)

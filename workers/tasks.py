@@ -8,6 +8,7 @@ delivered again rather than lost.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from celery import Celery, Task
@@ -23,6 +24,7 @@ from provisioner.errors import (
     HsmBusyError,
     HsmError,
     HsmUnavailableError,
+    LinkRefusedError,
     NotFoundError,
     PolicyViolationError,
     ProvisionerError,
@@ -32,13 +34,14 @@ from provisioner.errors import (
     ServiceUnavailableError,
 )
 from provisioner.ledger import DeviceLedger
+from provisioner.link.wire import REQUEST_TASK
 from provisioner.ports import IssuedCertificate, SigningRequest
 from provisioner.registry.ratelimit import backoff_s
+from provisioner.settings import Settings
 from workers import runtime
 from workers.queues import (
     HSM_QUEUE,
     PROVISION_TASK,
-    REGISTRY_QUEUE,
     SIGN_TASK,
     SIGNER_STATUS_TASK,
     UPLOAD_TASK,
@@ -136,40 +139,42 @@ def _retry_or_leave(
         log.warning("device %s left for re-dispatch (%s): %s", result["device_id"], exc, result)
 
 
-def register(app: Celery) -> None:
-    """Register the product's tasks on ``app``."""
+def registry_path(settings: Settings) -> str:
+    """The registry every verified device is uploaded to (Cloud IoT resource path)."""
+    reg = settings.registry
+    return f"projects/{reg.project}/locations/{reg.location}/registries/{reg.registry}"
+
+
+def register_station(app: Celery) -> None:
+    """The station PC's task: one device on this child's socket."""
 
     @app.task(name=PROVISION_TASK, bind=True, acks_late=True, max_retries=None)
-    def provision_device(self: Task, device_id: int, signer_waits: int = 0) -> dict[str, Any]:
-        """One device on this child's socket (provisioner.socket_task). A socket waiting for
-        a chip tries again every ~2 s while the batch runs; a signer or broker that does not
-        answer is waited for with backoff (``signer_waits`` so far), then the device fails
-        with its part left in the socket."""
-        import os
-
+    def provision_device(
+        self: Task, order: dict[str, Any], signer_waits: int = 0
+    ) -> dict[str, Any]:
+        """One device on this child's socket (provisioner.socket_task), ordered by the line
+        server (``order``: a signed envelope naming the device). A socket waiting for a
+        chip tries again every ~2 s while the batch runs; a line server or broker that does
+        not answer is waited for with backoff (``signer_waits`` so far), then the device
+        fails with its part left in the socket."""
         from provisioner.socket_task import SocketRun
 
         rt = runtime.current()
         assert rt.station_id is not None and rt.socket is not None, "not a station worker"
-        reg = rt.settings.registry
+        try:
+            device_id = _ordered_device(rt.settings, rt.station_id, order)
+        except LinkRefusedError as exc:
+            log.error("provision order refused: %s", exc)
+            return {"ok": False, "outcome": "refused", "detail": str(exc)}
         run = SocketRun(
             rt.settings,
-            rt.engine,
             rt.station_id,
             rt.socket,
-            RemoteSigner(app, rt.settings.celery.sign_timeout_s),
-            registry=f"projects/{reg.project}/locations/{reg.location}/registries/{reg.registry}",
+            rt.records,
             holder=f"{rt.station_id}:{rt.socket}:{os.getpid()}",
         )
         out = run.run(device_id)
-        if out.kind == "done":
-            try:
-                app.send_task(UPLOAD_TASK, args=[device_id], queue=REGISTRY_QUEUE)
-            except (KombuOperationalError, RedisError, OSError) as exc:
-                # The upload row is in the database: the registry worker's periodic sync
-                # (or the supervisor's re-dispatch) sends it.
-                log.warning("device %s: upload not queued (%s), left to the sync", device_id, exc)
-        elif out.kind == "wait_chip":
+        if out.kind == "wait_chip":
             _retry_or_leave(self, out.as_json(), countdown=2.0, signer_waits=signer_waits)
         elif out.kind == "wait_service":
             if signer_waits < rt.settings.celery.hsm_wait_retries:
@@ -185,6 +190,46 @@ def register(app: Celery) -> None:
                     device_id, f"unavailable after {signer_waits + 1} tries: {out.detail}"
                 )
         return out.as_json()
+
+
+def _ordered_device(settings: Settings, station_id: str, order: object) -> int:
+    """The device a provision order names, once it checks out as the line server's (the
+    certificate pinned at enrollment), for this station, unexpired. A replayed order is
+    harmless (a message only says "look at device N"; the records decide)."""
+    from provisioner.link.envelope import open_envelope
+    from provisioner.link.keys import LINE, fingerprint, pinned_line_certificate, station_party
+
+    line_cert = pinned_line_certificate(settings)
+
+    def line_key(sender: str, kid: str) -> Any:
+        if sender != LINE or kid != fingerprint(line_cert):
+            raise LinkRefusedError(
+                "unknown_sender", f"order refused: not from the line ({sender!r})"
+            )
+        return line_cert.public_key()
+
+    opened = open_envelope(
+        order, task=PROVISION_TASK, recipient=station_party(station_id), key_for=line_key
+    )
+    device_id = opened.body.get("device")
+    if not isinstance(device_id, int):
+        raise LinkRefusedError("bad_request", "order refused: no device")
+    return device_id
+
+
+def register_gateway(app: Celery) -> None:
+    """The line server's task in a station's namespace: that station's requests."""
+
+    @app.task(name=REQUEST_TASK, bind=True, acks_late=True)
+    def station_request(self: Task, message: dict[str, Any]) -> dict[str, Any]:
+        rt = runtime.current()
+        assert rt.gateway is not None, "not a gateway worker"
+        answer: dict[str, Any] = rt.gateway.handle(message, task=self.name)
+        return answer
+
+
+def register(app: Celery) -> None:
+    """Register the line server's own tasks on ``app`` (namespace ``line:``)."""
 
     @app.task(name=SIGN_TASK, acks_late=True)
     def sign_certificate(request: dict[str, Any]) -> dict[str, Any]:
@@ -220,7 +265,7 @@ def register(app: Celery) -> None:
     def upload_device(self: Task, device_id: int) -> dict[str, Any]:
         rt = runtime.current()
         assert rt.registry is not None, "not a registry worker"
-        ledger = DeviceLedger(rt.engine, "registry-uploader")
+        ledger = DeviceLedger(rt.db, "registry-uploader")
         try:
             dev = pipeline.upload_device(device_id, rt.registry, ledger)
         except RegistryUnavailableError as exc:
@@ -250,7 +295,7 @@ def register(app: Celery) -> None:
         rt = runtime.current()
         assert rt.registry is not None, "not a registry worker"
         done = blocking.task_attempt(
-            rt.engine,
+            rt.db,
             rt.registry,
             device_id,
             self.request.retries,

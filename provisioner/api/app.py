@@ -10,7 +10,10 @@ Public PKI endpoints: what relying parties fetch, never anything secret.
 published for intermediate ``<name>`` (DER, ``application/pkix-crl``): the stable URL that
 ``profile.crl_url`` puts in device certificates. ``GET /ca/<name>.pem`` serves the root
 (``root``), the current intermediate (``intermediate``) or an archived one by its name.
-The API reads files only; it never loads PKCS#11 and holds no key.
+These read files only. ``POST /stations/enroll`` (:mod:`provisioner.api.stations`; the
+one-time enrollment token is the credential) is the one route that opens the token: for
+the moment it issues a station certificate with the intermediate's key, which never
+leaves the token.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from fastapi.responses import JSONResponse
 
 from provisioner.api.routes import audit_router, ops_router
 from provisioner.api.security import ApiProblem, Guard
+from provisioner.api.stations import stations_router
 from provisioner.db.engine import create_schema, make_engine
 from provisioner.settings import Settings
 
@@ -41,6 +45,7 @@ def create_app(settings: Settings) -> FastAPI:
     guard = Guard(engine)
     app.include_router(audit_router(engine, settings, guard))
     app.include_router(ops_router(engine, settings, guard))
+    app.include_router(stations_router(engine, settings))  # public: the token is the credential
 
     @app.exception_handler(ApiProblem)
     async def _problem(_: Request, exc: ApiProblem) -> JSONResponse:

@@ -195,8 +195,7 @@ def ops_router(engine: Engine, settings: Settings, guard: Guard) -> APIRouter:
         try:
             t = fn()
             if t.queue:
-                app = dispatch.celery_app(settings)
-                dispatch.send_devices(app, t.station_id, t.queue)
+                dispatch.send_devices(settings, t.station_id, t.queue)
         except ProvisionerError as exc:
             raise _problem(exc) from None
         return {

@@ -60,6 +60,11 @@ ACTIONS: dict[str, frozenset[Role]] = {
     "ca.crl": _ADMIN,
     "users.manage": _ADMIN,
     "users.read": _ADMIN,
+    # admins: which station PCs may join the line (enrollment tokens, revocation) and the
+    # line server's own certificate (issued by the HSM CA)
+    "station.manage": _ADMIN,
+    "station.identities": _AUDIT,
+    "line.identity": _ADMIN,
 }
 
 

@@ -116,21 +116,23 @@ def _refuse(batch: Batch, action: str, hint: str = "") -> ConflictError:
     return ConflictError(msg + (f"; {hint}" if hint else ""))
 
 
-def runnable_query(batch_id: int, now: datetime) -> SelectOfScalar[int | None]:
+def runnable_query(
+    batch_id: int, now: datetime, *, include_claimed: bool = False
+) -> SelectOfScalar[int | None]:
     """The devices of the batch a station still has to work on, in position order: not
     yet verified on their chip, not failed (a failed device waits for `batch retry`), not
-    released by a cancel and not held by a running socket task."""
-    return (
-        select(col(Device.id))
-        .where(
-            Device.batch_id == batch_id,
-            col(Device.step) < Step.CERT_VERIFIED,
-            col(Device.error).is_(None),
-            col(Device.cancelled_at).is_(None),
-            or_(col(Device.claimed_until).is_(None), col(Device.claimed_until) < now),
-        )
-        .order_by(col(Device.position))
+    released by a cancel and not held by a running socket task (``include_claimed``: held
+    ones too; for a station that restarted, whose sockets take over what their dead
+    predecessors held)."""
+    q = select(col(Device.id)).where(
+        Device.batch_id == batch_id,
+        col(Device.step) < Step.CERT_VERIFIED,
+        col(Device.error).is_(None),
+        col(Device.cancelled_at).is_(None),
     )
+    if not include_claimed:
+        q = q.where(or_(col(Device.claimed_until).is_(None), col(Device.claimed_until) < now))
+    return q.order_by(col(Device.position))
 
 
 def _runnable(s: Session, batch_id: int, now: datetime) -> list[int]:

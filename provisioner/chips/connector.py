@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,9 @@ class Connector:
 
     settings: Settings
     zero_delay: bool = True
+    # Where the compressed-certificate definitions come from (a station PC: the line);
+    # None: this PC's own CA files.
+    chain_source: Callable[[], ChipCertChain] | None = None
 
     @property
     def profile(self) -> ChipProfile:
@@ -48,6 +52,8 @@ class Connector:
     def certificate_chain(self) -> ChipCertChain:
         """The compressed-certificate definitions, from the CA's public files (loaded when
         a chip first needs them, so probing works before any CA exists)."""
+        if self.chain_source is not None:
+            return self.chain_source()
         from provisioner.ca.chain import chip_chain
 
         return chip_chain(self.settings)

@@ -16,7 +16,7 @@ from provisioner import batches, dispatch, preflight
 from provisioner.cli.context import CliContext, ctx_of
 from provisioner.cli.view import batches_table, devices_table, part_action_text, summary_view, watch
 from provisioner.db.models import MAX_ID
-from workers.queues import HSM_QUEUE, REGISTRY_QUEUE, station_queue
+from workers.queues import HSM_QUEUE, REGISTRY_QUEUE
 
 app = typer.Typer(
     help="Create, start, pause, resume, cancel, close and watch batches of chips on a station. "
@@ -66,14 +66,15 @@ def create(
 
 def _queue(c: CliContext, t: batches.Transition) -> None:
     """Hand the transition's devices, and the batch's waiting uploads, to the workers."""
+    dispatch.send_devices(c.settings, t.station_id, t.queue)
     app_ = dispatch.celery_app(c.settings)
-    dispatch.send_devices(app_, t.station_id, t.queue)
     dispatch.send_uploads(app_, dispatch.waiting_uploads(c.engine, t.batch_id))
 
 
 def _check_line(c: CliContext, station_id: str) -> None:
     preflight.check_redis(c.settings)
-    preflight.check_workers(c.settings, [station_queue(station_id), HSM_QUEUE, REGISTRY_QUEUE])
+    preflight.check_workers(c.settings, [HSM_QUEUE, REGISTRY_QUEUE])
+    preflight.check_station(c.settings, c.engine, station_id)
 
 
 def start_batch(

@@ -28,7 +28,7 @@ from sqlalchemy.engine import Engine
 from provisioner.auth import users
 from provisioner.auth.roles import Role
 from provisioner.db.engine import create_schema, make_engine
-from provisioner.errors import AuthenticationError
+from provisioner.errors import AuthenticationError, ConfigError
 from provisioner.settings import Settings, load_settings
 
 
@@ -45,6 +45,11 @@ class CliContext:
 
     @cached_property
     def engine(self) -> Engine:
+        if self.settings.role == "station":
+            raise ConfigError(
+                "this PC is a station (role = station): it holds no database and no user "
+                "accounts; run this command on the line server"
+            )
         engine = make_engine(self.settings.db_url)
         create_schema(engine)
         return engine

@@ -12,7 +12,18 @@ from pathlib import Path
 
 import typer
 
-from provisioner.cli import audit, batch, ca, manifest, registry, services, station, users
+from provisioner.cli import (
+    audit,
+    batch,
+    ca,
+    db,
+    line,
+    manifest,
+    registry,
+    services,
+    station,
+    users,
+)
 from provisioner.cli.context import CliContext
 from provisioner.errors import ProvisionerError
 
@@ -53,8 +64,10 @@ app.add_typer(audit.app, name="audit")
 app.add_typer(services.app, name="services")
 app.add_typer(station.app, name="station")
 app.add_typer(users.app, name="users")
+app.add_typer(db.app, name="db")
 app.add_typer(registry.app, name="registry")
 app.add_typer(manifest.app, name="manifest")
+app.add_typer(line.app, name="line")
 app.command("demo")(services.demo)
 
 

@@ -22,6 +22,8 @@ from provisioner.cli.context import ctx_of
 from provisioner.cli.view import devices_table, duration_text, summary_view
 from provisioner.db.engine import transaction
 from provisioner.db.models import AuditCheckpoint, AuditEvent, ServiceHealth
+from provisioner.errors import ConfigError
+from provisioner.settings import Settings
 from provisioner.supervisor import running_services, say
 from provisioner.supervisor_lock import running_holder
 from provisioner.supervisor_status import read_status
@@ -35,19 +37,50 @@ app = typer.Typer(
 def run(
     ctx: typer.Context,
     station: list[str] = typer.Option(
-        None, "--station", "-s", help="Station(s) to run workers for (default: all configured)."
+        None,
+        "--station",
+        "-s",
+        help="Role all: the station(s) to run (default: all configured). Role station: "
+        "which station this PC is (default: the setting station_id).",
+    ),
+    role: str = typer.Option(
+        None,
+        "--role",
+        help="What this PC runs (default: the setting `role`, else all). line: the line "
+        "server (Redis with ACL users, registry, API, signer, uploader, one gateway per "
+        "enrolled station). station: this PC's station worker only; it needs no database "
+        "and no PIN, only its enrolled identity (`provisioner station enroll`). all: both "
+        "on one PC (the demo).",
     ),
 ) -> None:
-    """Start Redis, the built-in registry, the API and the hsm/registry/station workers in
-    the foreground and keep them running (a crashed one is restarted); Ctrl-C (or SIGTERM)
-    stops them all. One per var dir: a second one refuses."""
+    """Start this PC's services in the foreground and keep them running (a crashed one is
+    restarted); Ctrl-C (or SIGTERM) stops them all. One per var dir: a second one refuses.
+    See docs/deploy.md for a line server with station PCs."""
     c = ctx_of(ctx)
-    c.require("services.run")
-    stations = station or sorted(c.settings.stations)
-    for s in stations:
-        c.settings.station(s)
+    role = role or c.settings.role
+    if role not in ("all", "line", "station"):
+        raise typer.BadParameter(f"{role!r}: expected line, station or all", param_hint="--role")
+    if role == "station":
+        # A station PC has no database and no users: the OS account that runs it is the
+        # authority here; what it may do on the line is the line server's to check.
+        sid = (station[0] if station else None) or c.settings.station_id
+        if not sid or (station and len(station) > 1):
+            raise typer.BadParameter(
+                "a station PC runs exactly one station: --station ID or the setting station_id",
+                param_hint="--station",
+            )
+        c.settings.station(sid)
+        settings = c.settings.model_copy(update={"station_id": sid, "role": "station"})
+        _check_enrolled(settings, sid)
+        stations = [sid]
+    else:
+        c.require("services.run")
+        settings = c.settings
+        stations = (station or sorted(c.settings.stations)) if role == "all" else []
+        for s in stations:
+            c.settings.station(s)
     try:
-        with running_services(c.settings, stations, c.config) as sup:
+        with running_services(settings, stations, c.config, role=role) as sup:
             typer.echo(
                 f"services running ({', '.join(ch.name for ch in sup.children)}); "
                 f"logs in {sup.log_dir}; `provisioner services status` shows them. "
@@ -64,6 +97,20 @@ def run(
     say("services stopped")
 
 
+def _check_enrolled(settings: Settings, station_id: str) -> None:
+    """A station PC starts only with its identity (else its worker could not even log in
+    to the broker, and would die over and over)."""
+    from provisioner.enrollment.identity import StationIdentityFiles
+
+    files = StationIdentityFiles.of(settings)
+    if not files.exists():
+        raise ConfigError(
+            f"station {station_id} is not enrolled ({files.dir} holds no identity): on the "
+            f"line server run `provisioner station add {station_id}`, then here "
+            "`provisioner station enroll --token-file FILE`"
+        )
+
+
 @app.command("status")
 def status(
     ctx: typer.Context,
@@ -72,7 +119,9 @@ def status(
     """Whether the services of this var dir run: each component's pid, state, uptime and
     restarts, and whether the signer and the registry answer (checked every 15 s)."""
     c = ctx_of(ctx)
-    c.require("services.status")
+    station_pc = c.settings.role == "station"  # no database and no accounts on a station PC
+    if not station_pc:
+        c.require("services.status")
     run_dir = c.settings.var / "run"
     holder = running_holder(run_dir)
     if holder is None:
@@ -83,8 +132,10 @@ def status(
         return
     now = time.time()
     _, comps = read_status(run_dir) or ({}, [])
-    with Session(c.engine) as s:
-        health = list(s.exec(select(ServiceHealth).order_by(col(ServiceHealth.name))).all())
+    health: list[ServiceHealth] = []
+    if not station_pc:  # the line's view of the signer and the registry
+        with Session(c.engine) as s:
+            health = list(s.exec(select(ServiceHealth).order_by(col(ServiceHealth.name))).all())
     if as_json:
         typer.echo(
             json.dumps(

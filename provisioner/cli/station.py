@@ -1,10 +1,12 @@
 """``provisioner station ...``: what is in the jig, what each socket is doing, and (emulated
-jigs) putting chips in and taking them out."""
+jigs) putting chips in and taking them out; and station identity: admitting a station PC
+(``add``), enrolling it (``enroll``, on the station PC), cutting it off (``revoke``)."""
 
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -12,11 +14,22 @@ from rich.table import Table
 
 from provisioner import socket_state
 from provisioner.cli.context import ctx_of
+from provisioner.cli.secret_files import write_new_secret
 from provisioner.db.models import utcnow
+from provisioner.enrollment import identity
+from provisioner.enrollment.service import (
+    LinePaths,
+    list_identities,
+    revoke_station,
+)
+from provisioner.enrollment.tokens import DEFAULT_TTL_S, add_station
+from provisioner.errors import ConfigError
 from provisioner.station import insert_chip, probe, remove_chip
 
 app = typer.Typer(
-    help="A station's sockets: status, probe, insert and remove.", no_args_is_help=True
+    help="A station's sockets (status, probe, insert, remove) and station PCs' identities "
+    "(add, enroll, revoke, identities).",
+    no_args_is_help=True,
 )
 
 _STATION = typer.Option("line1", "--station", "-s", help="Station id from the config.")
@@ -139,3 +152,194 @@ def remove_cmd(ctx: typer.Context, station: str = _STATION, socket: int = _SOCKE
     c.require("station.feed")
     got = remove_chip(c.engine, c.settings, station, socket, actor=c.actor)
     typer.echo(f"socket {socket} of {station}: chip {got} removed")
+
+
+# --- station identity: enrollment on the line server and on the station PC ---------------
+
+
+@app.command("add")
+def add_cmd(
+    ctx: typer.Context,
+    station_id: str = typer.Argument(..., help="The station's id (e.g. line2)."),
+    ttl: int = typer.Option(
+        DEFAULT_TTL_S, "--ttl", help="How long the token stays valid, in seconds (default a day)."
+    ),
+    token_out: Path | None = typer.Option(
+        None,
+        "--token-out",
+        help="Write the token to this file (created 0600; must not exist) instead of printing it.",
+    ),
+) -> None:
+    """Admit a station PC to the line (admin, on the line server): prints a one-time
+    enrollment token, once, and the command to run on the station PC.
+
+    Adding a station again makes a new token and spends its older unused ones (to
+    re-enroll a replaced PC). Audited."""
+    c = ctx_of(ctx)
+    who = c.require("station.manage")
+    if token_out is not None and token_out.exists():
+        raise ConfigError(f"{token_out} exists; choose a new file for the token")
+    until = utcnow() + timedelta(seconds=ttl)
+    token = add_station(c.engine, station_id, who.actor, ttl)
+    enroll = (
+        f"provisioner station enroll --station {station_id} "
+        f"--token-file {token_out or f'{station_id}.token'} --line-url {c.settings.api_url}"
+    )
+    if token_out is not None:
+        write_new_secret(token_out, token)
+        typer.echo(
+            f"station {station_id}: one-time enrollment token written to {token_out} "
+            f"(valid until {until:%Y-%m-%d %H:%M} UTC)"
+        )
+        typer.echo(f"copy it to the station PC (0600) and run there:\n  {enroll}")
+    else:
+        typer.echo(
+            f"station {station_id}: one-time enrollment token, valid until "
+            f"{until:%Y-%m-%d %H:%M} UTC (shown only now):\n\n  {token}\n"
+        )
+        typer.echo(
+            f"on the station PC, save it in a file only you can read (e.g. {station_id}.token, "
+            f"chmod 600) and run:\n  {enroll}"
+        )
+    if station_id not in c.settings.stations:
+        typer.echo(
+            f"note: {station_id} is not under [stations.{station_id}] in this line server's "
+            "config: add it before creating batches for it"
+        )
+    if not LinePaths.of(c.settings).certificate.exists():
+        typer.echo(
+            "note: this line server has no identity yet; before the station enrolls run "
+            "`provisioner line identity --name HOST` (HOST: how stations reach this server)"
+        )
+
+
+@app.command("enroll")
+def enroll_cmd(
+    ctx: typer.Context,
+    token_file: Path | None = typer.Option(
+        None,
+        "--token-file",
+        help="File holding the enrollment token from `station add` (default: typed at a "
+        "hidden prompt). Never the token itself.",
+    ),
+    station_id: str | None = typer.Option(
+        None, "--station", "-s", help="This station's id (default: station_id in the config)."
+    ),
+    line_url: str | None = typer.Option(
+        None,
+        "--line-url",
+        help="The line server's API, e.g. https://line.example:8712 (default: line_url in "
+        "the config).",
+    ),
+    ca_file: Path | None = typer.Option(
+        None, "--ca-file", help="CA certificate(s) to verify the line's HTTPS API with."
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Replace this PC's existing station identity."
+    ),
+) -> None:
+    """Enroll this PC as a station (on the station PC): generate its key here, send a CSR
+    with the one-time token, and keep the certificate, pinned CA chain, the line server's
+    certificate and the broker password in the identity directory.
+
+    Needs no database and no user account: the token is the credential."""
+    c = ctx_of(ctx)  # no user token: the station PC has no accounts; the token authorises
+    settings = c.settings
+    sid = station_id or settings.station_id
+    if sid is None:
+        raise ConfigError(
+            "which station is this PC? pass --station ID or set station_id in the config"
+        )
+    if token_file is not None:
+        token = identity.read_token_file(token_file)
+    else:
+        token = identity.check_token(typer.prompt("Enrollment token", hide_input=True))
+    url = line_url or settings.enroll_url
+    folder = identity.enroll(settings, sid, token, url, force=force, ca_file=ca_file)
+    del token
+    files = identity.StationIdentityFiles(folder)
+    cert = files.certificate()
+    info = files.enrollment()
+    typer.echo(f"station {sid} enrolled with the line server at {url}")
+    typer.echo(f"  identity     {folder}")
+    typer.echo(f"  certificate  serial {cert.serial_number:x}")
+    typer.echo(f"               valid until {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+    typer.echo(
+        f"  broker       {info['broker_mode']} {info['broker_host']}:{info['broker_port']} "
+        f"as user st-{sid}"
+    )
+    if settings.role != "station" or settings.station_id != sid:
+        typer.echo(f'set role = "station" and station_id = "{sid}" in this PC\'s config, then')
+    typer.echo("next: provisioner services run --role station")
+
+
+@app.command("revoke")
+def revoke_cmd(
+    ctx: typer.Context,
+    station_id: str = typer.Argument(..., help="The station to cut off."),
+) -> None:
+    """Cut a station PC off (admin, on the line server): its certificates are revoked, its
+    broker user removed and its open broker connections closed, its unused enrollment
+    tokens spent. Audited. To bring it back: `station add` and enroll again."""
+    c = ctx_of(ctx)
+    who = c.require("station.manage")
+    done = revoke_station(c.settings, c.engine, station_id, who.actor)
+    if done.serials:
+        typer.echo(
+            f"station {station_id}: {len(done.serials)} certificate(s) revoked "
+            f"(serial {', '.join(done.serials)})"
+        )
+    else:
+        typer.echo(f"station {station_id}: no unrevoked certificate")
+    if done.had_broker_user:
+        typer.echo(f"  broker user st-{station_id} removed; its connections closed")
+    if done.cancelled_tokens:
+        typer.echo(f"  {done.cancelled_tokens} unused enrollment token(s) cancelled")
+
+
+@app.command("identities")
+def identities_cmd(
+    ctx: typer.Context,
+    station: str | None = typer.Option(None, "--station", "-s", help="Only this station."),
+    as_json: bool = _JSON,
+) -> None:
+    """Station certificates issued at enrollment: station, serial, expiry, revoked."""
+    c = ctx_of(ctx)
+    c.require("station.identities")
+    rows = list_identities(c.engine, station)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                [
+                    {
+                        "station": r.station_id,
+                        "serial": r.serial_number,
+                        "fingerprint_sha256": r.fingerprint_sha256,
+                        "issued_at": _iso(r.issued_at),
+                        "not_after": _iso(r.not_after),
+                        "revoked_at": None if r.revoked_at is None else _iso(r.revoked_at),
+                        "revoked_by": r.revoked_by,
+                    }
+                    for r in rows
+                ]
+            )
+        )
+        return
+    if not rows:
+        typer.echo("no station has enrolled yet (`provisioner station add ID`, then enroll)")
+        return
+    typer.echo(f"{'STATION':<16} {'SERIAL':<34} {'NOT_AFTER':<17} REVOKED")
+    for r in rows:
+        revoked = "" if r.revoked_at is None else f"{_utc(r.revoked_at):%Y-%m-%d %H:%M} by "
+        typer.echo(
+            f"{r.station_id:<16} {r.serial_number:<34} {_utc(r.not_after):%Y-%m-%d %H:%M}  "
+            f"{revoked + (r.revoked_by or '') if r.revoked_at else '-'}"
+        )
+
+
+def _utc(dt: datetime) -> datetime:
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
+def _iso(dt: datetime) -> str:
+    return _utc(dt).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -9,13 +9,13 @@ token's SO PIN (the one command here that needs no user token).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import typer
 
 from provisioner.auth import recovery, users
 from provisioner.cli.context import ctx_of
+from provisioner.cli.secret_files import write_new_secret
 from provisioner.errors import ConfigError
 
 app = typer.Typer(help="User accounts, roles and API tokens (admin).", no_args_is_help=True)
@@ -23,17 +23,6 @@ app = typer.Typer(help="User accounts, roles and API tokens (admin).", no_args_i
 _OUT = typer.Option(
     ..., "--token-out", help="Write the new token to this file (created 0600; must not exist)."
 )
-
-
-def _write_token(path: Path, token: str) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise ConfigError(f"{path} exists; choose a new file for the token") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot create {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
 
 
 @app.command("add")
@@ -49,7 +38,7 @@ def add(
     if token_out.exists():
         raise ConfigError(f"{token_out} exists; choose a new file for the token")
     token = users.add_user(c.engine, name, role, who.actor)
-    _write_token(token_out, token)
+    write_new_secret(token_out, token)
     typer.echo(f"user {name} ({role}) created; token written to {token_out}")
 
 
@@ -65,7 +54,7 @@ def token(
     who = c.require("users.manage")
     if token_out.exists():
         raise ConfigError(f"{token_out} exists; choose a new file for the token")
-    _write_token(token_out, users.add_token(c.engine, name, who.actor, label))
+    write_new_secret(token_out, users.add_token(c.engine, name, who.actor, label))
     typer.echo(f"new token for {name} written to {token_out}")
 
 
@@ -117,7 +106,7 @@ def recover_admin(
     so_pin = recovery.read_so_pin(so_pin_file, c.settings.hsm.factory_token)
     token = recovery.recover_admin(c.settings, c.engine, name, so_pin)
     del so_pin
-    _write_token(token_out, token)
+    write_new_secret(token_out, token)
     typer.echo(f"{name} is an admin again; token written to {token_out}")
 
 

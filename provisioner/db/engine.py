@@ -12,14 +12,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Enum as SaEnum
-from sqlalchemy import event, inspect
-from sqlalchemy import text as sql_text
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
-from provisioner.audit import triggers
 from provisioner.db import models  # noqa: F401  (registers the tables)
 from provisioner.errors import ServiceUnavailableError
 
@@ -52,76 +49,25 @@ def _sqlite_locking(engine: Engine) -> None:
 
 
 def create_schema(engine: Engine) -> None:
-    """Create missing tables (idempotent). Migrations arrive with the first schema change."""
+    """Make sure the database has the schema this software expects, before using it.
+
+    An empty database is created at the newest revision (tables, audit triggers, stamped);
+    one at that revision costs one query; anything else (older, newer, made before
+    migrations) raises :class:`~provisioner.errors.SchemaMismatchError` naming both
+    revisions and the command to run. Schema changes are never made here: only
+    ``provisioner db upgrade`` (:mod:`provisioner.db.migrate`) makes them."""
+    # Imported here: migrate uses this module's make_engine.
+    from provisioner.db import migrate
+
     try:
-        SQLModel.metadata.create_all(engine)
-        _add_missing_columns(engine)
-        _add_missing_enum_values(engine)
-        with engine.begin() as conn:
-            triggers.install(conn)
+        if migrate.at_head(engine):
+            return
+        migrate.create_if_empty(engine)
     except OperationalError as exc:
         raise ServiceUnavailableError(
             f"cannot open the database {engine.url.render_as_string(hide_password=True)}: "
             f"{exc.orig}"
         ) from None
-
-
-def _add_missing_columns(engine: Engine) -> None:
-    """Add columns that newer code declares to tables an older version created.
-
-    The schema only ever grows by nullable or server-defaulted columns, so ``ALTER TABLE
-    ADD COLUMN`` is the whole migration; anything else would need a real migration tool."""
-    with engine.begin() as conn:
-        insp = inspect(conn)
-        for table in SQLModel.metadata.sorted_tables:
-            if not insp.has_table(table.name):
-                continue
-            have = {c["name"] for c in insp.get_columns(table.name)}
-            for col in table.columns:
-                if col.name in have:
-                    continue
-                ddl = col.type.compile(dialect=engine.dialect)
-                default = col.server_default
-                clause = f" DEFAULT {default.arg}" if default is not None else ""  # type: ignore[attr-defined]
-                if not col.nullable and default is None:
-                    raise ServiceUnavailableError(
-                        f"table {table.name} lacks column {col.name}, which cannot be added "
-                        "automatically: migrate the database"
-                    )
-                conn.exec_driver_sql(
-                    f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {ddl}{clause}'
-                )
-
-
-def _add_missing_enum_values(engine: Engine) -> None:
-    """PostgreSQL keeps enum columns (batch states, upload states...) as native enum types
-    whose labels were fixed when the table was made; labels newer code declares (e.g. the
-    batch states ``paused`` and ``cancelled``) are added to older databases. SQLite stores
-    them as text and needs nothing."""
-    if engine.dialect.name != "postgresql":
-        return
-    with engine.connect() as conn:
-        for table in SQLModel.metadata.sorted_tables:
-            for column in table.columns:
-                kind = column.type
-                if not isinstance(kind, SaEnum) or not kind.native_enum or not kind.name:
-                    continue
-                have = {
-                    row[0]
-                    for row in conn.execute(
-                        sql_text(
-                            "SELECT e.enumlabel FROM pg_enum e JOIN pg_type t "
-                            "ON t.oid = e.enumtypid WHERE t.typname = :name"
-                        ),
-                        {"name": kind.name},
-                    )
-                }
-                for label in kind.enums:
-                    if label not in have:
-                        conn.exec_driver_sql(
-                            f"ALTER TYPE \"{kind.name}\" ADD VALUE IF NOT EXISTS '{label}'"
-                        )
-        conn.commit()
 
 
 @contextmanager

@@ -87,6 +87,53 @@ class UploadState(StrEnum):
 class Station(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=64)
     created_at: datetime = Field(default_factory=utcnow)
+    # The station's broker (Redis ACL) password, as SHA-256 hex: Redis ACL files accept
+    # ``#<sha256>``, so the line server never keeps the password itself. None: the station
+    # has not enrolled (or was revoked), and has no broker user.
+    broker_password_sha256: str | None = Field(default=None, max_length=64)
+
+
+class StationEnrollment(SQLModel, table=True):
+    """A one-time, expiring token that lets one station PC enroll (``station add``).
+    Only its SHA-256 is kept; it is spent by the first enrollment that uses it."""
+
+    __tablename__ = "station_enrollment"
+
+    id: int | None = Field(default=None, primary_key=True)
+    station_id: str = Field(foreign_key="station.id", index=True, max_length=64)
+    token_sha256: str = Field(unique=True, max_length=64)
+    created_by: str
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+    used_at: datetime | None = None
+
+
+class StationIdentity(SQLModel, table=True):
+    """A station certificate issued by the HSM CA at enrollment (the station's key never
+    leaves the station PC). Messages from a station are checked against it; a revoked one
+    is refused at the next message."""
+
+    __tablename__ = "station_identity"
+
+    fingerprint_sha256: str = Field(primary_key=True, max_length=64)  # of the DER
+    station_id: str = Field(foreign_key="station.id", index=True, max_length=64)
+    serial_number: str = Field(max_length=40)  # hex
+    certificate_pem: str
+    not_after: datetime
+    issued_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = None
+    revoked_by: str | None = None
+
+
+class LinkNonce(SQLModel, table=True):
+    """Nonces of signed station messages the line server accepted, kept until the message
+    would have expired anyway: a replayed message finds its nonce here and is refused."""
+
+    __tablename__ = "link_nonce"
+
+    nonce: str = Field(primary_key=True, max_length=64)
+    sender: str = Field(max_length=64)
+    expires_at: datetime = Field(index=True)
 
 
 class Batch(SQLModel, table=True):
@@ -129,6 +176,9 @@ class Device(SQLModel, table=True):
     claimed_by: str | None = Field(default=None, max_length=80)
     claimed_until: datetime | None = None
     cancelled_at: datetime | None = None  # released by `batch cancel` before it started
+    # The proof-of-possession challenge the line server gave the station for this device
+    # (hex): the chip must sign exactly this one, once; cleared when the certificate issues.
+    pop_challenge: str | None = Field(default=None, max_length=64)
 
 
 class SocketState(SQLModel, table=True):

@@ -52,7 +52,7 @@ from provisioner.db.models import (
     utcnow,
 )
 from provisioner.errors import NotFoundError, RegistryError, RegistryUnavailableError
-from provisioner.ledger import DeviceLedger
+from provisioner.ledger import DeviceLedger, registry_device_id
 from provisioner.ports import RegistryBackend
 from provisioner.registry.forwarder import DrainReport, drain_each
 from provisioner.registry.ratelimit import backoff_s
@@ -90,7 +90,7 @@ def request_block(s: Session, dev: Device, actor: str) -> RegistryBlock:
         payload={
             "registry_device_id": up.registry_device_id
             if up is not None
-            else pipeline.registry_device_id(dev.chip_serial or ""),
+            else registry_device_id(dev.chip_serial or ""),
             "upload": up.state.value if up is not None else "none",
         },
     )

@@ -32,9 +32,7 @@ def _one_device(env: dict[str, Any]) -> int:
 
 def _run(env: dict[str, Any], dev_id: int, socket: int = 0) -> Any:
     with env["connector"].open(f"emulated:line1/{socket}") as chip:
-        return pipeline.provision_device(
-            dev_id, chip, env["signer"], env["ledger"], registry=REGISTRY
-        )
+        return pipeline.provision_device(dev_id, chip, env["signer"], env["ledger"])
 
 
 def _certificates(env: dict[str, Any]) -> int:

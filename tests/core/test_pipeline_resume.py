@@ -52,19 +52,16 @@ def test_pulled_chip_resumes_with_same_key_and_one_certificate(env: dict[str, An
             PulledAfter(chip, env["jig"], 0, "lock_data_zone"),
             env["signer"],
             env["ledger"],
-            registry=REGISTRY,
         )
     dev = env["ledger"].load(dev_id)
     assert dev.step == Step.KEY_GENERATED and dev.public_key
     env["jig"].insert(1, path)  # the operator puts the same chip back, in another socket
     with env["connector"].open("emulated:line1/1") as chip:
-        done = pipeline.provision_device(
-            dev_id, chip, env["signer"], env["ledger"], registry=REGISTRY
-        )
+        done = pipeline.provision_device(dev_id, chip, env["signer"], env["ledger"])
         assert done.step == Step.CERT_VERIFIED
         assert done.public_key == (b"\x04" + chip.public_key()).hex()
         # Running it again changes nothing and issues nothing.
-        pipeline.provision_device(dev_id, chip, env["signer"], env["ledger"], registry=REGISTRY)
+        pipeline.provision_device(dev_id, chip, env["signer"], env["ledger"])
     with transaction(env["engine"]) as s:
         assert s.exec(select(func.count()).select_from(Certificate)).one() == 1
         assert verify_log(s, None).ok
@@ -86,9 +83,7 @@ def test_crash_after_the_data_lock_adopts_the_key_generated(env: dict[str, Any])
     assert env["ledger"].load(dev_id).step == Step.IDENTIFIED
     env["jig"].insert(0, path)
     with env["connector"].open("emulated:line1/0") as chip:
-        done = pipeline.provision_device(
-            dev_id, chip, env["signer"], env["ledger"], registry=REGISTRY
-        )
+        done = pipeline.provision_device(dev_id, chip, env["signer"], env["ledger"])
     assert done.step == Step.CERT_VERIFIED and done.public_key == (b"\x04" + key).hex()
 
 
@@ -99,13 +94,13 @@ def test_chip_fed_twice_is_refused_as_a_clone(env: dict[str, Any]) -> None:
     first, second = batches.mark_started(env["engine"], bid, actor="t")
     path = env["jig"].insert_blank(0)
     with env["connector"].open("emulated:line1/0") as chip:
-        pipeline.provision_device(first, chip, env["signer"], env["ledger"], registry=REGISTRY)
+        pipeline.provision_device(first, chip, env["signer"], env["ledger"])
     env["jig"].insert(0, path)
     with (
         env["connector"].open("emulated:line1/0") as chip,
         pytest.raises(PolicyViolationError, match="already belongs to device"),
     ):
-        pipeline.provision_device(second, chip, env["signer"], env["ledger"], registry=REGISTRY)
+        pipeline.provision_device(second, chip, env["signer"], env["ledger"])
     assert env["ledger"].load(second).step == Step.PENDING
     with transaction(env["engine"]) as s:
         incidents = s.exec(

@@ -33,6 +33,7 @@ from provisioner.errors import (
     PolicyViolationError,
     WrongChipError,
 )
+from provisioner.link.records import LocalRecords
 from provisioner.ports import IssuedCertificate, SigningRequest
 from provisioner.settings import Settings, StationSettings
 from provisioner.socket_task import SocketRun, may_start, part_action
@@ -50,15 +51,10 @@ def _settings(
 
 
 def _run(env: dict[str, Any], settings: Settings, signer: Any = None, socket: int = 0) -> SocketRun:
-    return SocketRun(
-        settings,
-        env["engine"],
-        "line1",
-        socket,
-        signer or env["signer"],
-        registry=REGISTRY,
-        holder=f"line1:{socket}:test",
+    records = LocalRecords(
+        env["engine"], "line1", socket, signer or env["signer"], registry=REGISTRY
     )
+    return SocketRun(settings, "line1", socket, records, holder=f"line1:{socket}:test")
 
 
 def _batch(env: dict[str, Any], count: int = 1) -> list[int]:

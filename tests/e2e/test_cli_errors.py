@@ -49,6 +49,14 @@ def test_no_ca_initialised(station: Station) -> None:
     assert_no_batches(station)
 
 
+def test_services_without_a_ca_start_nothing(station: Station) -> None:
+    """The line server signs with its CA (station certificates, its own identity, devices):
+    without one, `services run` says so before it starts anything."""
+    proc = run(station, "services", "run")
+    assert_one_line_error(proc, "no CA initialised", "provisioner ca init")
+    assert not (station.settings.var / "run" / "redis.pid").exists()
+
+
 def test_redis_unreachable(station: Station) -> None:
     assert run(station, "ca", "init").returncode == 0
     proc = run(station, "batch", "create", "--count", "2", "--station", "line1")
@@ -111,7 +119,7 @@ def test_start_without_workers_writes_nothing(station: Station) -> None:
             )
         )
         proc = run(station, "batch", "start", batch_id)
-        assert_one_line_error(proc, "no worker consumes station.line1", "services run")
+        assert_one_line_error(proc, "no worker consumes hsm, registry", "services run")
         status = json.loads(run(station, "batch", "status", batch_id, "--json").stdout)
         assert status["state"] == "created" and status["steps"] == {"PENDING": 2}
     finally:

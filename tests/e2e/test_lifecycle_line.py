@@ -67,7 +67,7 @@ def start_in_process(st: Station, batch_id: int) -> None:
     """What `batch start` does, minus its check that every worker answers (a frozen signer
     does not answer Celery's inspect, and the CLI rightly refuses to start then)."""
     t = batches.start(make_engine(st.settings.db_url), batch_id, actor="operator:test")
-    dispatch.send_devices(dispatch.celery_app(st.settings), t.station_id, t.queue)
+    dispatch.send_devices(st.settings, t.station_id, t.queue)
 
 
 def _steps(st: Station) -> list[tuple[int, int, str | None]]:
@@ -201,11 +201,15 @@ def test_retry_gives_one_certificate_per_chip_and_close_unblocks_rotation(
             5,
         )
         # The second device: its chip fails for good before any certificate.
+        # (Paused while the faulty chip goes in: the socket's task, asking every 2 s for a
+        # chip, must not find it before its fault is set.)
+        cli(st, "batch", "pause", "1")
         cli(st, "station", "remove", "--station", "line1", "--socket", "0")
         cli(st, "station", "insert", "--station", "line1", "--socket", "0")
         second = jig.chip_path(0)
         assert second is not None
         FaultPlan(ecc_fault_on=0x41).save(second)  # Sign: proof of possession fails
+        cli(st, "batch", "resume", "1")
         _until("the second device to fail", lambda: _status(st)["failed"] == 1)
         _until("the first upload", lambda: _status(st)["done"] == 1)
         closed = cli(st, "batch", "close", "1").stdout

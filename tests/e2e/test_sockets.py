@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from provisioner import dispatch
 from provisioner.chips.connector import Connector
 from provisioner.chips.emulator.chip import EmulatedChip
 from provisioner.chips.emulator.faults import FaultPlan
@@ -24,8 +25,7 @@ from provisioner.db.engine import make_engine
 from provisioner.supervisor import Supervisor
 from tests.conftest import Station, make_station
 from tests.e2e.test_end_to_end import cli
-from workers.celery_app import make_celery
-from workers.queues import HSM_QUEUE, PROVISION_TASK, REGISTRY_QUEUE, station_queue
+from workers.queues import HSM_QUEUE, REGISTRY_QUEUE
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ def _line(st: Station, sockets: int) -> Iterator[Supervisor]:
         sup.start_registry()
         sup.start_worker("worker-hsm", HSM_QUEUE, 1)
         sup.start_worker("worker-registry", REGISTRY_QUEUE, 1)
-        sup.start_worker("worker-station-line1", station_queue("line1"), sockets)
+        sup.start_local_stations(["line1"])
         yield sup
     finally:
         sup.stop()
@@ -144,9 +144,7 @@ def test_two_messages_for_one_device_make_one_certificate(tmp_path: Path) -> Non
         engine = make_engine(st.settings.db_url)
         cli(st, "batch", "create", "--count", "1", "--station", "line1")
         cli(st, "batch", "start", "1", "--no-wait")  # the first message
-        make_celery(st.settings).send_task(  # and a second one, for the other socket
-            PROVISION_TASK, args=[1], queue=station_queue("line1")
-        )
+        dispatch.send_devices(st.settings, "line1", [1])  # and a second one, for the other socket
         _until(
             "the device done", lambda: _rows(engine, f"SELECT id FROM device WHERE step = {DONE}")
         )

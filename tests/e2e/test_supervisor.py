@@ -267,6 +267,7 @@ def test_ctrl_c_with_the_output_pipe_gone_leaves_no_process(tmp_path: Path) -> N
 
 def test_ctrl_c_while_starting_leaves_no_process(tmp_path: Path) -> None:
     st = make_station(tmp_path / "station", sockets=1)
+    cli(st, "ca", "init")
     proc, out = _start(st)
     try:
         _wait("redis started", lambda: (st.settings.var / "run" / "redis.pid").exists(), 60)
@@ -340,6 +341,7 @@ def test_a_child_that_keeps_crashing_is_reported_and_left_down(tmp_path: Path) -
 
 def test_a_killed_supervisors_children_are_reaped_by_the_next_one(tmp_path: Path) -> None:
     st = make_station(tmp_path / "station", sockets=1)
+    cli(st, "ca", "init")
     first, out = _start(st)
     second: subprocess.Popen[bytes] | None = None
     try:

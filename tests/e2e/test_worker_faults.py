@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from provisioner import batches
+from provisioner import batches, dispatch
 from provisioner.db.engine import create_schema, make_engine
 from provisioner.supervisor import Supervisor
 from tests.conftest import make_station
 from tests.e2e.test_end_to_end import cli
-from workers.celery_app import make_celery
-from workers.queues import HSM_QUEUE, PROVISION_TASK, REGISTRY_QUEUE, station_queue
+from workers.queues import HSM_QUEUE, REGISTRY_QUEUE
 
 pytestmark = pytest.mark.slow
 
@@ -31,13 +30,13 @@ def test_signer_down_then_back(tmp_path: Path) -> None:
     try:
         sup.start_redis()
         sup.start_registry()
-        sup.start_worker("worker-station-line1", station_queue("line1"), 1)
+        sup.start_local_stations(["line1"])
         engine = make_engine(st.settings.db_url)
         create_schema(engine)
         # `batch create` asks the signer, which is down on purpose here: create it directly.
         bid = batches.create_batch(engine, st.settings, station_id="line1", count=1, actor="t")
         batches.start(engine, bid, actor="t")
-        make_celery(st.settings).send_task(PROVISION_TASK, args=[1], queue=station_queue("line1"))
+        dispatch.send_devices(st.settings, "line1", [1])
         deadline = time.monotonic() + 60
         row = None
         while time.monotonic() < deadline:

@@ -1,0 +1,1 @@
+"""The line broker: Redis TLS + ACL users, namespaces, Celery over it."""

@@ -1,0 +1,1 @@
+"""Revision files: one per schema change, applied in order by ``provisioner db upgrade``."""

@@ -1,0 +1,435 @@
+"""The line server's side of the link: one gateway per station checks every request the
+station sends and only then records it.
+
+A request must be (:mod:`.envelope`) signed by a current, unrevoked certificate of the
+station whose queue it arrived on, addressed to the line, for this task, unexpired and not
+seen before (its nonce is kept until it expires). Then what it asks must agree with the
+records (:meth:`Gateway._check`): the device is one of this station's batches; the step it
+records follows the device's last one; the proof of possession answers the challenge the
+line gave out, with the recorded key; the certificate written and read back is the one
+issued. A refusal is answered (so the station stops waiting) and audited as
+``link.refused``; nothing is recorded for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import delete
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+from provisioner.audit import chain
+from provisioner.db.engine import transaction
+from provisioner.db.models import (
+    MAX_ID,
+    Batch,
+    Device,
+    LinkNonce,
+    PartAction,
+    StationIdentity,
+    Step,
+    utcnow,
+)
+from provisioner.errors import LinkRefusedError, PolicyViolationError, ProvisionerError
+from provisioner.link import wire
+from provisioner.link.envelope import CLOCK_SKEW_S, Opened, open_envelope, seal
+from provisioner.link.keys import LINE, SigningKey, station_party
+from provisioner.link.records import LocalRecords, may_start
+from provisioner.ports import CertificateSigner, SigningRequest
+
+log = logging.getLogger("provisioner.gateway")
+
+_SERIAL = re.compile(r"^[0-9A-F]{18}$")
+_HEX = re.compile(r"^[0-9a-f]*$")
+_SOCKET_STATES = frozenset({"busy", "idle", "insert_chip", "failed", "empty"})
+_MAX_TEXT = 500
+_MAX_HEX = 8192  # a certificate read back, in hex
+_PRUNE_EVERY = 500
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """Which steps a device may be at for an operation (None: any), and whether the
+    operation starts new work (then the batch must let it start)."""
+
+    at: frozenset[Step] | None
+    starts: Step | None = None
+
+
+_ANY = _Rule(None)
+_RULES: dict[str, _Rule] = {
+    "load": _ANY,
+    "claim": _ANY,
+    "take_over": _ANY,
+    "release": _ANY,
+    "fail": _ANY,
+    "gate": _ANY,
+    "show": _ANY,
+    "let_go": _ANY,
+    "identify": _Rule(frozenset({Step.PENDING}), starts=Step.IDENTIFIED),
+    "record_key": _Rule(frozenset({Step.IDENTIFIED})),
+    "challenge": _Rule(frozenset({Step.KEY_GENERATED, Step.POP_VERIFIED})),
+    "record_pop": _Rule(frozenset({Step.KEY_GENERATED})),
+    "sign": _Rule(frozenset({Step.POP_VERIFIED}), starts=Step.CERT_ISSUED),
+    "certificate": _Rule(frozenset(s for s in Step if s >= Step.CERT_ISSUED)),
+    "record_written": _Rule(frozenset({Step.CERT_ISSUED})),
+    "record_verified": _Rule(frozenset({Step.CERT_WRITTEN})),
+}
+
+
+class Gateway:
+    """Serves the requests of one station (``station_id``) on the line server."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        station_id: str,
+        key: SigningKey,
+        signer: CertificateSigner,
+        *,
+        registry: str,
+        on_verified: Callable[[int], None] | None = None,
+        on_resume: Callable[[], int] | None = None,
+        chain_material: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.on_resume = on_resume
+        self.chain_material = chain_material
+        self.engine = engine
+        self.station_id = station_id
+        self.party = station_party(station_id)
+        self.key = key
+        self.signer = signer
+        self.registry = registry
+        self.on_verified = on_verified
+        self._accepted = 0
+
+    # --- one message ----------------------------------------------------------------
+
+    def handle(self, message: object, *, task: str = wire.REQUEST_TASK) -> dict[str, Any]:
+        """Check and carry out one request; the answer is signed for the station.
+        ``task``: the name the message was delivered under (a relabelled one is refused)."""
+        nonce = message.get("nonce") if isinstance(message, dict) else None
+        body: dict[str, Any] = {"in_reply_to": nonce if isinstance(nonce, str) else None}
+        op: object = None
+        try:
+            opened = open_envelope(message, task=task, recipient=LINE, key_for=self._station_key)
+            op = opened.body.get("op")
+            self._spend(opened)
+            body["result"] = self._carry_out(opened.body)
+        except LinkRefusedError as exc:
+            self._refused(exc, message, op)
+            body.update(error=str(exc), kind="LinkRefusedError", reason=exc.reason)
+        except ProvisionerError as exc:
+            body.update(error=str(exc), kind=type(exc).__name__)
+        return seal(
+            self.key.key,
+            kid=self.key.kid,
+            task=wire.REPLY,
+            sender=LINE,
+            recipient=self.party,
+            body=body,
+            ttl_s=wire.REPLY_TTL_S,
+        )
+
+    def _station_key(self, sender: str, kid: str) -> ec.EllipticCurvePublicKey:
+        if sender != self.party:
+            raise LinkRefusedError(
+                "wrong_sender",
+                f"message refused: {sender!r} sent it on the queue of {self.party}",
+            )
+        with transaction(self.engine) as s:
+            row = s.get(StationIdentity, kid)
+        if row is None or row.station_id != self.station_id:
+            raise LinkRefusedError(
+                "unknown_sender",
+                f"message refused: no certificate of {self.party} has id {kid[:16]}…",
+            )
+        if row.revoked_at is not None:
+            raise LinkRefusedError(
+                "revoked",
+                f"message refused: the certificate of {self.party} was revoked "
+                f"({row.revoked_at:%Y-%m-%d %H:%M} UTC)",
+            )
+        if row.not_after.replace(tzinfo=row.not_after.tzinfo or UTC) < datetime.now(UTC):
+            raise LinkRefusedError(
+                "expired_certificate",
+                f"message refused: the certificate of {self.party} has expired: enroll the "
+                "station again",
+            )
+        public = x509.load_pem_x509_certificate(row.certificate_pem.encode()).public_key()
+        assert isinstance(public, ec.EllipticCurvePublicKey)
+        return public
+
+    def _spend(self, opened: Opened) -> None:
+        """Remember the nonce until the message expires; seen before: a replay."""
+        expires = datetime.fromtimestamp(opened.expires_at + CLOCK_SKEW_S, UTC)
+        try:
+            with transaction(self.engine) as s:
+                s.add(LinkNonce(nonce=opened.nonce, sender=opened.sender, expires_at=expires))
+        except IntegrityError:
+            raise LinkRefusedError(
+                "replayed", f"message refused: {opened.nonce[:12]}… was already received"
+            ) from None
+        self._accepted += 1
+        if self._accepted % _PRUNE_EVERY == 1:
+            with transaction(self.engine) as s:
+                s.execute(delete(LinkNonce).where(LinkNonce.expires_at < utcnow()))  # type: ignore[arg-type]
+
+    def _refused(self, exc: LinkRefusedError, message: object, op: object) -> None:
+        log.warning("%s: %s", self.party, exc)
+        claimed = message.get("task") if isinstance(message, dict) else None
+        args = message.get("body", {}).get("args") if isinstance(message, dict) else None
+        device = args.get("device") if isinstance(args, dict) else None
+        with transaction(self.engine) as s:
+            chain.append(
+                s,
+                "link.refused",
+                actor=self.party,
+                role="station",
+                station_id=self.station_id,
+                payload={
+                    "reason": exc.reason,
+                    "detail": str(exc)[:_MAX_TEXT],
+                    "op": str(op)[:40] if op is not None else None,
+                    "task": str(claimed)[:80] if claimed is not None else None,
+                    "device": device if isinstance(device, int) else None,
+                },
+            )
+
+    # --- what it asks ---------------------------------------------------------------
+
+    def _carry_out(self, body: dict[str, Any]) -> Any:
+        op, args, socket = body.get("op"), body.get("args"), body.get("socket")
+        if not isinstance(op, str) or op not in _OPS or not isinstance(args, dict):
+            raise LinkRefusedError("bad_request", f"request refused: unknown operation {op!r}")
+        if not isinstance(socket, int) or not 0 <= socket < 64:
+            raise LinkRefusedError("bad_request", f"request refused: bad socket {socket!r}")
+        records = LocalRecords(
+            self.engine,
+            self.station_id,
+            socket,
+            self.signer,
+            registry=self.registry,
+            on_verified=self.on_verified,
+        )
+        if op == "resume":  # the station (re)started: send it its running batches' work
+            return self.on_resume() if self.on_resume is not None else 0
+        if op == "chip_chain":  # public material: the CA certificates and the profile
+            if self.chain_material is None:
+                raise LinkRefusedError("bad_request", "request refused: no chain here")
+            return self.chain_material()
+        if op == "chip_owner":  # the one question not about a device of this station
+            serial = _text(args, "serial")
+            if not _SERIAL.match(serial):
+                raise LinkRefusedError("bad_request", "request refused: malformed chip serial")
+            owner = records.chip_owner(serial)
+            return None if owner is None else {"device": owner.device_id, "step": int(owner.step)}
+        device_id = args.get("device")
+        dev = self._check(op, device_id)
+        return _OPS[op](self, records, dev, args)
+
+    def _check(self, op: str, device_id: object) -> Device:
+        """The device is this station's, and at a step where ``op`` may happen."""
+        if not isinstance(device_id, int) or not 0 < device_id <= MAX_ID:
+            raise LinkRefusedError("bad_request", f"request refused: bad device {device_id!r}")
+        with transaction(self.engine) as s:
+            dev = s.get(Device, device_id)
+            batch = s.get(Batch, dev.batch_id) if dev is not None else None
+        if dev is None or batch is None or batch.station_id != self.station_id:
+            raise LinkRefusedError(
+                "not_yours",
+                f"request refused: device {device_id} is not one of {self.party}'s",
+            )
+        rule = _RULES[op]
+        if rule.at is not None and dev.step not in rule.at:
+            raise LinkRefusedError(
+                "out_of_order",
+                f"request refused: {op} for device {device_id} at step {dev.step.name} "
+                "(steps are recorded in order)",
+            )
+        if rule.starts is not None and not may_start(
+            batch.state, dev.cancelled_at is not None, rule.starts
+        ):
+            raise LinkRefusedError(
+                "not_running",
+                f"request refused: device {device_id}'s batch is {batch.state.value}",
+            )
+        return dev
+
+
+# --- the operations (records already checked to be this station's device) ----------
+
+
+def _text(args: dict[str, Any], name: str) -> str:
+    value = args.get(name)
+    if not isinstance(value, str):
+        raise LinkRefusedError("bad_request", f"request refused: {name} must be text")
+    return value[:_MAX_TEXT]
+
+
+def _hex(args: dict[str, Any], name: str, size: int | None = None) -> bytes:
+    value = args.get(name)
+    if not isinstance(value, str) or len(value) > _MAX_HEX:
+        raise LinkRefusedError("bad_request", f"request refused: {name} must be hex")
+    value = value.lower()
+    if not _HEX.match(value) or len(value) % 2 or (size is not None and len(value) != 2 * size):
+        raise LinkRefusedError("bad_request", f"request refused: {name} must be hex")
+    return bytes.fromhex(value)
+
+
+def _number(args: dict[str, Any], name: str, top: float) -> float:
+    value = args.get(name)
+    if not isinstance(value, int | float) or not 0 < value <= top:
+        raise LinkRefusedError("bad_request", f"request refused: {name} out of range")
+    return float(value)
+
+
+def _holder(gw: Gateway, args: dict[str, Any], name: str = "holder") -> str:
+    holder = _text(args, name)
+    if not holder.startswith(gw.station_id + ":") or len(holder) > 80:
+        raise LinkRefusedError("bad_request", f"request refused: {name} is not this station's")
+    return holder
+
+
+def _load(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+    return wire.device_to_json(dev)
+
+
+def _claim(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+    return r.claim(_id(dev), _holder(gw, a), _number(a, "lease_s", 3600))
+
+
+def _take_over(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+    return r.take_over(
+        _id(dev), _holder(gw, a, "dead_holder"), _holder(gw, a), _number(a, "lease_s", 3600)
+    )
+
+
+def _release(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+    r.release(_id(dev), _holder(gw, a))
+
+
+def _fail(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+    try:
+        action = PartAction(_text(a, "action"))
+    except ValueError:
+        raise LinkRefusedError("bad_request", "request refused: unknown part action") from None
+    r.fail(_id(dev), _text(a, "error"), action)
+
+
+def _gate(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+    try:
+        step = Step(int(a.get("step", -1)))
+    except (TypeError, ValueError):
+        raise LinkRefusedError("bad_request", "request refused: unknown step") from None
+    return r.gate(_id(dev), step, announce=bool(a.get("announce")))
+
+
+def _show(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+    state = _text(a, "state")
+    if state not in _SOCKET_STATES:
+        raise LinkRefusedError("bad_request", "request refused: unknown socket state")
+    r.show(state, _id(dev), _text(a, "detail"))  # type: ignore[arg-type]
+
+
+def _let_go(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+    r.let_go(_id(dev))
+
+
+def _identify(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+    serial = _text(a, "serial")
+    if not _SERIAL.match(serial):
+        raise LinkRefusedError("bad_request", "request refused: malformed chip serial")
+    revision = _hex(a, "revision", 4).hex()
+    return wire.device_to_json(r.identify(_id(dev), serial, revision, _text(a, "locator")))
+
+
+def _record_key(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+    point = _hex(a, "point", 65)
+    if point[0] != 4:
+        raise LinkRefusedError("bad_request", "request refused: not an uncompressed point")
+    return wire.device_to_json(r.record_key(_id(dev), point))
+
+
+def _challenge(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+    return r.challenge(_id(dev)).hex()
+
+
+def _record_pop(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+    try:
+        done = r.record_pop(_id(dev), _hex(a, "challenge", 32), _hex(a, "signature", 64))
+    except PolicyViolationError as exc:
+        raise LinkRefusedError("bad_proof", f"request refused: {exc}") from None
+    return wire.device_to_json(done)
+
+
+def _sign(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+    challenge = _hex(a, "challenge", 32)
+    if dev.pop_challenge is None or challenge.hex() != dev.pop_challenge:
+        raise LinkRefusedError(
+            "bad_proof",
+            f"request refused: the proof for device {dev.id} answers a challenge the line "
+            "did not give out for it (replayed or forged)",
+        )
+    request = SigningRequest(
+        device_id=_id(dev),
+        batch_id=dev.batch_id,
+        chip_serial_hex=dev.chip_serial or "",
+        public_key=_hex(a, "public_key", 65),
+        pop_challenge=challenge,
+        pop_signature=_hex(a, "signature", 64),
+    )
+    return wire.cert_to_json(r.sign(request))
+
+
+def _certificate(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+    return wire.cert_to_json(r.certificate(_id(dev)))
+
+
+def _record_written(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+    try:
+        done = r.record_written(_id(dev), _text(a, "fingerprint"))
+    except PolicyViolationError as exc:
+        raise LinkRefusedError("bad_certificate", f"request refused: {exc}") from None
+    return wire.device_to_json(done)
+
+
+def _record_verified(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+    return wire.device_to_json(r.record_verified(_id(dev), _hex(a, "read_back")))
+
+
+def _id(dev: Device) -> int:
+    assert dev.id is not None
+    return dev.id
+
+
+_Handler = Callable[[Gateway, LocalRecords, Device, dict[str, Any]], Any]
+_OPS: dict[str, _Handler] = {
+    "load": _load,
+    "claim": _claim,
+    "take_over": _take_over,
+    "release": _release,
+    "fail": _fail,
+    "gate": _gate,
+    "show": _show,
+    "let_go": _let_go,
+    "identify": _identify,
+    "record_key": _record_key,
+    "challenge": _challenge,
+    "record_pop": _record_pop,
+    "sign": _sign,
+    "certificate": _certificate,
+    "record_written": _record_written,
+    "record_verified": _record_verified,
+    "chip_owner": _load,  # handled before any device is looked up
+    "resume": _load,  # likewise
+    "chip_chain": _load,  # likewise
+}

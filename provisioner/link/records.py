@@ -1,0 +1,172 @@
+"""What a station's socket task needs from the line's records, and the line server's own
+implementation of it (the database).
+
+:class:`StationRecords` is the seam: on the line server :class:`LocalRecords` reads and
+writes the database (the gateway uses it after checking a station's request); on a station
+PC :class:`~provisioner.link.remote.RemoteRecords` sends each call to that gateway. One
+instance serves one socket of one station.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy.engine import Engine
+from sqlmodel import select
+
+from provisioner import socket_state
+from provisioner.ca.chain import ChainMaterial
+from provisioner.db.engine import transaction
+from provisioner.db.models import Batch, BatchState, Device, PartAction, Step
+from provisioner.ledger import DeviceLedger, get_device
+from provisioner.pipeline import StationLedger
+from provisioner.ports import CertificateSigner, IssuedCertificate, SigningRequest
+
+
+def may_start(state: BatchState, device_cancelled: bool, step: Step) -> bool:
+    """Whether a device of a batch in ``state`` may start working towards ``step``.
+
+    Paused: no step starts (the one in progress has finished when this is asked). Cancelled:
+    a device whose certificate is issued finishes (the certificate exists; the chip should
+    carry it), any other stops before the signer is asked."""
+    if device_cancelled:
+        return False
+    if state is BatchState.RUNNING:
+        return True
+    if state is BatchState.CANCELLED:
+        return step > Step.CERT_ISSUED
+    return False
+
+
+@dataclass(frozen=True)
+class ChipOwner:
+    """The device a chip serial is recorded for."""
+
+    device_id: int
+    step: Step
+
+
+class StationRecords(StationLedger, CertificateSigner, Protocol):
+    """Everything one socket of a station reads and records (beside the chip itself)."""
+
+    def claim(self, device_id: int, holder: str, lease_s: float) -> bool: ...
+
+    def take_over(self, device_id: int, dead_holder: str, holder: str, lease_s: float) -> bool: ...
+
+    def release(self, device_id: int, holder: str) -> None: ...
+
+    def fail(self, device_id: int, error: str, action: PartAction) -> None: ...
+
+    def gate(self, device_id: int, step: Step, *, announce: bool) -> bool:
+        """Whether the device may start towards ``step`` now (its batch read afresh);
+        ``announce``: mark the socket busy with it if so."""
+        ...
+
+    def chip_owner(self, serial_hex: str) -> ChipOwner | None: ...
+
+    def show(self, state: socket_state.State, device_id: int | None, detail: str) -> None:
+        """Set the socket's live row (``socket_state``)."""
+        ...
+
+    def let_go(self, device_id: int) -> None:
+        """The device is not to run now: a socket row still naming it no longer does."""
+        ...
+
+    def chip_chain(self) -> ChainMaterial | None:
+        """What the chips' compressed certificates are defined from, as the line holds it;
+        None: this PC's own CA files (it is the line server)."""
+        ...
+
+
+class LocalRecords(DeviceLedger):
+    """The records in the line's database, for one socket of one station. The signer is
+    the line's (the hsm worker behind the ``hsm`` queue, or in process in tests);
+    ``on_verified`` is told of each device verified on its chip (the gateway queues its
+    upload)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        station_id: str,
+        socket: int,
+        signer: CertificateSigner,
+        *,
+        registry: str,
+        on_verified: Callable[[int], None] | None = None,
+    ) -> None:
+        super().__init__(engine, f"station:{station_id}", station_id, socket, registry=registry)
+        self.signer = signer
+        self.on_verified = on_verified
+
+    @property
+    def station(self) -> str:
+        assert self.station_id is not None
+        return self.station_id
+
+    @property
+    def socket_no(self) -> int:
+        assert self.socket is not None
+        return self.socket
+
+    def sign(self, request: SigningRequest) -> IssuedCertificate:
+        cert = self.signer.sign(request)
+        with transaction(self.engine) as s:  # the challenge is spent
+            dev = get_device(s, request.device_id)
+            dev.pop_challenge = None
+            s.add(dev)
+        return cert
+
+    def record_verified(self, device_id: int, read_back: bytes) -> Device:
+        dev = super().record_verified(device_id, read_back)
+        if self.on_verified is not None:
+            self.on_verified(device_id)
+        return dev
+
+    def fail(self, device_id: int, error: str, action: PartAction = PartAction.REJECT) -> None:
+        super().fail(device_id, error, action)
+
+    def gate(self, device_id: int, step: Step, *, announce: bool) -> bool:
+        with transaction(self.engine) as s:
+            dev = get_device(s, device_id)
+            batch = s.get(Batch, dev.batch_id)
+            ok = batch is not None and may_start(batch.state, dev.cancelled_at is not None, step)
+            if ok and announce:
+                socket_state.put(
+                    s,
+                    self.station,
+                    self.socket_no,
+                    "busy",
+                    device_id=device_id,
+                    chip_serial=dev.chip_serial,
+                    detail=f"step {step.name.lower()}",
+                )
+        return ok
+
+    def chip_owner(self, serial_hex: str) -> ChipOwner | None:
+        with transaction(self.engine) as s:
+            owner = s.exec(select(Device).where(Device.chip_serial == serial_hex)).first()
+        if owner is None or owner.id is None:
+            return None
+        return ChipOwner(owner.id, owner.step)
+
+    def show(self, state: socket_state.State, device_id: int | None, detail: str) -> None:
+        serial = self.load(device_id).chip_serial if device_id is not None else None
+        socket_state.record(
+            self.engine,
+            self.station,
+            self.socket_no,
+            state,
+            device_id=device_id,
+            chip_serial=serial,
+            detail=detail,
+        )
+
+    def chip_chain(self) -> ChainMaterial | None:
+        return None
+
+    def let_go(self, device_id: int) -> None:
+        rows = socket_state.read(self.engine, self.station)
+        if any(r.socket == self.socket and r.device_id == device_id for r in rows):
+            socket_state.record(self.engine, self.station, self.socket_no, "idle")

@@ -1,0 +1,243 @@
+"""A station's records, kept by the line server: each call is a signed request to the
+station's gateway on the line server, through the broker, and a signed answer.
+
+Stands where :class:`~provisioner.link.records.LocalRecords` stands on the line server, so
+the socket task and the pipeline run unchanged on a station PC that holds no database URL
+and no PIN. A call that gets no answer raises ServiceUnavailableError (the socket task waits
+and tries again; the records say what was done); a refusal raises what the line raised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery
+from celery.exceptions import TimeoutError as CeleryTimeoutError
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import RedisError
+
+from provisioner import errors, socket_state
+from provisioner.ca.chain import ChainMaterial
+from provisioner.db.models import Device, PartAction, Step
+from provisioner.errors import LinkRefusedError, ProvisionerError, ServiceUnavailableError
+from provisioner.link import wire
+from provisioner.link.envelope import open_envelope, seal
+from provisioner.link.keys import LINE, SigningKey, fingerprint
+from provisioner.link.records import ChipOwner
+from provisioner.ports import IssuedCertificate, SigningRequest
+
+# Errors the line may answer with, rebuilt with their type on the station.
+_KINDS: dict[str, type[ProvisionerError]] = {
+    cls.__name__: cls
+    for cls in (
+        errors.PolicyViolationError,
+        errors.QuotaExhaustedError,
+        errors.BatchNotRunningError,
+        errors.NotFoundError,
+        errors.ConflictError,
+        errors.ConfigError,
+        errors.ChipError,
+        errors.HsmError,
+        errors.HsmUnavailableError,
+        errors.HsmBusyError,
+        errors.CaNotInitialisedError,
+        errors.ServiceUnavailableError,
+    )
+}
+
+
+Transport = Callable[[dict[str, Any], float], object]
+"""Delivers a sealed request to the line and returns its sealed answer (or raises
+ServiceUnavailableError): :func:`celery_transport` over the broker; tests may hand the
+request to a gateway in the same process."""
+
+
+def celery_transport(app: Celery) -> Transport:
+    """Requests as tasks on this station's ``gateway`` queue, answers as their results."""
+
+    def send(request: dict[str, Any], timeout: float) -> object:
+        op = request.get("body", {}).get("op")
+        try:
+            res = app.send_task(
+                wire.REQUEST_TASK, args=[request], queue=wire.GATEWAY_QUEUE, expires=timeout
+            )
+            try:
+                return res.get(timeout=timeout, disable_sync_subtasks=False)
+            finally:
+                res.forget()
+        except CeleryTimeoutError:
+            raise ServiceUnavailableError(
+                f"the line server did not answer {op} within {timeout:.0f}s: is it running, "
+                "and is this station's gateway up (`provisioner services status` there)?"
+            ) from None
+        except (KombuOperationalError, RedisError, OSError) as exc:
+            raise ServiceUnavailableError(
+                f"the broker was lost while asking the line server ({type(exc).__name__}): "
+                "is the line server reachable?"
+            ) from None
+
+    return send
+
+
+class RemoteRecords:
+    """The line's records for one socket of this station, over the broker."""
+
+    def __init__(
+        self,
+        send: Transport | Celery,
+        key: SigningKey,
+        line_certificate: x509.Certificate,
+        socket: int,
+        *,
+        timeout_s: float,
+        sign_timeout_s: float,
+    ) -> None:
+        self.send = celery_transport(send) if isinstance(send, Celery) else send
+        self.key = key
+        self.socket = socket
+        self.timeout_s = timeout_s
+        self.sign_timeout_s = sign_timeout_s
+        line_public = line_certificate.public_key()
+        assert isinstance(line_public, ec.EllipticCurvePublicKey)
+        self._line_public = line_public
+        self._line_kid = fingerprint(line_certificate)
+        self._chain: ChainMaterial | None = None
+
+    # --- the call -------------------------------------------------------------------
+
+    def _line_key(self, sender: str, kid: str) -> ec.EllipticCurvePublicKey:
+        if sender != LINE or kid != self._line_kid:
+            raise LinkRefusedError(
+                "unknown_sender",
+                f"answer refused: not signed by the line server this station enrolled with "
+                f"({sender!r})",
+            )
+        return self._line_public
+
+    def call(self, op: str, args: dict[str, Any], *, timeout_s: float | None = None) -> Any:
+        """Send one request and return the line's result (or raise its refusal)."""
+        timeout = timeout_s or self.timeout_s
+        request = seal(
+            self.key.key,
+            kid=self.key.kid,
+            task=wire.REQUEST_TASK,
+            sender=self.key.party,
+            recipient=LINE,
+            body={"op": op, "socket": self.socket, "args": args},
+            ttl_s=wire.REQUEST_TTL_S,
+        )
+        answer = self.send(request, timeout)
+        reply = open_envelope(
+            answer, task=wire.REPLY, recipient=self.key.party, key_for=self._line_key
+        )
+        if reply.body.get("in_reply_to") != request["nonce"]:
+            raise LinkRefusedError("wrong_reply", "answer refused: it answers another request")
+        if "error" in reply.body:
+            message = str(reply.body["error"])
+            if reply.body.get("kind") == "LinkRefusedError":
+                raise LinkRefusedError(str(reply.body.get("reason", "refused")), message)
+            raise _KINDS.get(str(reply.body.get("kind")), ProvisionerError)(message)
+        return reply.body.get("result")
+
+    def _device(self, op: str, device_id: int, **args: Any) -> Device:
+        return wire.device_from_json(self.call(op, {"device": device_id, **args}))
+
+    # --- StationLedger --------------------------------------------------------------
+
+    def load(self, device_id: int) -> Device:
+        return self._device("load", device_id)
+
+    def identify(self, device_id: int, serial_hex: str, revision_hex: str, locator: str) -> Device:
+        return self._device(
+            "identify", device_id, serial=serial_hex, revision=revision_hex, locator=locator
+        )
+
+    def record_key(self, device_id: int, point: bytes) -> Device:
+        return self._device("record_key", device_id, point=point.hex())
+
+    def challenge(self, device_id: int) -> bytes:
+        return bytes.fromhex(self.call("challenge", {"device": device_id}))
+
+    def record_pop(self, device_id: int, challenge: bytes, signature: bytes) -> Device:
+        return self._device(
+            "record_pop", device_id, challenge=challenge.hex(), signature=signature.hex()
+        )
+
+    def chip_chain(self) -> ChainMaterial:
+        """The line's chain material, asked once and again after the line changed its
+        intermediate (a certificate it issued is not the cached intermediate's)."""
+        if self._chain is None:
+            self._chain = ChainMaterial.from_json(self.call("chip_chain", {}))
+        return self._chain
+
+    def _follow(self, cert: IssuedCertificate) -> IssuedCertificate:
+        if self._chain is not None:
+            try:
+                x509.load_der_x509_certificate(cert.der).verify_directly_issued_by(
+                    self._chain.intermediate
+                )
+            except (ValueError, TypeError, InvalidSignature):
+                self._chain = None  # rotated: asked again when the chip needs it
+        return cert
+
+    def sign(self, request: SigningRequest) -> IssuedCertificate:
+        out = self.call(
+            "sign",
+            {
+                "device": request.device_id,
+                "public_key": request.public_key.hex(),
+                "challenge": request.pop_challenge.hex(),
+                "signature": request.pop_signature.hex(),
+            },
+            timeout_s=self.sign_timeout_s,
+        )
+        return self._follow(wire.cert_from_json(out))
+
+    def certificate(self, device_id: int) -> IssuedCertificate:
+        return self._follow(wire.cert_from_json(self.call("certificate", {"device": device_id})))
+
+    def record_written(self, device_id: int, fingerprint: str) -> Device:
+        return self._device("record_written", device_id, fingerprint=fingerprint)
+
+    def record_verified(self, device_id: int, read_back: bytes) -> Device:
+        return self._device("record_verified", device_id, read_back=read_back.hex())
+
+    # --- the socket task's ----------------------------------------------------------
+
+    def claim(self, device_id: int, holder: str, lease_s: float) -> bool:
+        args = {"device": device_id, "holder": holder, "lease_s": lease_s}
+        return bool(self.call("claim", args))
+
+    def take_over(self, device_id: int, dead_holder: str, holder: str, lease_s: float) -> bool:
+        args = {"device": device_id, "dead_holder": dead_holder, "holder": holder}
+        return bool(self.call("take_over", {**args, "lease_s": lease_s}))
+
+    def release(self, device_id: int, holder: str) -> None:
+        self.call("release", {"device": device_id, "holder": holder})
+
+    def fail(self, device_id: int, error: str, action: PartAction = PartAction.REJECT) -> None:
+        self.call("fail", {"device": device_id, "error": error, "action": action.value})
+
+    def gate(self, device_id: int, step: Step, *, announce: bool) -> bool:
+        args = {"device": device_id, "step": int(step), "announce": announce}
+        return bool(self.call("gate", args))
+
+    def chip_owner(self, serial_hex: str) -> ChipOwner | None:
+        out = self.call("chip_owner", {"serial": serial_hex})
+        return None if out is None else ChipOwner(int(out["device"]), Step(int(out["step"])))
+
+    def show(self, state: socket_state.State, device_id: int | None, detail: str) -> None:
+        if device_id is not None:  # a socket row is always about one of this station's devices
+            self.call("show", {"device": device_id, "state": state, "detail": detail})
+
+    def resume(self) -> int:
+        """Ask the line to send this station the work of its running batches again (after
+        the station's worker started or restarted); returns how many devices it sent."""
+        return int(self.call("resume", {}))
+
+    def let_go(self, device_id: int) -> None:
+        self.call("let_go", {"device": device_id})

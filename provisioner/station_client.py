@@ -1,0 +1,33 @@
+"""A station PC's own calls to the line outside a device's task (its worker asks through
+:class:`~provisioner.link.remote.RemoteRecords` too): "I am up, send me my work"."""
+
+from __future__ import annotations
+
+from provisioner.link.keys import pinned_line_certificate, station_key
+from provisioner.link.remote import RemoteRecords
+from provisioner.local_line import station_settings
+from provisioner.settings import Settings
+
+
+def ask_resume(settings: Settings, station_id: str, env: dict[str, str]) -> int:
+    """Ask the line to queue this station's running batches' devices again; returns how
+    many it sent. ``env``: the station worker's identity overrides (one-PC line)."""
+    from pathlib import Path
+
+    from workers.celery_app import station_app
+
+    ident = env.get("PROVISIONER_IDENTITY_DIR")
+    st = station_settings(settings, station_id, Path(ident) if ident else None)
+    app = station_app(st, station_id, as_line=False)
+    try:
+        remote = RemoteRecords(
+            app,
+            station_key(st, station_id),
+            pinned_line_certificate(st),
+            0,
+            timeout_s=st.celery.link_timeout_s,
+            sign_timeout_s=st.celery.sign_timeout_s,
+        )
+        return remote.resume()
+    finally:
+        app.close()

@@ -1,0 +1,1 @@
+"""Station identity: enrollment tokens, station and line certificates, revocation."""
