@@ -208,10 +208,12 @@ class Gateway:
 
     def _carry_out(self, body: dict[str, Any]) -> Any:
         op, args, socket = body.get("op"), body.get("args"), body.get("socket")
-        if not isinstance(op, str) or op not in _OPS or not isinstance(args, dict):
+        known = isinstance(op, str) and (op in _OPS or op in _STATION_OPS)
+        if not known or not isinstance(args, dict):
             raise LinkRefusedError("bad_request", f"request refused: unknown operation {op!r}")
         if not isinstance(socket, int) or not 0 <= socket < 64:
             raise LinkRefusedError("bad_request", f"request refused: bad socket {socket!r}")
+        assert isinstance(op, str)
         records = LocalRecords(
             self.engine,
             self.station_id,
@@ -220,21 +222,18 @@ class Gateway:
             registry=self.registry,
             on_verified=self.on_verified,
         )
-        if op == "resume":  # the station (re)started: send it its running batches' work
-            return self.on_resume() if self.on_resume is not None else 0
-        if op == "chip_chain":  # public material: the CA certificates and the profile
-            if self.chain_material is None:
-                raise LinkRefusedError("bad_request", "request refused: no chain here")
-            return self.chain_material()
-        if op == "chip_owner":  # the one question not about a device of this station
-            serial = _text(args, "serial")
-            if not _SERIAL.match(serial):
-                raise LinkRefusedError("bad_request", "request refused: malformed chip serial")
-            owner = records.chip_owner(serial)
-            return None if owner is None else {"device": owner.device_id, "step": int(owner.step)}
-        device_id = args.get("device")
-        dev = self._check(op, device_id)
+        if op in _STATION_OPS:  # about the station, not one of its devices
+            return _STATION_OPS[op](self, records, args)
+        dev = self._check(op, args.get("device"))
         return _OPS[op](self, records, dev, args)
+
+    def resume(self) -> int:
+        return self.on_resume() if self.on_resume is not None else 0
+
+    def chip_chain(self) -> dict[str, Any]:
+        if self.chain_material is None:
+            raise LinkRefusedError("bad_request", "request refused: no chain material here")
+        return self.chain_material()
 
     def _check(self, op: str, device_id: object) -> Device:
         """The device is this station's, and at a step where ``op`` may happen."""
@@ -429,7 +428,20 @@ _OPS: dict[str, _Handler] = {
     "certificate": _certificate,
     "record_written": _record_written,
     "record_verified": _record_verified,
-    "chip_owner": _load,  # handled before any device is looked up
-    "resume": _load,  # likewise
-    "chip_chain": _load,  # likewise
+}
+
+
+def _chip_owner(gw: Gateway, r: LocalRecords, a: dict[str, Any]) -> Any:
+    serial = _text(a, "serial")
+    if not _SERIAL.match(serial):
+        raise LinkRefusedError("bad_request", "request refused: malformed chip serial")
+    owner = r.chip_owner(serial)
+    return None if owner is None else {"device": owner.device_id, "step": int(owner.step)}
+
+
+_StationHandler = Callable[[Gateway, LocalRecords, dict[str, Any]], Any]
+_STATION_OPS: dict[str, _StationHandler] = {
+    "chip_owner": _chip_owner,  # which device a chip in a socket is recorded for
+    "resume": lambda gw, r, a: gw.resume(),  # the station (re)started: its work again
+    "chip_chain": lambda gw, r, a: gw.chip_chain(),  # public CA material and profile
 }
