@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
@@ -165,7 +166,8 @@ class SocketRun:
     def run(self, device_id: int) -> Outcome:
         """Claim the device, run it as far as its batch allows, release it."""
         dev = self.ledger.load(device_id)
-        if dev.step >= Step.CERT_VERIFIED:
+        if dev.step >= Step.CERT_VERIFIED:  # (by another socket, while this one waited)
+            self._quietly(self.ledger.let_go, device_id)
             return Outcome("skipped", device_id, "already verified on its chip")
         if dev.error is not None:  # a stray message: a failed device waits for `batch retry`
             return Outcome("skipped", device_id, "failed: waits for `batch retry`")
@@ -307,7 +309,16 @@ class SocketRun:
         return Outcome("failed", device_id, reason)
 
     def _socket(self, state: socket_state.State, device_id: int, detail: str) -> None:
-        self.ledger.show(state, device_id, detail)
+        self._quietly(self.ledger.show, state, device_id, detail)
+
+    @staticmethod
+    def _quietly(call: Callable[..., None], *args: Any) -> None:
+        """The socket's live row is a view, not a record: a line server that cannot be
+        reached for it must not turn a wait into a lost task."""
+        try:
+            call(*args)
+        except ServiceUnavailableError as exc:
+            log.warning("socket state not updated: %s", exc)
 
 
 def _dead_local_holder(holder: str, station_id: str) -> bool:

@@ -40,6 +40,11 @@ def may_start(state: BatchState, device_cancelled: bool, step: Step) -> bool:
     return False
 
 
+# A socket row that says the socket is working on (or waiting for) a device; "failed" and
+# "idle" rows say what happened and stay until the socket does something else.
+_WORKING = frozenset({"busy", "insert_chip"})
+
+
 @dataclass(frozen=True)
 class ChipOwner:
     """The device a chip serial is recorded for."""
@@ -168,5 +173,8 @@ class LocalRecords(DeviceLedger):
 
     def let_go(self, device_id: int) -> None:
         rows = socket_state.read(self.engine, self.station)
-        if any(r.socket == self.socket and r.device_id == device_id for r in rows):
+        if any(
+            r.socket == self.socket and r.device_id == device_id and r.state in _WORKING
+            for r in rows
+        ):
             socket_state.record(self.engine, self.station, self.socket_no, "idle")

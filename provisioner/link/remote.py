@@ -56,6 +56,18 @@ ServiceUnavailableError): :func:`celery_transport` over the broker; tests may ha
 request to a gateway in the same process."""
 
 
+# What each request is about, for the operator reading a socket's state.
+_WHAT = {
+    "sign": "the certificate",
+    "show": "the socket's state",
+    "identify": "recording the chip's serial",
+    "record_key": "recording the key",
+    "record_pop": "recording the proof of possession",
+    "record_written": "recording the certificate written",
+    "record_verified": "recording the read-back",
+}
+
+
 def celery_transport(app: Celery) -> Transport:
     """Requests as tasks on this station's ``gateway`` queue, answers as their results."""
 
@@ -71,8 +83,9 @@ def celery_transport(app: Celery) -> Transport:
                 res.forget()
         except CeleryTimeoutError:
             raise ServiceUnavailableError(
-                f"the line server did not answer {op} within {timeout:.0f}s: is it running, "
-                "and is this station's gateway up (`provisioner services status` there)?"
+                f"the line server did not answer within {timeout:.0f}s ({_WHAT.get(op, op)}): "
+                "is it running, and this station's gateway (`provisioner services status` "
+                "there)?"
             ) from None
         except (KombuOperationalError, RedisError, OSError) as exc:
             raise ServiceUnavailableError(
