@@ -544,12 +544,25 @@ class Supervisor:
             return
         if self._stopping.is_set():
             return
+        if c.kind == REDIS:
+            self._renew_gateways()
         if c.role == "station":
             station = c.env.get(STATION_ENV)
             if station:
                 self._station_resume(station, c.env)
         elif c.kind in (REDIS, WORKER):
             self._redispatch(c.name)
+
+    def _renew_gateways(self) -> None:
+        """Restart the gateway workers after the broker restarted. A gateway runs without
+        Celery's remote control (its station could otherwise command it), and such a
+        worker's consumer does not always survive the loss of its connection: seen here,
+        a gateway that had an acknowledgement cut off by the restart never consumed
+        again. Killing it is safe: its station's requests are retried, and every request
+        is checked against the records again."""
+        for g in [c for c in self.children if c.role == "gateway" and c.state == "running"]:
+            _report(logging.INFO, f"{g.name}: restarting it with the broker")
+            signal_group(g.proc.pid, signal.SIGKILL)
 
     def _redispatch(self, why: str) -> None:
         """Queue the running batches' work again (a message sent twice never works twice):
