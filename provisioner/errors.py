@@ -194,3 +194,30 @@ class LinkRefusedError(ProvisionerError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def rebuilt(kind: object, message: str) -> ProvisionerError:
+    """An error another process reported by its class name (``kind``) and message, as
+    that class where it can be rebuilt from a message alone (the signer's answers to the
+    line, the line's answers to a station); anything else as a ProvisionerError."""
+    cls = _REBUILDABLE.get(str(kind), ProvisionerError)
+    return cls(message)
+
+
+_REBUILDABLE: dict[str, type[ProvisionerError]] = {
+    cls.__name__: cls
+    for cls in (
+        PolicyViolationError,
+        QuotaExhaustedError,
+        BatchNotRunningError,
+        NotFoundError,
+        ConflictError,
+        ConfigError,
+        ChipError,
+        HsmError,
+        HsmUnavailableError,
+        HsmBusyError,
+        CaNotInitialisedError,
+        ServiceUnavailableError,
+    )
+}

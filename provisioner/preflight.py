@@ -39,20 +39,16 @@ def check_station(settings: Settings, engine: Engine, station_id: str) -> None:
     wait for a station that cannot even log in to the broker."""
     from datetime import UTC, datetime
 
-    from sqlmodel import col, select
+    from provisioner.enrollment.service import list_identities
+    from provisioner.enrollment.tokens import aware
 
-    from provisioner.db.engine import transaction
-    from provisioner.db.models import StationIdentity
-
-    with transaction(engine) as s:
-        rows = s.exec(
-            select(StationIdentity).where(
-                StationIdentity.station_id == station_id,
-                col(StationIdentity.revoked_at).is_(None),
-            )
-        ).all()
     now = datetime.now(UTC)
-    if not any(r.not_after.replace(tzinfo=r.not_after.tzinfo or UTC) > now for r in rows):
+    current = [
+        r
+        for r in list_identities(engine, station_id)
+        if r.revoked_at is None and aware(r.not_after) > now
+    ]
+    if not current:
         raise ServiceUnavailableError(
             f"station {station_id} has no current certificate (never enrolled, revoked or "
             f"expired): `provisioner station add {station_id}` on the line server, then "

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from provisioner.link.keys import pinned_line_certificate, station_key
 from provisioner.link.remote import RemoteRecords
 from provisioner.local_line import station_settings
 from provisioner.settings import Settings
@@ -20,14 +19,7 @@ def ask_resume(settings: Settings, station_id: str, env: dict[str, str]) -> int:
     st = station_settings(settings, station_id, Path(ident) if ident else None)
     app = station_app(st, station_id, as_line=False)
     try:
-        remote = RemoteRecords(
-            app,
-            station_key(st, station_id),
-            pinned_line_certificate(st),
-            0,
-            timeout_s=st.celery.link_timeout_s,
-            sign_timeout_s=st.celery.sign_timeout_s,
-        )
+        remote = RemoteRecords.of_station(app, st, station_id, 0)
         return remote.resume()
     finally:
         app.close()

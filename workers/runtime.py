@@ -97,7 +97,6 @@ def _engine(settings: Settings) -> Engine:
 
 
 def _open_station(settings: Settings, index: int) -> WorkerRuntime:
-    from provisioner.link.keys import pinned_line_certificate, station_key
     from provisioner.link.remote import RemoteRecords
     from workers.celery_app import worker_app
 
@@ -109,14 +108,7 @@ def _open_station(settings: Settings, index: int) -> WorkerRuntime:
             f"station {station} has {sockets} sockets but this is pool process "
             f"{index}: run the worker with --concurrency={sockets}"
         )
-    records = RemoteRecords(
-        worker_app(),
-        station_key(settings, station),
-        pinned_line_certificate(settings),
-        index,
-        timeout_s=settings.celery.link_timeout_s,
-        sign_timeout_s=settings.celery.sign_timeout_s + 15,
-    )
+    records = RemoteRecords.of_station(worker_app(), settings, station, index)
     return WorkerRuntime(settings, "station", station_id=station, socket=index, records=records)
 
 

@@ -19,19 +19,12 @@ from redis.exceptions import RedisError
 
 from provisioner import pipeline
 from provisioner.errors import (
-    BatchNotRunningError,
-    CaNotInitialisedError,
-    HsmBusyError,
-    HsmError,
-    HsmUnavailableError,
     LinkRefusedError,
-    NotFoundError,
-    PolicyViolationError,
     ProvisionerError,
-    QuotaExhaustedError,
     RegistryError,
     RegistryUnavailableError,
     ServiceUnavailableError,
+    rebuilt,
 )
 from provisioner.ledger import DeviceLedger
 from provisioner.link.wire import REQUEST_TASK
@@ -78,29 +71,12 @@ class RemoteSigner:
                 "is Redis running (`provisioner services status`)?"
             ) from None
         if "error" in out:
-            kind = _REMOTE_ERRORS.get(out.get("kind", ""), ProvisionerError)
-            raise kind(out["error"])
+            raise rebuilt(out.get("kind"), out["error"])
         return IssuedCertificate(
             der=bytes.fromhex(out["der"]),
             serial_number=int(out["serial_number"], 16),
             fingerprint_sha256=out["fingerprint_sha256"],
         )
-
-
-# Errors the signer may report, rebuilt with their type on the station's side.
-_REMOTE_ERRORS: dict[str, type[ProvisionerError]] = {
-    cls.__name__: cls
-    for cls in (
-        PolicyViolationError,
-        QuotaExhaustedError,
-        BatchNotRunningError,
-        HsmError,
-        HsmUnavailableError,
-        HsmBusyError,
-        CaNotInitialisedError,
-        NotFoundError,
-    )
-}
 
 
 def request_to_json(r: SigningRequest) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from provisioner.db.models import (
     Step,
     utcnow,
 )
+from provisioner.enrollment.tokens import aware
 from provisioner.errors import LinkRefusedError, PolicyViolationError, ProvisionerError
 from provisioner.link import wire
 from provisioner.link.envelope import CLOCK_SKEW_S, Opened, open_envelope, seal
@@ -158,7 +159,7 @@ class Gateway:
                 f"message refused: the certificate of {self.party} was revoked "
                 f"({row.revoked_at:%Y-%m-%d %H:%M} UTC)",
             )
-        if row.not_after.replace(tzinfo=row.not_after.tzinfo or UTC) < datetime.now(UTC):
+        if aware(row.not_after) < datetime.now(UTC):
             raise LinkRefusedError(
                 "expired_certificate",
                 f"message refused: the certificate of {self.party} has expired: enroll the "

@@ -20,35 +20,22 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
-from provisioner import errors, socket_state
+from provisioner import socket_state
 from provisioner.ca.chain import ChainMaterial
 from provisioner.db.models import Device, PartAction, Step
-from provisioner.errors import LinkRefusedError, ProvisionerError, ServiceUnavailableError
+from provisioner.errors import LinkRefusedError, ServiceUnavailableError, rebuilt
 from provisioner.link import wire
 from provisioner.link.envelope import open_envelope, seal
-from provisioner.link.keys import LINE, SigningKey, fingerprint
+from provisioner.link.keys import (
+    LINE,
+    SigningKey,
+    fingerprint,
+    pinned_line_certificate,
+    station_key,
+)
 from provisioner.link.records import ChipOwner
 from provisioner.ports import IssuedCertificate, SigningRequest
-
-# Errors the line may answer with, rebuilt with their type on the station.
-_KINDS: dict[str, type[ProvisionerError]] = {
-    cls.__name__: cls
-    for cls in (
-        errors.PolicyViolationError,
-        errors.QuotaExhaustedError,
-        errors.BatchNotRunningError,
-        errors.NotFoundError,
-        errors.ConflictError,
-        errors.ConfigError,
-        errors.ChipError,
-        errors.HsmError,
-        errors.HsmUnavailableError,
-        errors.HsmBusyError,
-        errors.CaNotInitialisedError,
-        errors.ServiceUnavailableError,
-    )
-}
-
+from provisioner.settings import Settings
 
 Transport = Callable[[dict[str, Any], float], object]
 """Delivers a sealed request to the line and returns its sealed answer (or raises
@@ -122,6 +109,21 @@ class RemoteRecords:
 
     # --- the call -------------------------------------------------------------------
 
+    @classmethod
+    def of_station(
+        cls, send: Transport | Celery, settings: Settings, station_id: str, socket: int
+    ) -> RemoteRecords:
+        """Station ``station_id``'s records for ``socket``, with this PC's identity (its
+        key and the line certificate it pinned) and the configured timeouts."""
+        return cls(
+            send,
+            station_key(settings, station_id),
+            pinned_line_certificate(settings),
+            socket,
+            timeout_s=settings.celery.link_timeout_s,
+            sign_timeout_s=settings.celery.sign_timeout_s + 15,
+        )
+
     def _line_key(self, sender: str, kid: str) -> ec.EllipticCurvePublicKey:
         if sender != LINE or kid != self._line_kid:
             raise LinkRefusedError(
@@ -153,7 +155,7 @@ class RemoteRecords:
             message = str(reply.body["error"])
             if reply.body.get("kind") == "LinkRefusedError":
                 raise LinkRefusedError(str(reply.body.get("reason", "refused")), message)
-            raise _KINDS.get(str(reply.body.get("kind")), ProvisionerError)(message)
+            raise rebuilt(reply.body.get("kind"), message)
         return reply.body.get("result")
 
     def _device(self, op: str, device_id: int, **args: Any) -> Device:
