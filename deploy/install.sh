@@ -83,6 +83,10 @@ if [ "$ROLE" = dev ]; then
   ls /usr/lib/*/engines-3/pkcs11.so >/dev/null 2>&1 || need_apt+=(libengine-pkcs11-openssl)
   # PostgreSQL is supported beside SQLite; the test suite runs the database tests on both.
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+  # The dashboard's browser tests drive Debian's chromium through Playwright (Playwright's
+  # own browser download is never used); promtool checks the alert rules and /metrics.
+  command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+  command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
   need_python
   apt_install "${need_apt[@]}"
 

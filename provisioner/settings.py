@@ -229,6 +229,37 @@ class AuditSettings(_Section):
     poll_s: float = Field(default=1.0, gt=0)  # how often the signer looks for work
 
 
+class LoggingSettings(_Section):
+    """What every long-running process writes to ``<var>/log/<name>.log``: one JSON object
+    per line, rotated by the supervisor (rename at ``max_bytes``, ``backups`` kept). The
+    terminal always gets the human format."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    max_bytes: int = Field(default=10_000_000, ge=10_000)
+    backups: int = Field(default=5, ge=1, le=100)
+
+
+class MetricsSettings(_Section):
+    """Prometheus metrics. On the line server (roles line and all) the API serves
+    ``/metrics`` for every process of the line; a station PC (role station) serves its
+    workers' metrics on ``listen_host:listen_port`` (no user accounts there: bind it to the
+    address the line server's Prometheus scrapes, and let the firewall allow only that)."""
+
+    enabled: bool = True
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(default=8713, ge=1, le=65535)
+
+
+class WebSettings(_Section):
+    """The dashboard served by the API process under ``/ui``: signed-in sessions last
+    ``session_hours`` (and end at once when the user's token is revoked)."""
+
+    enabled: bool = True
+    session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    # Send the session cookie only over HTTPS (set when the API sits behind TLS).
+    secure_cookie: bool = False
+
+
 class StationSettings(_Section):
     """One station PC and its socket jig."""
 
@@ -299,6 +330,9 @@ class Settings(BaseSettings):
     celery: CelerySettings = CelerySettings()
     broker: BrokerSettings = BrokerSettings()
     audit: AuditSettings = AuditSettings()
+    logging: LoggingSettings = LoggingSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    web: WebSettings = WebSettings()
     stations: dict[str, StationSettings] = Field(
         default_factory=lambda: {"line1": StationSettings()}
     )

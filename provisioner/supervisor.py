@@ -43,6 +43,8 @@ from sqlalchemy.engine import Engine
 from provisioner.errors import ServiceUnavailableError
 from provisioner.link.wire import GATEWAY_QUEUE
 from provisioner.listeners import plan_ports
+from provisioner.metrics.multiproc import child_env as metrics_env
+from provisioner.metrics.multiproc import prepare as prepare_metrics
 from provisioner.process_groups import group_alive, group_carries, signal_group, wait_group_gone
 from provisioner.settings import Settings, local_url
 from provisioner.supervisor_lock import InstanceLock
@@ -152,6 +154,7 @@ class Supervisor:
             env["PROVISIONER_CONFIG"] = str(self.config_file.resolve())
         env.update(self.child_overrides)
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(metrics_env(self.settings))
         return env
 
     # --- one instance per var dir ---------------------------------------------------------
@@ -164,6 +167,8 @@ class Supervisor:
         self._lock = lock
         _log_to(self.log_dir / "supervisor.log")
         self.reap_stale()
+        if self.settings.metrics.enabled:
+            prepare_metrics(self.settings)  # after the reaping: no dead writer is left
 
     def release(self) -> None:
         if self._lock is not None:

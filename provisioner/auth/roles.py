@@ -21,12 +21,15 @@ class Role(StrEnum):
     OPERATOR = "operator"
     AUDITOR = "auditor"
     ADMIN = "admin"
+    # Prometheus' scrape account: reads the metrics and the services' health, nothing else.
+    MONITOR = "monitor"
 
 
 _OPS = frozenset({Role.OPERATOR, Role.ADMIN})
 _READ_BATCHES = frozenset({Role.OPERATOR, Role.AUDITOR, Role.ADMIN})
 _AUDIT = frozenset({Role.AUDITOR, Role.ADMIN})
 _ADMIN = frozenset({Role.ADMIN})
+_METRICS = frozenset({Role.OPERATOR, Role.AUDITOR, Role.ADMIN, Role.MONITOR})
 
 ACTIONS: dict[str, frozenset[Role]] = {
     # operators: batches and stations
@@ -38,7 +41,8 @@ ACTIONS: dict[str, frozenset[Role]] = {
     "station.status": _OPS,
     "station.feed": _OPS,  # emulated jigs: put a chip in a socket or take it out
     "services.run": _OPS,
-    "services.status": _READ_BATCHES,
+    "services.status": _READ_BATCHES | {Role.MONITOR},
+    "metrics.read": _METRICS,  # GET /metrics (counts and latencies, never device data)
     "demo.run": _OPS,
     "registry.sync": _OPS,  # uploading what waits is line operation, not registry admin
     "manifest.build": _OPS,  # a batch's deliverable, signed with the manifest key

@@ -55,7 +55,7 @@ def setup(tmp_path: Path) -> tuple[Settings, Engine, dict[str, str]]:
     settings = Settings(var_dir=tmp_path / "var")
     engine = make_engine(settings.db_url)
     create_schema(engine)
-    first_admin = (Role.ADMIN, Role.OPERATOR, Role.AUDITOR)  # the first user must be an admin
+    first_admin = (Role.ADMIN, Role.OPERATOR, Role.AUDITOR, Role.MONITOR)  # admin first
     tokens = {
         r.value: users.add_user(engine, f"{r.value}1", r.value, "admin:root") for r in first_admin
     }
