@@ -46,6 +46,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(audit_router(engine, settings, guard))
     app.include_router(ops_router(engine, settings, guard))
     app.include_router(stations_router(engine, settings))  # public: the token is the credential
+    if settings.web.enabled:
+        from provisioner.web.app import mount
+
+        mount(app, engine, settings)  # the dashboard under /ui (session cookie, CSRF)
 
     @app.exception_handler(ApiProblem)
     async def _problem(_: Request, exc: ApiProblem) -> JSONResponse:

@@ -333,11 +333,17 @@ def authenticate(engine: Engine, token: str) -> Principal:
     return Principal(user.name, user.role)
 
 
+def check_action(action: str) -> None:
+    """An action missing from the roles table is a bug (KeyError), not a user error."""
+    if action not in ACTIONS:
+        raise KeyError(f"undeclared action {action!r}")
+
+
 def authorize(engine: Engine, who: Principal, action: str, *, via: str) -> None:
     """Raise PermissionDeniedError (after auditing ``auth.denied``) unless ``who``'s role
-    may take ``action``. ``via`` says where (``cli``, ``api GET /audit/events``)."""
-    if action not in ACTIONS:
-        raise KeyError(f"undeclared action {action!r}")  # a bug, not a user error
+    may take ``action``. ``via`` says where (``cli``, ``api GET /audit/events``, ``web GET
+    /ui/ca``)."""
+    check_action(action)
     if allowed(who.role, action):
         return
     with transaction(engine) as s:

@@ -311,6 +311,23 @@ class ApiToken(SQLModel, table=True):
     revoked_at: datetime | None = None
 
 
+class WebSession(SQLModel, table=True):
+    """A signed-in dashboard session. The cookie holds a random id; only its SHA-256 is kept
+    here, so a database dump yields no usable session. The session ends when it expires,
+    when its user signs out, or at once when the token it was opened with is revoked or the
+    user disabled (checked on every request)."""
+
+    __tablename__ = "web_session"
+
+    id_sha256: str = Field(primary_key=True, max_length=64)
+    user_name: str = Field(foreign_key="user_account.name", index=True)
+    token_id: int = Field(foreign_key="api_token.id")
+    csrf: str = Field(max_length=64)  # sent back in every form of this session
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime = Field(index=True)
+    flash: str | None = Field(default=None, max_length=2000)  # shown once, on the next page
+
+
 class Revocation(SQLModel, table=True):
     """A revoked device certificate (one row per certificate, never updated)."""
 

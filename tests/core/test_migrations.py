@@ -79,7 +79,7 @@ def _assert_append_only(engine: Engine) -> None:
 def test_head_constant_is_the_newest_revision_file() -> None:
     assert migrate.head() == migrate.HEAD
     revs = {s.revision: s.down_revision for s in migrate.scripts().walk_revisions()}
-    assert revs == {"0001": None, "0002": "0001"}
+    assert revs == {"0001": None, "0002": "0001", "0003": "0002"}
 
 
 def test_empty_database_upgraded_to_head_equals_the_models(db_url: str) -> None:
@@ -112,7 +112,7 @@ def test_revision_0001_is_the_frozen_schema(db_url: str) -> None:
     names = set(inspect(engine).get_table_names())
     assert not names & {"station_enrollment", "station_identity", "link_nonce"}
     assert "pop_challenge" not in {c["name"] for c in inspect(engine).get_columns("device")}
-    # the comparison has teeth: against the models, 0001 lacks exactly this additions
+    # the comparison has teeth: against the models, 0001 lacks exactly the later additions
     missing = {(d[0], d[-1].name) for d in _diffs(engine)}
     assert missing == {
         ("add_table", "station_enrollment"),
@@ -123,6 +123,10 @@ def test_revision_0001_is_the_frozen_schema(db_url: str) -> None:
         ("add_index", "ix_link_nonce_expires_at"),
         ("add_column", "broker_password_sha256"),
         ("add_column", "pop_challenge"),
+        # 0003
+        ("add_table", "web_session"),
+        ("add_index", "ix_web_session_user_name"),
+        ("add_index", "ix_web_session_expires_at"),
     }
     _assert_append_only(engine)
 
@@ -200,7 +204,7 @@ def test_database_at_0001_with_data_is_upgraded_without_loss(db_url: str, tmp_pa
     engine = make_engine(db_url)
     _, key = _fill_0001(engine, tmp_path)
 
-    assert migrate.upgrade(db_url, actor="admin:test") == ("0001", "0002")
+    assert migrate.upgrade(db_url, actor="admin:test") == ("0001", migrate.HEAD)
 
     assert _diffs(engine) == []
     with transaction(engine) as s:
@@ -233,7 +237,7 @@ def test_database_at_0001_with_data_is_upgraded_without_loss(db_url: str, tmp_pa
             "batch.paused",
             "db.upgraded",
         ]
-        assert events[-1].payload == '{"from":"0001","to":"0002"}'
+        assert events[-1].payload == f'{{"from":"0001","to":"{migrate.HEAD}"}}'
         result = verify_log(s, key, workers=1)
     assert result.ok and result.events == 7 and result.checkpoints == 1, result
     _assert_append_only(engine)  # the triggers survived
@@ -246,7 +250,7 @@ def test_older_schema_is_refused_and_left_alone(db_url: str) -> None:
     with pytest.raises(SchemaMismatchError) as err:
         create_schema(engine)
     msg = str(err.value)
-    assert "revision 0001" in msg and "needs revision 0002" in msg
+    assert "revision 0001" in msg and f"needs revision {migrate.HEAD}" in msg
     assert "provisioner db upgrade" in msg
     with pytest.raises(SchemaMismatchError, match="provisioner db upgrade"):
         migrate.check_schema(engine)
@@ -263,7 +267,7 @@ def test_newer_schema_is_refused(db_url: str) -> None:
         with pytest.raises(SchemaMismatchError) as err:
             attempt(engine)
         msg = str(err.value)
-        assert "ffff" in msg and "0002" in msg and "upgrade the software" in msg
+        assert "ffff" in msg and migrate.HEAD in msg and "upgrade the software" in msg
     with pytest.raises(SchemaMismatchError, match="upgrade the software"):
         migrate.upgrade(db_url)
     assert _stored(engine) == ("ffff",)
@@ -335,7 +339,7 @@ def test_cli_current_and_upgrade(tmp_path: Path, db_url: str) -> None:
 
     r = run_cli("db", "current", env=env)
     assert r.returncode == 2, r.stderr
-    assert "database: empty" in r.stdout and "software: 0002" in r.stdout
+    assert "database: empty" in r.stdout and f"software: {migrate.HEAD}" in r.stdout
     assert "provisioner db upgrade" in r.stderr
 
     _upgrade_to(db_url, "0001")
@@ -350,18 +354,18 @@ def test_cli_current_and_upgrade(tmp_path: Path, db_url: str) -> None:
 
     r = run_cli("db", "upgrade", env=env)
     assert r.returncode == 0, r.stderr
-    assert "upgraded from revision 0001 to 0002" in r.stdout
+    assert f"upgraded from revision 0001 to {migrate.HEAD}" in r.stdout
     r = run_cli("db", "upgrade", env=env)
-    assert r.returncode == 0 and "already at revision 0002" in r.stdout
+    assert r.returncode == 0 and f"already at revision {migrate.HEAD}" in r.stdout
     r = run_cli("db", "current", env=env)
     assert r.returncode == 0, r.stderr
-    assert "database: 0002" in r.stdout and "software: 0002" in r.stdout
+    assert f"database: {migrate.HEAD}" in r.stdout and f"software: {migrate.HEAD}" in r.stdout
     assert run_cli("batch", "list", env=env).returncode == 0
 
     engine = make_engine(db_url)
     with transaction(engine) as s:
         ev = s.exec(select(AuditEvent).where(AuditEvent.event_type == "db.upgraded")).one()
-    assert ev.actor.startswith("admin:") and ev.payload == '{"from":"0001","to":"0002"}'
+    assert ev.actor.startswith("admin:") and ev.payload == f'{{"from":"0001","to":"{migrate.HEAD}"}}'
 
     with engine.begin() as c:
         c.exec_driver_sql("UPDATE alembic_version SET version_num = 'ffff'")
@@ -374,7 +378,7 @@ def test_cli_upgrade_of_an_empty_database(tmp_path: Path) -> None:
     st = make_station(tmp_path / "line")
     r = run_cli("db", "upgrade", env=st.env())
     assert r.returncode == 0, r.stderr
-    assert "empty database created at revision 0002" in r.stdout
+    assert f"empty database created at revision {migrate.HEAD}" in r.stdout
     assert _diffs(make_engine(st.settings.db_url)) == []
 
 

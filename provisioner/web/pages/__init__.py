@@ -1,0 +1,9 @@
+"""The dashboard's pages, one module per area; each has ``router(ctx) -> APIRouter``."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from provisioner.web.pages import signin
+
+PAGE_MODULES: tuple[ModuleType, ...] = (signin,)
