@@ -13,7 +13,11 @@ $(STAMP): pyproject.toml deploy/install.sh
 	VENV=$(VENV) bash deploy/install.sh
 	touch $(STAMP)
 
+# The demo makes the first admin on a fresh install (token in var/admin.token); a second
+# demo signs in with it.
 demo: install
+	@if [ -z "$$PROVISIONER_TOKEN_FILE" ] && [ -f var/admin.token ]; then \
+	  export PROVISIONER_TOKEN_FILE=var/admin.token; fi; \
 	$(BIN)/provisioner demo --count 16
 
 services: install

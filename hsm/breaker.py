@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 from provisioner.errors import HsmUnavailableError
+from provisioner.metrics import record
 
 log = logging.getLogger("provisioner.hsm")
 
@@ -77,6 +78,7 @@ class CircuitBreaker:
         self._next_attempt = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        record.breaker(name, False)
 
     @property
     def status(self) -> BreakerStatus:
@@ -172,8 +174,10 @@ class CircuitBreaker:
         )
 
     def _notify(self) -> None:
-        """Report a state change. A failing report (the audit database down, say) is
-        logged, never allowed to change what the breaker decided or raises."""
+        """Report a state change (and show it in the ``provisioner_signer_breaker_open``
+        gauge). A failing report (the audit database down, say) is logged, never allowed to
+        change what the breaker decided or raises."""
+        record.breaker(self.name, self.is_open)
         if self._on_change is None:
             return
         try:

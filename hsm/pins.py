@@ -1,9 +1,11 @@
 """Where a PIN comes from: a file (RFC 7512 ``pin-source``) or an interactive prompt.
 
 Never argv, never the environment, never a log line or an exception message: errors name
-the file, not its content. A :class:`PinSource` is read each time a login needs it (a
-re-login after the token came back reads the file again); a prompted PIN is asked once and
-kept in this process's memory only, since a worker cannot prompt.
+the file, not its content, and every PIN read is registered with the log redaction
+(:func:`provisioner.logs.redact.register_secret`) in case something quotes it anyway.
+A :class:`PinSource` is read each time a login needs it (a re-login after the token came
+back reads the file again); a prompted PIN is asked once and kept in this process's memory
+only, since a worker cannot prompt.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from provisioner.errors import HsmError
+from provisioner.logs.redact import register_secret
 
 PROMPT = "prompt"
 
@@ -62,6 +65,7 @@ class PinSource:
             pin = getpass.getpass(f"PIN for token {self.label!r}: ").strip()
             if not pin:
                 raise HsmError(f"no PIN typed for {self.label!r}")
+            register_secret(pin)  # never in this process's logs, whatever logs it
             self._prompted = pin
         return self._prompted
 
@@ -79,6 +83,7 @@ def read_pin(path: Path) -> str:
         raise HsmError(f"cannot read PIN file {path}: {exc.strerror}") from None
     if not pin:
         raise HsmError(f"PIN file {path} is empty")
+    register_secret(pin)  # never in this process's logs, whatever logs it
     return pin
 
 
@@ -86,6 +91,7 @@ def write_new_pin(path: Path) -> str:
     """Generate a random PIN and store it in ``path`` with mode 0600 (parent 0700)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     pin = secrets.token_hex(8)
+    register_secret(pin)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(pin + "\n")

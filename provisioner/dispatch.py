@@ -17,7 +17,7 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
-from provisioner.batches.lifecycle import runnable_query
+from provisioner.batches.lifecycle import Transition, runnable_query
 from provisioner.db.engine import transaction
 from provisioner.db.models import (
     Batch,
@@ -75,6 +75,20 @@ def send_uploads(app: Celery, device_ids: Iterable[int]) -> int:
         app.send_task(UPLOAD_TASK, args=[device_id], queue=REGISTRY_QUEUE)
         n += 1
     return n
+
+
+def queue_transition(settings: Settings, engine: Engine, t: Transition) -> tuple[int, int]:
+    """Hand a lifecycle transition's devices, and its batch's waiting uploads, to the
+    workers (``batch start``, ``resume``, ``retry`` from the CLI and the dashboard): returns
+    (devices, uploads) sent. Uploads are re-sent too because a start or resume may follow a
+    broker restart that lost them; a duplicate is harmless (see the module's docstring)."""
+    devices = send_devices(settings, t.station_id, t.queue)
+    app = celery_app(settings)
+    try:
+        uploads = send_uploads(app, waiting_uploads(engine, t.batch_id))
+    finally:
+        app.close()
+    return devices, uploads
 
 
 def runnable_devices(engine: Engine, batch_id: int, *, include_claimed: bool = False) -> list[int]:

@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -57,8 +58,10 @@ from provisioner.errors import (
     PolicyViolationError,
     ProvisionerError,
     QuotaExhaustedError,
+    ServiceUnavailableError,
 )
 from provisioner.ledger import get_device, record_step
+from provisioner.metrics import record
 from provisioner.ports import IssuedCertificate, SigningRequest
 from provisioner.settings import ProfileSettings, Settings
 
@@ -123,13 +126,26 @@ class IssuanceService:
     # --- signing ----------------------------------------------------------------------
 
     def sign(self, request: SigningRequest) -> IssuedCertificate:
-        _check_request(request)  # stateless: nothing is locked or written for these
-        with self._health_events_deferred():
-            self._follow_rotation()
-            with transaction(self.engine) as s:
-                result = self._decide(s, request)
+        """One request, counted by result once its transaction has ended (a signature
+        whose commit failed was not issued)."""
+        t0 = time.perf_counter()
+        self._local.issued = 0
+        try:
+            _check_request(request)  # stateless: nothing is locked or written for these
+            with self._health_events_deferred():
+                self._follow_rotation()
+                with transaction(self.engine) as s:
+                    result = self._decide(s, request)
+        except Exception as exc:
+            record.signature(_result_of(exc))
+            raise
         if isinstance(result, ProvisionerError):
+            record.signature(_result_of(result))
             raise result
+        if self._local.issued:
+            record.signature("ok", time.perf_counter() - t0)
+        else:
+            record.signature("repeat")
         return result
 
     def sign_many(
@@ -141,6 +157,7 @@ class IssuanceService:
         station retries them)."""
         out: list[IssuedCertificate | ProvisionerError | None] = []
         valid: list[tuple[int, SigningRequest]] = []
+        self._local.issued = 0
         for i, r in enumerate(requests):
             try:
                 _check_request(r)
@@ -161,7 +178,18 @@ class IssuanceService:
         except ProvisionerError as exc:
             for i, _ in valid:
                 out[i] = exc
-        return [o for o in out if o is not None]
+            self._local.issued = 0
+        done = [o for o in out if o is not None]
+        fresh = self._local.issued
+        for o in done:
+            if isinstance(o, ProvisionerError):
+                record.signature(_result_of(o))
+            elif fresh > 0:
+                fresh -= 1  # which ones were new does not matter for a count
+                record.signature("ok")
+            else:
+                record.signature("repeat")
+        return done
 
     def _decide(
         self, s: Session, request: SigningRequest
@@ -264,6 +292,7 @@ class IssuanceService:
             issuer_fingerprint_sha256=issuer_fingerprint,
         )
         s.add(row)
+        self._local.issued = getattr(self._local, "issued", 0) + 1
         record_step(
             s,
             dev,
@@ -353,6 +382,15 @@ class IssuanceService:
                         "pid": os.getpid(),
                     },
                 )
+
+
+def _result_of(exc: BaseException) -> str:
+    """A refused or failed signing request as the ``result`` label of its count."""
+    if isinstance(exc, PolicyViolationError | NotFoundError):
+        return "refused"
+    if isinstance(exc, ServiceUnavailableError):
+        return "unavailable"
+    return "error"
 
 
 def _check_request(request: SigningRequest) -> None:

@@ -37,6 +37,8 @@ from provisioner.ca.issuer import verify_proof_of_possession
 from provisioner.db.models import Device, Step, UploadState
 from provisioner.errors import ChipError, ChipStateError, DeviceStopped, WrongChipError
 from provisioner.ledger import DeviceLedger, registry_device_id
+from provisioner.metrics import record
+from provisioner.metrics.record import StepMeter
 from provisioner.ports import (
     CertificateSigner,
     DeviceAlreadyExists,
@@ -86,8 +88,30 @@ def provision_device(
     *,
     proceed: Callable[[Step], bool] = always,
 ) -> Device:
-    """Run (or resume) the station part of one device's provisioning on ``chip``."""
+    """Run (or resume) the station part of one device's provisioning on ``chip``.
 
+    Each step's attempt is counted and timed (:class:`~provisioner.metrics.record.StepMeter`)
+    by the station this process serves."""
+    meter = StepMeter()
+    try:
+        return _provision(device_id, chip, signer, ledger, proceed, meter)
+    except BaseException as exc:
+        meter.failed(exc)
+        raise
+
+
+def _next(step: Step) -> Step:
+    return min((s for s in Step if s > step), default=Step.DONE)
+
+
+def _provision(
+    device_id: int,
+    chip: SecureElement,
+    signer: CertificateSigner,
+    ledger: StationLedger,
+    proceed: Callable[[Step], bool],
+    meter: StepMeter,
+) -> Device:
     def boundary(step: Step) -> None:
         if not proceed(step):
             raise DeviceStopped(f"device {device_id} stopped before {step.name}")
@@ -99,9 +123,11 @@ def provision_device(
     # 1. Identify the chip; a resumed device must still be the same chip.
     if dev.step == Step.PENDING:
         boundary(Step.IDENTIFIED)
+    meter.start(_next(dev.step))
     ident = chip.identity()
     if dev.step == Step.PENDING:
         dev = ledger.identify(device_id, ident.serial_hex, ident.revision.hex(), chip.locator)
+        meter.ok()
     elif dev.chip_serial != ident.serial_hex:
         raise WrongChipError(
             f"{chip.locator} holds chip {ident.serial_hex}, but device {device_id} is chip "
@@ -113,6 +139,7 @@ def provision_device(
     # (signing and reading data slots both work on a locked data zone on every silicon rule).
     if dev.step < Step.KEY_GENERATED:
         boundary(Step.KEY_GENERATED)
+        meter.start(Step.KEY_GENERATED)
         chip.ensure_configured()
         if not chip.data_locked():
             point = b"\x04" + chip.generate_key()
@@ -125,8 +152,10 @@ def provision_device(
         else:  # our previous attempt locked it after GenKey but crashed before recording
             point = b"\x04" + chip.public_key()
         dev = ledger.record_key(device_id, point)
+        meter.ok()
 
     # 3. Read the public key back: it must be the one recorded.
+    meter.start(_next(dev.step))
     point = b"\x04" + chip.public_key()
     if dev.public_key != point.hex():
         raise ChipStateError(
@@ -144,7 +173,9 @@ def provision_device(
         verify_proof_of_possession(point, challenge, raw_sig)
         if dev.step < Step.POP_VERIFIED:
             dev = ledger.record_pop(device_id, challenge, raw_sig)
+            meter.ok()
         boundary(Step.CERT_ISSUED)
+        meter.start(Step.CERT_ISSUED)
         cert = signer.sign(
             SigningRequest(
                 device_id=device_id,
@@ -155,22 +186,28 @@ def provision_device(
                 pop_signature=raw_sig,
             )
         )
+        meter.ok()
     else:
         cert = ledger.certificate(device_id)
 
     # 6. Write the certificate to the chip.
     if dev.step < Step.CERT_WRITTEN:
         boundary(Step.CERT_WRITTEN)
+        meter.start(Step.CERT_WRITTEN)
         chip.write_certificate(cert.der)
         dev = ledger.record_written(device_id, cert.fingerprint_sha256)
+        meter.ok()
 
     # 7. Read back and compare byte for byte (here, and again by the line server), then the
     # upload is queued with the step (store and forward).
     boundary(Step.CERT_VERIFIED)
+    meter.start(Step.CERT_VERIFIED)
     read_back = chip.read_certificate()
     if read_back != cert.der:
         raise ChipError(f"chip {serial}: the certificate read back differs from the one written")
-    return ledger.record_verified(device_id, read_back)
+    dev = ledger.record_verified(device_id, read_back)
+    meter.ok()
+    return dev
 
 
 def upload_device(device_id: int, backend: RegistryBackend, ledger: DeviceLedger) -> Device:
@@ -178,11 +215,32 @@ def upload_device(device_id: int, backend: RegistryBackend, ledger: DeviceLedger
 
     ALREADY_EXISTS is not an error by itself: a previous attempt may have succeeded before a
     crash. The registry's copy is compared; the same certificate is success, a different one
-    is a conflict that is recorded and never overwritten.
+    is a conflict that is recorded and never overwritten. Counted as the step ``done``
+    (without a station: the uploader serves them all) and as an upload by result.
     """
     dev = ledger.load(device_id)
     if dev.step >= Step.DONE:
         return dev
+    meter = StepMeter(station="")
+    meter.start(Step.DONE)
+    try:
+        state = _upload(device_id, dev, backend, ledger)
+    except BaseException as exc:
+        meter.failed(exc)
+        raise
+    if state is UploadState.DONE:
+        meter.ok()
+        record.upload("done")
+    else:
+        meter.failed("UploadConflict")
+        record.upload("conflict")
+    return ledger.load(device_id)
+
+
+def _upload(
+    device_id: int, dev: Device, backend: RegistryBackend, ledger: DeviceLedger
+) -> UploadState:
+    """Create the device in the registry (or find it there); how the upload ended."""
     cert = ledger.certificate(device_id)
     pem = load_der_x509_certificate(cert.der).public_bytes(serialization.Encoding.PEM).decode()
     reg_id = registry_device_id(dev.chip_serial or "")
@@ -198,10 +256,10 @@ def upload_device(device_id: int, backend: RegistryBackend, ledger: DeviceLedger
                 num_id=None,
                 error=f"registry already holds {reg_id} with a different certificate",
             )
-            return ledger.load(device_id)
+            return UploadState.CONFLICT
         num_id = existing.num_id
     ledger.finish_upload(device_id, state=UploadState.DONE, num_id=num_id, error=None)
-    return ledger.load(device_id)
+    return UploadState.DONE
 
 
 def _same_certificate(pems: tuple[str, ...], der: bytes) -> bool:

@@ -114,3 +114,14 @@ def check_workers(settings: Settings, queues: list[str]) -> None:
             "`provisioner services status`, or start the services with "
             "`provisioner services run`"
         )
+
+
+def check_line(settings: Settings, engine: Engine, station_id: str) -> None:
+    """What must answer before a batch's work is queued: the broker, a signer and an
+    uploader, and the station's enrollment (ServiceUnavailableError says which is missing).
+    The CLI and the dashboard both ask this."""
+    from workers.queues import HSM_QUEUE, REGISTRY_QUEUE
+
+    check_redis(settings)
+    check_workers(settings, [HSM_QUEUE, REGISTRY_QUEUE])
+    check_station(settings, engine, station_id)

@@ -47,6 +47,7 @@ from provisioner.errors import (
     WrongChipError,
 )
 from provisioner.link.records import StationRecords, may_start
+from provisioner.logs import bind, log_context
 from provisioner.ports import SecureElement
 from provisioner.settings import Settings
 from provisioner.station import auto_fed, feed_auto, locator
@@ -164,8 +165,22 @@ class SocketRun:
     # --- the task --------------------------------------------------------------------
 
     def run(self, device_id: int) -> Outcome:
-        """Claim the device, run it as far as its batch allows, release it."""
+        """Claim the device, run it as far as its batch allows, release it. Every line
+        logged meanwhile carries the device, its batch, its chip and this socket."""
+        with log_context(station=self.station_id, socket=self.socket, device=device_id):
+            out = self._run(device_id)
+            log.info(
+                "device %s: %s%s",
+                device_id,
+                out.kind,
+                f" ({out.detail})" if out.detail else "",
+                extra={"fields": {"outcome": out.kind}},
+            )
+            return out
+
+    def _run(self, device_id: int) -> Outcome:
         dev = self.ledger.load(device_id)
+        bind(batch=dev.batch_id, chip_serial=dev.chip_serial)
         if dev.step >= Step.CERT_VERIFIED:  # (by another socket, while this one waited)
             self._quietly(self.ledger.let_go, device_id)
             return Outcome("skipped", device_id, "already verified on its chip")
@@ -283,6 +298,7 @@ class SocketRun:
             return None
         owner = self.ledger.chip_owner(serial)
         if owner is None and dev.chip_serial is None:
+            bind(chip_serial=serial)  # the logs of this device's run name its chip from now
             return None  # a new chip for a new device (the pipeline judges the chip itself)
         if owner is None:
             why = "not this device's"

@@ -19,6 +19,9 @@ three run the same real processes.
 - Stopping ignores further Ctrl-C/SIGTERM (a second one only makes it skip the grace
   period): workers first, Redis last, SIGTERM to each group then SIGKILL.
 - A health monitor thread (:mod:`provisioner.health`) probes the signer and the registry.
+- Logs (:mod:`provisioner.logs`): each child writes JSON lines to ``<var>/log/<name>.log``
+  itself; its raw stdout and stderr go to ``<name>.out``. A thread rotates both every
+  ``log_rotate_interval_s`` (the only rotator: several processes write one file).
 """
 
 from __future__ import annotations
@@ -43,6 +46,11 @@ from sqlalchemy.engine import Engine
 from provisioner.errors import ServiceUnavailableError
 from provisioner.link.wire import GATEWAY_QUEUE
 from provisioner.listeners import plan_ports
+from provisioner.logs import PROCESS_ENV
+from provisioner.logs import setup as log_setup
+from provisioner.logs.reader import parse
+from provisioner.logs.rotate import rotate_dir
+from provisioner.metrics.exporter import start_exporter
 from provisioner.metrics.multiproc import child_env as metrics_env
 from provisioner.metrics.multiproc import prepare as prepare_metrics
 from provisioner.process_groups import group_alive, group_carries, signal_group, wait_group_gone
@@ -118,6 +126,7 @@ class Supervisor:
     health_interval_s: float = 15.0
     health_timeout_s: float = 10.0
     lapsed_interval_s: float = 30.0
+    log_rotate_interval_s: float = 30.0
     _lock: InstanceLock | None = field(default=None, repr=False)
     _mutex: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _stopping: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -165,7 +174,7 @@ class Supervisor:
         lock = InstanceLock(self.run_dir, self.config_file)
         lock.acquire()
         self._lock = lock
-        _log_to(self.log_dir / "supervisor.log")
+        _log_to(self.log_dir / "supervisor.log", log_setup.level_of(self.settings))
         self.reap_stale()
         if self.settings.metrics.enabled:
             prepare_metrics(self.settings)  # after the reaping: no dead writer is left
@@ -232,13 +241,17 @@ class Supervisor:
         with self._mutex:
             if self._stopping.is_set():
                 raise _Stopping(name)
-            with log_file.open("ab") as out:
+            # Its JSON log it writes itself (log_file, named by PROCESS_ENV); what it
+            # prints outside logging (a traceback before logging is set up, Celery's
+            # banner, a C library's crash) goes to name.out, opened O_APPEND so the
+            # rotator can copy-truncate it.
+            with _out_file(log_file).open("ab") as out:
                 proc = subprocess.Popen(
                     argv,
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
-                    env={**self.child_env(), **env},
+                    env={**self.child_env(), **env, PROCESS_ENV: name},
                     cwd=os.getcwd(),
                     start_new_session=True,
                 )
@@ -402,7 +415,8 @@ class Supervisor:
                     return
             time.sleep(0.1)
         raise ServiceUnavailableError(
-            f"{child.name} did not become ready within {timeout:.0f}s; see {child.log}"
+            f"{child.name} did not become ready within {timeout:.0f}s; see {child.log} "
+            f"and {_out_file(child.log).name}"
         )
 
     def _probe(self, kind: str) -> Callable[[], bool]:
@@ -440,6 +454,7 @@ class Supervisor:
         """Restart crashed children (and probe the signer and registry, and start the
         gateways of newly enrolled stations: ``health``, the line server) from now on."""
         self._thread("supervisor-monitor", self._monitor)
+        self._thread("supervisor-logrotate", self._rotate_logs)
         if health:
             self._thread("supervisor-enrollments", self._watch_enrollments)
             self._thread("supervisor-lapsed", self._watch_lapsed)
@@ -476,6 +491,16 @@ class Supervisor:
             except Exception as exc:
                 log.warning("re-queueing lapsed devices: %s", exc)
 
+    def _rotate_logs(self) -> None:
+        """Every ``log_rotate_interval_s``: rotate what outgrew ``settings.logging.max_bytes``
+        in ``<var>/log`` (:mod:`provisioner.logs.rotate`)."""
+        cfg = self.settings.logging
+        while not self._stopping.wait(self.log_rotate_interval_s):
+            try:
+                rotate_dir(self.log_dir, cfg.max_bytes, cfg.backups)
+            except OSError as exc:
+                log.warning("rotating the logs in %s: %s", self.log_dir, exc)
+
     def _thread(self, name: str, target: Callable[[], None]) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)
         t.start()
@@ -511,7 +536,8 @@ class Supervisor:
             _report(
                 logging.ERROR,
                 f"{c.name} exited {len(c.crashes)} times within {self.restart_window_s:.0f}s "
-                f"(last exit code {code}); not restarting it: see {c.log}",
+                f"(last exit code {code}); not restarting it: see {c.log} "
+                f"and {_out_file(c.log).name}",
             )
             return
         delay = min(self.backoff_max_s, 2.0 ** (len(c.crashes) - 1))
@@ -718,44 +744,34 @@ _HANDLERS: list[logging.Handler] = []  # ours, while a supervisor holds its lock
 
 
 def _detach_logs() -> None:
-    for name in _LOGGERS:
-        logger = logging.getLogger(name)
-        for h in [h for h in logger.handlers if h in _HANDLERS]:
-            logger.removeHandler(h)
-            _HANDLERS.remove(h)
-            h.close()
-        logger.propagate = True
+    log_setup.detach(_LOGGERS, _HANDLERS)
+    _HANDLERS.clear()
 
 
-def _log_to(path: Path) -> None:
-    """The supervisor's and the health monitor's messages: all of them to ``path``, the
-    warnings and errors (a restart, a give-up, a service down) also to stderr."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _log_to(path: Path, level: int = logging.INFO) -> None:
+    """The supervisor's and the health monitor's messages: all of them to ``path`` as JSON
+    lines (process ``supervisor``), the warnings and errors (a restart, a give-up, a
+    service down) also to stderr as ``warning: ...``. Only these loggers: the supervisor
+    runs inside the CLI or a test, whose other logging is not its business."""
     _detach_logs()
-    for name in _LOGGERS:
-        logger = logging.getLogger(name)
-        to_file = logging.FileHandler(path)
-        to_file.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-        to_tty = logging.StreamHandler(sys.stderr)
-        to_tty.setLevel(logging.WARNING)
-        to_tty.setFormatter(_LowerLevel("%(levelname)s: %(message)s"))
-        for h in (to_file, to_tty):
-            _HANDLERS.append(h)
-            logger.addHandler(h)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+    _HANDLERS.extend(log_setup.attach(_LOGGERS, path, "supervisor", level))
 
 
-class _LowerLevel(logging.Formatter):
-    """``warning: ...`` / ``error: ...``, like the CLI's own one-line errors."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return super().format(record).replace(record.levelname, record.levelname.lower(), 1)
+def _out_file(log_file: Path) -> Path:
+    """A child's raw output beside its log: ``name.log`` -> ``name.out``."""
+    return log_file.with_suffix(".out")
 
 
-def _tail(path: Path, lines: int = 3) -> str:
+def _tail(log_file: Path, lines: int = 3) -> str:
+    """Why a child died, in one line: the end of its raw output (a traceback, a C crash),
+    else its last logged messages."""
     with suppress(OSError):
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+        raw = _out_file(log_file).read_text(errors="replace").strip().splitlines()
+        if raw:
+            return " | ".join(raw[-lines:])
+    with suppress(OSError):
+        entries = [parse(x) for x in log_file.read_text(errors="replace").splitlines() if x]
+        return " | ".join(f"{e.get('level', '?')}: {e.get('msg', '')}" for e in entries[-lines:])
     return ""
 
 
@@ -809,7 +825,12 @@ def running_services(
                     stations, {s: {"PROVISIONER_STATION_ID": s} for s in stations}
                 )
                 sup.start_monitor(health=False)
-                yield sup
+                # No API on a station PC: its workers' metrics on a port of their own.
+                stop_metrics = start_exporter(settings)
+                try:
+                    yield sup
+                finally:
+                    stop_metrics()
                 return
             _check_ca(settings)
             plan = plan_ports(settings, move_taken=move_taken_ports)

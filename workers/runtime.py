@@ -25,6 +25,7 @@ from billiard.process import current_process
 from celery import Celery, signals
 from sqlalchemy.engine import Engine
 
+from provisioner.metrics.multiproc import on_worker_process_shutdown
 from provisioner.settings import Settings, load_settings
 from workers.queues import HSM_QUEUE, REGISTRY_QUEUE
 
@@ -212,9 +213,31 @@ def _process_shutdown(**_: Any) -> None:
             rt.engine.dispose()
 
 
+def default_process_name(kind: str, station: str | None) -> str:
+    """The component name of a worker not started by the supervisor (which names it)."""
+    if kind == "station":
+        return f"worker-station-{station}"
+    if kind == "gateway":
+        return f"gateway-{station}"
+    return "worker"
+
+
+def _setup_logging(**_: Any) -> None:
+    """Celery's ``setup_logging``: with a receiver connected Celery leaves the root logger
+    alone (no hijack); ours writes JSON lines to ``<var>/log/<name>.log``. The pool
+    children are forked after this and inherit the handler (each record carries the pid
+    of the process that logged it; the file is opened O_APPEND, one write per line)."""
+    from provisioner.logs import configure
+
+    configure(load_settings(), default_process_name(_Process.kind, _Process.station))
+
+
 def connect_signals(kind: str, station: str | None) -> None:
     _Process.kind, _Process.station = kind, station
+    signals.setup_logging.connect(_setup_logging, weak=False)
     signals.celeryd_after_setup.connect(_after_setup, weak=False)
     signals.worker_ready.connect(_ready, weak=False)
     signals.worker_process_init.connect(_process_init, weak=False)
     signals.worker_process_shutdown.connect(_process_shutdown, weak=False)
+    # A pool child that ends takes its live gauges with it (prometheus multiprocess mode).
+    signals.worker_process_shutdown.connect(on_worker_process_shutdown, weak=False)

@@ -28,6 +28,8 @@ from provisioner.errors import (
 )
 from provisioner.ledger import DeviceLedger
 from provisioner.link.wire import REQUEST_TASK
+from provisioner.logs import log_context
+from provisioner.metrics import record
 from provisioner.ports import IssuedCertificate, SigningRequest
 from provisioner.registry.ratelimit import backoff_s
 from provisioner.settings import Settings
@@ -211,10 +213,13 @@ def register(app: Celery) -> None:
     def sign_certificate(request: dict[str, Any]) -> dict[str, Any]:
         rt = runtime.current()
         assert rt.signer is not None, "not an hsm worker"
-        try:
-            cert = rt.signer.sign(request_from_json(request))
-        except ProvisionerError as exc:
-            return {"error": str(exc), "kind": type(exc).__name__}
+        req = request_from_json(request)
+        # The signer's log lines name the device like the station's do.
+        with log_context(batch=req.batch_id, device=req.device_id, chip_serial=req.chip_serial_hex):
+            try:
+                cert = rt.signer.sign(req)
+            except ProvisionerError as exc:
+                return {"error": str(exc), "kind": type(exc).__name__}
         return {
             "der": cert.der.hex(),
             "serial_number": format(cert.serial_number, "x"),
@@ -252,11 +257,14 @@ def register(app: Celery) -> None:
                     "upload of device %s parked after %s tries: %s", device_id, retries + 1, exc
                 )
                 ledger.park_upload(device_id, f"parked after {retries + 1} tries: {exc}")
+                record.upload("parked")
                 return {"device_id": device_id, "ok": False, "parked": True, "error": str(exc)}
+            record.upload("retry")
             raise self.retry(countdown=backoff_s(retries), exc=exc) from None
         except RegistryError as exc:  # a refusal: retrying the same request cannot help
             log.warning("upload of device %s refused by the registry: %s", device_id, exc)
             ledger.refuse_upload(device_id, f"refused: {exc}")
+            record.upload("refused")
             return {"device_id": device_id, "ok": False, "parked": True, "error": str(exc)}
         return {"device_id": device_id, "ok": dev.error is None, "step": dev.step.name}
 

@@ -28,6 +28,9 @@ from provisioner.api.routes import audit_router, ops_router
 from provisioner.api.security import ApiProblem, Guard
 from provisioner.api.stations import stations_router
 from provisioner.db.engine import create_schema, make_engine
+from provisioner.logs import configure
+from provisioner.logs.access import AccessLogMiddleware
+from provisioner.metrics.route import metrics_router
 from provisioner.settings import Settings
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -39,12 +42,14 @@ def _not_found(what: str) -> JSONResponse:
 
 def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="provisioner", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(AccessLogMiddleware)  # one JSON line per request (provisioner.access)
     ca_dir = settings.ca_dir
     engine = make_engine(settings.db_url)
     create_schema(engine)
     guard = Guard(engine)
     app.include_router(audit_router(engine, settings, guard))
     app.include_router(ops_router(engine, settings, guard))
+    app.include_router(metrics_router(engine, settings, guard))  # GET /metrics (metrics.read)
     app.include_router(stations_router(engine, settings))  # public: the token is the credential
     if settings.web.enabled:
         from provisioner.web.app import mount
@@ -93,10 +98,13 @@ def main(config: Path | None = None) -> int:
     from provisioner.settings import load_settings
 
     settings = load_settings(config)
+    configure(settings, "api")
     uvicorn.run(
         create_app(settings),
         host=settings.api.listen_host,
         port=settings.api.listen_port,
-        log_level="warning",
+        log_config=None,  # uvicorn's own lines go through our JSON handler
+        log_level=None,
+        access_log=False,  # AccessLogMiddleware writes the access log instead
     )
     return 0

@@ -75,7 +75,7 @@ class PublishedCrl:
     sha256: str
 
 
-def _find(s: Session, target: str) -> tuple[Certificate, Device]:
+def find_certificate(s: Session, target: str) -> tuple[Certificate, Device]:
     """A certificate by device id, chip serial (18 hex) or certificate serial (hex), tried
     in that order: the first reading that names a certificate wins."""
     t = target.strip()
@@ -108,7 +108,7 @@ def revoke(engine: Engine, target: str, reason: str, actor: str) -> Revoked:
             f"unknown revocation reason {reason!r}; one of: {', '.join(REASONS)}"
         )
     with transaction(engine) as s:
-        cert, dev = _find(s, target)
+        cert, dev = find_certificate(s, target)
         assert cert.id is not None
         existing = s.exec(select(Revocation).where(Revocation.certificate_id == cert.id)).first()
         if existing is not None:

@@ -37,6 +37,7 @@ from provisioner.errors import (
     ConfigError,
     InvalidInputError,
 )
+from provisioner.metrics import record
 from provisioner.ports import ChipIdentity
 
 _MEANING = {
@@ -103,6 +104,7 @@ class CryptoAuthChip:
             raise cause  # even if the library recovered: never swallow an interrupt
         if status == ATCA_SUCCESS:
             return
+        record.chip_error(status)
         if status == ATCA_WAKE_FAILED or self._absent():
             raise ChipAbsentError(f"no chip answers in {self.locator} ({what})")
         meaning = _MEANING.get(status, f"ATCA_STATUS {status}")

@@ -16,7 +16,6 @@ from provisioner import batches, dispatch, preflight
 from provisioner.cli.context import CliContext, ctx_of
 from provisioner.cli.view import batches_table, devices_table, part_action_text, summary_view, watch
 from provisioner.db.models import MAX_ID
-from workers.queues import HSM_QUEUE, REGISTRY_QUEUE
 
 app = typer.Typer(
     help="Create, start, pause, resume, cancel, close and watch batches of chips on a station. "
@@ -66,15 +65,7 @@ def create(
 
 def _queue(c: CliContext, t: batches.Transition) -> None:
     """Hand the transition's devices, and the batch's waiting uploads, to the workers."""
-    dispatch.send_devices(c.settings, t.station_id, t.queue)
-    app_ = dispatch.celery_app(c.settings)
-    dispatch.send_uploads(app_, dispatch.waiting_uploads(c.engine, t.batch_id))
-
-
-def _check_line(c: CliContext, station_id: str) -> None:
-    preflight.check_redis(c.settings)
-    preflight.check_workers(c.settings, [HSM_QUEUE, REGISTRY_QUEUE])
-    preflight.check_station(c.settings, c.engine, station_id)
+    dispatch.queue_transition(c.settings, c.engine, t)
 
 
 def start_batch(
@@ -82,7 +73,7 @@ def start_batch(
 ) -> batches.BatchReport:
     """Queue every runnable device of the batch (and its waiting uploads), then watch."""
     batch = batches.get_batch(c.engine, batch_id)
-    _check_line(c, batch.station_id)
+    preflight.check_line(c.settings, c.engine, batch.station_id)
     _queue(c, batches.start(c.engine, batch_id, actor=c.actor))
     if not wait:
         return batches.summary(c.engine, batch_id)
@@ -132,7 +123,7 @@ def resume(ctx: typer.Context, batch_id: int = _ID) -> None:
     c = ctx_of(ctx)
     c.require("batch.control")
     batch = batches.get_batch(c.engine, batch_id)
-    _check_line(c, batch.station_id)
+    preflight.check_line(c.settings, c.engine, batch.station_id)
     t = batches.resume(c.engine, batch_id, actor=c.actor)
     _queue(c, t)
     typer.echo(f"batch {batch_id} resumed: {len(t.queue)} device(s) queued")
@@ -188,7 +179,7 @@ def retry(
     c.require("batch.control")
     batch = batches.get_batch(c.engine, batch_id)
     if batch.state.value == "running":
-        _check_line(c, batch.station_id)
+        preflight.check_line(c.settings, c.engine, batch.station_id)
     t = batches.retry(c.engine, batch_id, actor=c.actor, which=device or None)
     _queue(c, t)
     when = "queued" if t.state.value == "running" else "will run when the batch resumes"

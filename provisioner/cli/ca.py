@@ -6,6 +6,7 @@ command line (``--pin-source`` names a file, or ``prompt`` to type it)."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -150,46 +151,13 @@ def rotate(
     """Make a new intermediate (new key in the factory token, signed by the root token) and
     make it current. The old one stays for verification and CRLs. Refused while a batch is
     running. With the root offline, use `ca csr` + `ca import-cert`."""
-    from provisioner.ca.ceremony import rotate as rotate_ca
+    from provisioner.ca import operations
 
     c = ctx_of(ctx)
     c.require("ca.rotate")
-    _refuse_if_running(c)
-    info = rotate_ca(c.settings, pin_source)
-    _audit(
-        c,
-        "ca.rotated",
-        {
-            "key": info.intermediate_name,
-            "intermediate_fingerprint_sha256": info.intermediate_fingerprint_sha256,
-        },
-    )
+    info = operations.rotate(c.settings, c.engine, c.admin, pin_source)
     typer.echo(f"new intermediate {info.intermediate_name!r} is current")
     typer.echo(f"  {info.intermediate_subject}  SHA-256 {info.intermediate_fingerprint_sha256}")
-
-
-def _refuse_if_running(c: CliContext) -> None:
-    """A batch under way (running or paused) holds devices whose certificate must be
-    written with the intermediate that issued it; an ended batch never blocks a rotation."""
-    from sqlmodel import col, select
-
-    from provisioner.db.models import Batch, BatchState
-    from provisioner.errors import ConflictError
-
-    with transaction(c.engine) as s:
-        open_ = s.exec(
-            select(Batch.id, Batch.state)
-            .where(col(Batch.state).in_([BatchState.RUNNING, BatchState.PAUSED]))
-            .order_by(col(Batch.id))
-        ).all()
-    if open_:
-        first = open_[0][0]
-        names = ", ".join(f"{i} ({BatchState(st).value})" for i, st in open_)
-        raise ConflictError(
-            f"batch(es) {names} under way: a device issued under the old intermediate must be "
-            f"written with it; let them finish, or end them with `provisioner batch close "
-            f"{first}` (failed devices) or `provisioner batch cancel {first}`, then rotate"
-        )
 
 
 @app.command("show")
@@ -250,13 +218,14 @@ def revoke(
     once (signed in the token).
 
     Idempotent: a certificate already revoked is reported, not revoked twice."""
-    from provisioner.ca import revocation
+    from provisioner.ca import operations, revocation
 
     c = ctx_of(ctx)
     c.require("ca.revoke")
     done = revocation.revoke(c.engine, target, reason, c.admin)
-    block = _queue_block(c, done)  # before the CRLs: a PIN problem must not hold it back
-    published = _publish(c, pin_source)
+    # Before the CRLs: a PIN problem must not hold the block back.
+    block = asdict(operations.queue_block(c.settings, done))
+    published = operations.publish_crls(c.settings, c.engine, c.admin, pin_source)
     if as_json:
         typer.echo(
             json.dumps(
@@ -278,27 +247,6 @@ def revoke(
     _print_crls(c, published)
 
 
-def _queue_block(c: CliContext, done: Any) -> dict[str, Any]:
-    """Queue the registry block the revocation recorded (provisioner.registry.blocking)."""
-    from provisioner.registry import blocking
-
-    state = done.registry_block
-    queued = False
-    if state == "done":
-        detail = "the device is blocked"
-    elif state == "skipped":
-        detail = "not blocked: the registry holds another certificate under its id"
-    else:
-        queued = blocking.send_block(c.settings, done.device_id)
-        detail = (
-            "block queued for the registry worker"
-            if queued
-            else "block recorded; Redis is down, so the registry worker's periodic sync "
-            "(or `provisioner registry sync`) will apply it"
-        )
-    return {"state": state, "queued": queued, "detail": detail}
-
-
 @app.command("crl")
 def crl(
     ctx: typer.Context,
@@ -309,22 +257,13 @@ def crl(
     token; the API serves them at /crl/<name>.crl. Run it before nextUpdate (7 days)."""
     c = ctx_of(ctx)
     c.require("ca.crl")
-    published = _publish(c, pin_source)
+    from provisioner.ca import operations
+
+    published = operations.publish_crls(c.settings, c.engine, c.admin, pin_source)
     if as_json:
         typer.echo(json.dumps([_crl_json(c, p) for p in published]))
         return
     _print_crls(c, published)
-
-
-def _publish(c: CliContext, pin_source: str | None) -> list[Any]:
-    from provisioner.ca import revocation
-    from provisioner.ca.ceremony import load_ca
-
-    ca = load_ca(c.settings, pin_source=pin_source)
-    try:
-        return revocation.publish(c.settings, c.engine, ca, c.admin)
-    finally:
-        ca.close()
 
 
 def _crl_json(c: CliContext, p: Any) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from provisioner.cli import (
     ca,
     db,
     line,
+    logs,
     manifest,
     registry,
     services,
@@ -68,6 +69,7 @@ app.add_typer(db.app, name="db")
 app.add_typer(registry.app, name="registry")
 app.add_typer(manifest.app, name="manifest")
 app.add_typer(line.app, name="line")
+app.add_typer(logs.app, name="logs")
 app.command("demo")(services.demo)
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -17,8 +19,10 @@ from provisioner import batches
 from provisioner.audit import chain
 from provisioner.audit.checkpointer import load_audit_key
 from provisioner.audit.verify import verify_log
+from provisioner.auth import users
 from provisioner.cli.batch import start_batch
-from provisioner.cli.context import ctx_of
+from provisioner.cli.context import CliContext, ctx_of
+from provisioner.cli.secret_files import write_new_secret
 from provisioner.cli.view import devices_table, duration_text, summary_view
 from provisioner.db.engine import transaction
 from provisioner.db.models import AuditCheckpoint, AuditEvent, ServiceHealth
@@ -86,6 +90,8 @@ def run(
                 f"logs in {sup.log_dir}; `provisioner services status` shows them. "
                 "Ctrl-C stops them."
             )
+            if role != "station" and settings.web.enabled:
+                typer.echo(f"dashboard: {dashboard_url(sup.settings)} (sign in with a user token)")
             try:
                 while True:
                     time.sleep(1)
@@ -205,17 +211,42 @@ def wait_for_checkpoint(engine: Engine, batch_id: int, timeout_s: float) -> int 
         time.sleep(0.2)
 
 
+def dashboard_url(settings: Settings) -> str:
+    return settings.api.effective_url.rstrip("/") + "/ui/"
+
+
+def demo_admin(c: CliContext) -> Path | None:
+    """A fresh install has nobody who could sign in to the dashboard. Like a first-run admin
+    password, the demo then makes the first admin, ``admin``, and writes its token to
+    ``<var>/admin.token`` (0600; audited as any new user). From then on the CLI wants that
+    token too (``--token-file`` or ``PROVISIONER_TOKEN_FILE``). None when accounts exist."""
+    if users.has_users(c.engine):
+        return None
+    path = c.settings.var / "admin.token"
+    path.unlink(missing_ok=True)  # no account exists: a token file left here is dead
+    write_new_secret(path, users.add_user(c.engine, "admin", "admin", c.actor))
+    return path
+
+
 def demo(
     ctx: typer.Context,
     count: int = typer.Option(16, "--count", "-n", help="Chips in the demo batch."),
     station: str = typer.Option("line1", "--station", "-s", help="Station id."),
     timeout: float = typer.Option(600.0, help="Seconds to wait for the batch."),
+    stay: bool = typer.Option(
+        False,
+        "--stay",
+        help="Keep the services (and the dashboard) running after the batch, until Ctrl-C.",
+    ),
 ) -> None:
     """Provision one batch of emulated chips end to end on embedded defaults.
 
-    Creates the dev CA if absent, starts Redis, the registry and the workers, runs the batch
-    with a progress bar, prints the result table and the audit verification, and stops every
-    service again (also on Ctrl-C). Run it again for a new batch of new chips."""
+    Creates the dev CA if absent, starts Redis, the registry, the API with the dashboard and
+    the workers, runs the batch with a progress bar (watch it in the browser at the address
+    printed), prints the result table and the audit verification, and stops every service
+    again (also on Ctrl-C; with --stay only on Ctrl-C). On a fresh install it creates the
+    first admin, whose token (in <var>/admin.token) signs in to the dashboard. Run it again
+    for a new batch of new chips."""
     from provisioner.ca.ceremony import init_ca
 
     c = ctx_of(ctx)
@@ -239,11 +270,20 @@ def demo(
     try:
         with running_services(
             c.settings, [station], c.config, move_taken_ports=True, on_ports_moved=console.print
-        ):
+        ) as sup:
             console.print(
-                "services started: redis, registry, workers (hsm, registry, "
+                "services started: redis, registry, api, workers (hsm, registry, "
                 f"station {station} x{c.settings.station(station).sockets} sockets)"
             )
+            admin_token = demo_admin(c)  # under the lock: a refused second demo makes none
+            if admin_token is not None:
+                console.print(
+                    f"first admin [bold]admin[/] created; its token is in {admin_token} "
+                    "(0600): sign in to the dashboard with it, and for the CLI from now on "
+                    f"export PROVISIONER_TOKEN_FILE={admin_token}"
+                )
+            if c.settings.web.enabled:
+                console.print(f"dashboard: [bold]{dashboard_url(sup.settings)}[/]")
             batch_id = batches.create_batch(
                 c.engine, c.settings, station_id=station, count=count, actor=c.actor
             )
@@ -257,6 +297,14 @@ def demo(
                 if size
                 else "[yellow]no audit checkpoint covers the batch end yet[/]"
             )
+            if stay:
+                console.print(
+                    f"services stay up: dashboard at {dashboard_url(sup.settings)}; "
+                    "Ctrl-C stops them"
+                )
+                with contextlib.suppress(KeyboardInterrupt):
+                    while True:
+                        time.sleep(1)
         console.print("services stopped")
     except KeyboardInterrupt:
         console.print(

@@ -56,7 +56,7 @@ LINE_RENEW_BEFORE_DAYS = 30
 # One HSM use at a time in this process. A PKCS#11 login belongs to the process: of two
 # enrollments served at once (the API's thread pool), the first to close its CA would log
 # the other's sessions out mid-signature. Enrollments are rare; waiting costs nothing.
-_HSM_LOCK = threading.Lock()
+HSM_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,7 @@ def enroll_station(
     except certs.BadCsrError as exc:
         _refused(engine, f"bad CSR: {exc}", digest, station_id, peer)
         raise
-    with _HSM_LOCK:
+    with HSM_LOCK:
         answer = _issue(settings, engine, load_ca(settings), enrollment, csr, digest, now, peer)
     _sync_acl(settings, engine)
     return answer
@@ -428,7 +428,7 @@ def init_line_identity(
             except ValueError:
                 pass
     new_key = key if key is not None else ec.generate_private_key(ec.SECP256R1())
-    with _HSM_LOCK:
+    with HSM_LOCK:
         ca = load_ca(settings, pin_source=pin_source)
         try:
             cert = certs.build_line_certificate(

@@ -11,8 +11,10 @@ be added to the new ones.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from provisioner.settings import Settings
 
@@ -40,7 +42,17 @@ def child_env(settings: Settings) -> dict[str, str]:
 
 def process_exited(pid: int) -> None:
     """A pool child ended: its live gauges no longer count (Celery's
-    ``worker_process_shutdown``)."""
+    ``worker_process_shutdown``). Its counters stay: what it counted happened. Nothing to do
+    in a process without the directory."""
+    path = os.environ.get(ENV)
+    if not path:
+        return
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(pid)
+    multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+
+
+def on_worker_process_shutdown(pid: int | None = None, **_: Any) -> None:
+    """Celery's ``worker_process_shutdown`` signal handler (it runs in the ending child):
+    ``signals.worker_process_shutdown.connect(on_worker_process_shutdown, weak=False)``."""
+    process_exited(pid if pid is not None else os.getpid())

@@ -19,11 +19,14 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from provisioner.errors import ConfigError, RegistryError, RegistryUnavailableError
+from provisioner.metrics import record
 from provisioner.ports import Closeable, DeviceAlreadyExists, RegistryDevice
 from provisioner.registry.tokens import read_token
 from provisioner.settings import Settings
 
 UPLOAD_FORMAT = "ES256_X509_PEM"  # ATECC608 keys are P-256; the credential is the certificate
+# What each request does, as the ``operation`` label of provisioner_registry_calls_total.
+_OPERATION = {"POST": "create", "GET": "get", "PATCH": "block"}
 
 
 class CloudIotRegistry(Closeable):
@@ -124,18 +127,22 @@ class CloudIotRegistry(Closeable):
     def _send(self, method: str, path: str, json: Any = None) -> httpx.Response:
         url = f"/v1/{self.parent}{path}"
         where = f"registry {self.base_url}"
+        operation = _OPERATION.get(method, method.lower())
         try:
             resp = self._http.request(method, url, json=json)
         except httpx.TimeoutException:
+            record.registry_call("cloudiot", operation, None)
             raise RegistryUnavailableError(
                 f"{where} did not answer within {self.timeout_s:g} s; the upload will be "
                 "retried (raise registry.timeout_s if it is merely slow)"
             ) from None
         except httpx.TransportError as exc:
+            record.registry_call("cloudiot", operation, None)
             raise RegistryUnavailableError(
                 f"{where} is unreachable ({type(exc).__name__}); the upload will be retried: "
                 "is the registry running?"
             ) from None
+        record.registry_call("cloudiot", operation, resp.status_code)
         if resp.status_code == 429 or resp.status_code >= 500:
             raise RegistryUnavailableError(
                 f"{where} answered {_describe(resp)}; the upload will be retried"

@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from provisioner.metrics import record
+
 # KEYS[1]: the registry's slot key. ARGV[1]: interval (µs). Returns {slot, now} in µs of
 # Redis time (every process agrees on "now"); the caller waits slot - now.
 _GCRA = """
@@ -70,6 +72,7 @@ class RedisPacer:
         delay = (slot - now) / 1_000_000
         if delay > 0:
             self._sleep(delay)
+        record.pace_wait(delay)
         return delay
 
 
@@ -97,6 +100,7 @@ class LocalPacer:
         delay = slot - now
         if delay > 0:
             self._sleep(delay)
+        record.pace_wait(delay)
         return delay
 
 

@@ -3,8 +3,11 @@
 Start-up does, in order, everything that can fail with a useful message (settings, token
 file, database, the configured registry, the listening socket) before uvicorn takes over, so
 a supervisor waiting on ``/healthz`` sees either a ready service or a one-line error and a
-non-zero exit. uvicorn logs at warning level with the access log off: request lines carry
-device ids and query strings, and nothing this service prints may ever contain a token.
+non-zero exit. Logs (:mod:`provisioner.logs`): JSON lines in ``<var>/log/registry.log``;
+uvicorn's own access log is off (our :class:`~provisioner.logs.access.AccessLogMiddleware`
+writes one line per request without headers, so never a token) and its error log goes
+through our handler (``log_config=None``). The tokens this process holds are registered
+with the log redaction.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from types import FrameType
 import uvicorn
 
 from provisioner.errors import ProvisionerError, ServiceUnavailableError
+from provisioner.logs import configure, register_secret
+from provisioner.logs.access import AccessLogMiddleware
 from provisioner.registry import store
 from provisioner.registry.app import create_app
 from provisioner.registry.tokens import (
@@ -40,8 +45,10 @@ def token_roles(settings: Settings) -> dict[str, Role]:
     ensure_upload_token(upload)
     ensure_upload_token(admin_token_file(upload))
     roles = read_hashed_tokens(hashed_tokens_file(upload))
-    roles[token_hash(read_token(admin_token_file(upload)))] = Role.ADMIN
-    roles[token_hash(read_token(upload))] = Role.WRITER
+    for path, role in ((admin_token_file(upload), Role.ADMIN), (upload, Role.WRITER)):
+        token = read_token(path)
+        register_secret(token)
+        roles[token_hash(token)] = role
     return roles
 
 
@@ -54,10 +61,11 @@ def prepare(settings: Settings) -> uvicorn.Server:
         store.ensure_registry(engine, reg.project, reg.location, reg.registry)
     finally:
         engine.dispose()
-    app = create_app(settings.registry_db_url, roles)
+    app = AccessLogMiddleware(create_app(settings.registry_db_url, roles))
     config = uvicorn.Config(
         app,
-        log_level="warning",
+        log_config=None,
+        log_level=None,
         access_log=False,
         server_header=False,
         lifespan="on",
@@ -96,6 +104,7 @@ def serve(settings: Settings) -> int:
     """
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_cleanly)
+    configure(settings, "registry")
     try:
         server = prepare(settings)
         sock = bind(settings.registry.listen_host, settings.registry.listen_port)

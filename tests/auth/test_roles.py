@@ -46,6 +46,7 @@ ENDPOINTS: list[tuple[str, str, dict | None, str]] = [
     ("POST", "/users", {"name": "newbie", "role": "operator"}, "users.manage"),
     ("POST", "/users/nobody/revoke", None, "users.manage"),
     ("POST", "/users/nobody/role", {"role": "operator"}, "users.manage"),
+    ("GET", "/metrics", None, "metrics.read"),
 ]
 PUBLIC = {"/healthz", "/crl/{filename}", "/ca/{filename}", "/stations/enroll"}
 

@@ -365,7 +365,9 @@ def test_cli_current_and_upgrade(tmp_path: Path, db_url: str) -> None:
     engine = make_engine(db_url)
     with transaction(engine) as s:
         ev = s.exec(select(AuditEvent).where(AuditEvent.event_type == "db.upgraded")).one()
-    assert ev.actor.startswith("admin:") and ev.payload == f'{{"from":"0001","to":"{migrate.HEAD}"}}'
+    assert (
+        ev.actor.startswith("admin:") and ev.payload == f'{{"from":"0001","to":"{migrate.HEAD}"}}'
+    )
 
     with engine.begin() as c:
         c.exec_driver_sql("UPDATE alembic_version SET version_num = 'ffff'")

@@ -65,14 +65,20 @@ def test_ctrl_c_stops_children_and_the_batch_resumes(station: Station) -> None:
     done_before = _done(station)
     assert done_before < count, "interrupt came too late to test resuming"
 
+    # The demo made the first admin (a fresh install): the CLI now signs in with its token.
+    token_file = station.settings.var / "admin.token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    auth = ("--token-file", str(token_file))
     with running_services(station.settings, ["line1"], station.config):
-        report = json.loads(cli(station, "batch", "start", "1", "--json").stdout)
+        report = json.loads(cli(station, *auth, "batch", "start", "1", "--json").stdout)
         assert report["done"] == count and report["failed"] == 0
         assert report["state"] == "finished"
-        report = json.loads(cli(station, "batch", "status", "1", "--devices", "--json").stdout)
+        report = json.loads(
+            cli(station, *auth, "batch", "status", "1", "--devices", "--json").stdout
+        )
     serials = {d["chip_serial"] for d in report["devices"]}
     assert len(serials) == count
-    verify = json.loads(cli(station, "audit", "verify", "--json").stdout)
+    verify = json.loads(cli(station, *auth, "audit", "verify", "--json").stdout)
     assert verify["ok"]
     with make_engine(station.settings.db_url).connect() as c:
         certs = c.execute(text("SELECT count(*) FROM certificate")).scalar_one()

@@ -175,6 +175,7 @@ def line(tmp_path: Path, postgres_url: str) -> Iterator[dict[str, Any]]:
             f'var_dir = "{sroot / "var"}"\n'
             f'line_url = "http://127.0.0.1:{api}"\n'
             f'[broker]\nmode = "tls"\nhost = "127.0.0.1"\nport = {broker}\n'
+            f"[metrics]\nlisten_port = {free_port()}\n"  # each station PC's exporter
             f'[stations.{s}]\nsockets = {SOCKETS}\nfeed = "auto"\n'
         )
         pcs[s] = Pc(s, sroot, scfg, root if isolate else None)
@@ -269,6 +270,19 @@ def test_a_line_server_and_three_station_pcs(line: dict[str, Any]) -> None:
     registry_db = make_engine(server.settings.registry_db_url)
     assert _rows(registry_db, "SELECT count(*) FROM registry_devices")[0][0] == 3 * PER_STATION
     server.cli("audit", "verify")
+
+    # A station PC's own metrics (no API there): its exporter counts its devices' steps.
+    m = pcs["line3"].settings.metrics
+    scrape = httpx.get(f"http://127.0.0.1:{m.listen_port}/metrics", timeout=10).text
+    verified = [
+        float(ln.rsplit(" ", 1)[1])
+        for ln in scrape.splitlines()
+        if ln.startswith("provisioner_device_steps_total{")
+        and 'step="cert_verified"' in ln
+        and 'outcome="ok"' in ln
+        and 'station="line3"' in ln
+    ]
+    assert verified == [PER_STATION], scrape[:2000]
 
     # --- what station line1 can do with its own credentials -----------------------------
     s1 = pcs["line1"].settings

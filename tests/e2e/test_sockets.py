@@ -157,7 +157,7 @@ def test_two_messages_for_one_device_make_one_certificate(tmp_path: Path) -> Non
         # Both messages were run: one provisioned the device, the other left it alone
         # (claimed by the first, or already verified on its chip).
         log = (sup.log_dir / "worker-station-line1.log").read_text()
-        assert log.count("'outcome': 'done'") == 1 and log.count("'outcome': 'skipped'") == 1
+        assert log.count('"outcome": "done"') == 1 and log.count('"outcome": "skipped"') == 1
 
 
 def test_a_socket_waiting_for_a_chip_survives_the_broker(tmp_path: Path) -> None:

@@ -4,6 +4,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from provisioner.web.pages import signin
+from provisioner.web.pages import admin, audit, batches, devices, line, signin
 
-PAGE_MODULES: tuple[ModuleType, ...] = (signin,)
+PAGE_MODULES: tuple[ModuleType, ...] = (signin, line, batches, devices, audit, admin)

@@ -5,7 +5,8 @@ hidden field that must match), since there is no session yet to hold one. A wron
 answered with the same words whether or not it ever existed, and is never echoed back.
 """
 
-from __future__ import annotations
+# No "from __future__ import annotations": FastAPI must see Depends(ctx.guard.form(None)) as
+# an object, and ctx is local to router().
 
 import hmac
 import secrets
