@@ -34,10 +34,14 @@ def prepare(settings: Settings) -> Path:
 
 
 def child_env(settings: Settings) -> dict[str, str]:
-    """What a child of the supervisor needs in its environment to write its metrics."""
+    """What a child of the supervisor needs in its environment to write its metrics. The
+    directory is made if missing (prometheus_client fails on a missing one); emptying it is
+    :func:`prepare`'s, at the supervisor's start."""
     if not settings.metrics.enabled:
         return {}
-    return {ENV: str(directory(settings))}
+    path = directory(settings)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return {ENV: str(path)}
 
 
 def process_exited(pid: int) -> None:
