@@ -34,12 +34,16 @@ def _shift(path: Path, backups: int) -> None:
             os.replace(src, _numbered(path, i + 1))
 
 
+def _too_big(path: Path, max_bytes: int) -> bool:
+    try:
+        return path.stat().st_size > max_bytes
+    except FileNotFoundError:
+        return False
+
+
 def rotate_file(path: Path, max_bytes: int, backups: int) -> bool:
     """Rename ``path`` away if it is larger than ``max_bytes``; True if it was."""
-    try:
-        if path.stat().st_size <= max_bytes:
-            return False
-    except FileNotFoundError:
+    if not _too_big(path, max_bytes):
         return False
     _shift(path, backups)
     os.replace(path, _numbered(path, 1))
@@ -48,10 +52,7 @@ def rotate_file(path: Path, max_bytes: int, backups: int) -> bool:
 
 def copy_truncate(path: Path, max_bytes: int, backups: int) -> bool:
     """Copy ``path`` to ``path.1`` and empty it, if larger than ``max_bytes``."""
-    try:
-        if path.stat().st_size <= max_bytes:
-            return False
-    except FileNotFoundError:
+    if not _too_big(path, max_bytes):
         return False
     _shift(path, backups)
     shutil.copyfile(path, _numbered(path, 1))
