@@ -52,6 +52,9 @@ ACTIONS: dict[str, frozenset[Role]] = {
     "audit.export": _AUDIT,
     "audit.prove": _AUDIT,
     "audit.consistency": _AUDIT,
+    # a batch's signed report for a customer or certification body (signed with the audit
+    # key in the HSM: the content is built from the records by the command, never supplied)
+    "report.batch": _AUDIT,
     # admins: CA, registries, users and tokens, and forcing a checkpoint (uses the HSM)
     "audit.checkpoint": _ADMIN,
     "batch.quota": _ADMIN,  # a batch's certificate quota is the order's licensed quantity
