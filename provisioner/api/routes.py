@@ -115,11 +115,12 @@ def audit_router(engine: Engine, settings: Settings, guard: Guard) -> APIRouter:
         who: Annotated[Who, Depends(guard("audit.export"))],
         f: Filter,
         format: str = "jsonl",
+        tz: str = "utc",
     ) -> StreamingResponse:
-        if format not in ("jsonl", "csv"):
-            raise ApiProblem(400, "INVALID_ARGUMENT", "format must be jsonl or csv")
-        events = query.iterate(engine, f)
-        lines = query.jsonl_lines(events) if format == "jsonl" else query.csv_lines(events)
+        try:
+            lines = query.export_lines(engine, f, format, time_zone=tz)
+        except ProvisionerError as exc:
+            raise _problem(exc) from None
         media = "application/jsonl" if format == "jsonl" else "text/csv"
         return StreamingResponse(lines, media_type=media)
 

@@ -2,13 +2,15 @@
 tokens, each endpoint declaring its action (provisioner.auth.roles).
 
 401 without a valid token; 403 (audited as ``auth.denied``) when the role may not. A
-token's first successful use in this process is audited as ``auth.login``.
+user's first call of the UTC day is audited as ``auth.login`` (once per user and channel
+per day, whichever process sees it first: :func:`provisioner.auth.users.record_login`).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from datetime import UTC, date, datetime
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -38,7 +40,9 @@ class Guard:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # Tokens whose sign-in was already checked today: saves a query on every call.
         self._seen: set[str] = set()
+        self._day: date | None = None
         self._lock = threading.Lock()
 
     def __call__(self, action: str) -> Callable[[Request], object]:
@@ -60,6 +64,9 @@ class Guard:
             raise ApiProblem(401, "UNAUTHENTICATED", str(exc)) from None
         digest = users.token_hash(token.strip())
         with self._lock:
+            today = datetime.now(UTC).date()
+            if today != self._day:
+                self._day, self._seen = today, set()
             first = digest not in self._seen
             self._seen.add(digest)
         if first:

@@ -1,81 +1,20 @@
 """The canonical bytes of one audit event: what the hash chain and the Merkle leaf cover.
 
-Pure (stdlib only) on purpose: an auditor's offline proof check recomputes leaf hashes from
-the fields in a proof file with exactly this function and nothing of the database.
+The encoding itself (:class:`Entry`, :data:`ENTRY_VERSION`) lives in the standalone
+verifier (:mod:`provisioner.audit.verifier`, stdlib + cryptography only) so an auditor's
+offline check recomputes leaf hashes with exactly the code the product uses. What is only
+the product's business, refusing secrets in payloads and naming roles, stays here.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
 from typing import Any
 
-# Bump when the field list changes: old entries keep their old encoding's hashes.
-ENTRY_VERSION = 2
+from provisioner.audit.verifier import ENTRY_VERSION, Entry
 
-
-@dataclass(frozen=True)
-class Entry:
-    """One event's fields, exactly as hashed (``payload`` is its canonical JSON text)."""
-
-    seq: int
-    ts: str
-    actor: str
-    role: str | None
-    event_type: str
-    station_id: str | None
-    socket: int | None
-    batch_id: int | None
-    device_id: int | None
-    chip_serial: str | None
-    payload: str
-
-    def encode(self) -> bytes:
-        """Canonical JSON array: field order fixed, no whitespace, ASCII only."""
-        return json.dumps(
-            [
-                ENTRY_VERSION,
-                self.seq,
-                self.ts,
-                self.actor,
-                self.role,
-                self.event_type,
-                self.station_id,
-                self.socket,
-                self.batch_id,
-                self.device_id,
-                self.chip_serial,
-                self.payload,
-            ],
-            separators=(",", ":"),
-            ensure_ascii=True,
-        ).encode()
-
-    def as_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> Entry:
-        """The entry back from :meth:`as_json` output; a wrong field set or type raises
-        ValueError (a proof file is untrusted input)."""
-        names = set(cls.__dataclass_fields__)
-        if set(d) != names:
-            raise ValueError(f"event fields differ: expected {sorted(names)}")
-        for name in ("seq", "socket", "batch_id", "device_id"):
-            v = d[name]
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
-                raise ValueError(f"event field {name} must be an integer")
-        for name in ("ts", "actor", "event_type", "payload"):
-            if not isinstance(d[name], str):
-                raise ValueError(f"event field {name} must be a string")
-        for name in ("role", "station_id", "chip_serial"):
-            if d[name] is not None and not isinstance(d[name], str):
-                raise ValueError(f"event field {name} must be a string or null")
-        if d["seq"] is None or d["seq"] < 1:
-            raise ValueError("event field seq must be a positive integer")
-        return cls(**d)
-
+__all__ = ["ENTRY_VERSION", "Entry", "canonical_payload", "role_of"]
 
 _SECRET_WORDS = ("pin", "password", "token", "secret", "private")
 

@@ -9,6 +9,10 @@ perfect subtrees that make it up (:func:`range_ids`).
 
 Proof generation follows RFC 6962 §2.1.1-2.1.2 (PATH and PROOF/SUBPROOF) and verification
 follows RFC 9162 §2.1.3.2 and §2.1.4.2, so proofs interoperate with other CT-style tooling.
+
+Leaf and node hashing and the two proof checks are the standalone verifier's
+(:mod:`provisioner.audit.verifier`): one implementation for the product and the auditor.
+Here they are re-exported, the checks raising the product's ProofError.
 """
 
 from __future__ import annotations
@@ -17,30 +21,33 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from provisioner.audit import verifier
+from provisioner.audit.verifier import EMPTY_ROOT, HASH_SIZE, NODE_PREFIX, leaf_hash, node_hash
 from provisioner.errors import ProofError
 
-HASH_SIZE = 32
-EMPTY_ROOT: bytes = hashlib.sha256(b"").digest()
+__all__ = [
+    "EMPTY_ROOT",
+    "HASH_SIZE",
+    "Frontier",
+    "NodeGetter",
+    "NodeId",
+    "consistency_proof",
+    "inclusion_proof",
+    "leaf_hash",
+    "node_hash",
+    "peak_ids",
+    "range_ids",
+    "root_of",
+    "verify_consistency",
+    "verify_inclusion",
+]
 
 NodeId = tuple[int, int]
 """``(level, index)``: the perfect subtree over leaves ``[index*2**level, (index+1)*2**level)``."""
 
 NodeGetter = Callable[[Sequence[NodeId]], Mapping[NodeId, bytes]]
 
-_LEAF_PREFIX = b"\x00"
-_NODE_PREFIX = b"\x01"
-
 Range = tuple[int, int]
-
-
-def leaf_hash(entry: bytes) -> bytes:
-    """Hash one log entry; the 0x00 prefix keeps leaves from being passed off as nodes."""
-    return hashlib.sha256(_LEAF_PREFIX + entry).digest()
-
-
-def node_hash(left: bytes, right: bytes) -> bytes:
-    """Hash two children; the 0x01 prefix is RFC 6962's second-preimage protection."""
-    return hashlib.sha256(_NODE_PREFIX + left + right).digest()
 
 
 def _fold(hashes: Sequence[bytes]) -> bytes:
@@ -100,7 +107,7 @@ def _perfect_block(hashes: Sequence[bytes]) -> bytes:
     level = list(hashes)
     while len(level) > 1:
         pairs = iter(level)  # the same iterator twice yields (left, right) pairs
-        level = [sha256(_NODE_PREFIX + a + b).digest() for a, b in zip(pairs, pairs, strict=True)]
+        level = [sha256(NODE_PREFIX + a + b).digest() for a, b in zip(pairs, pairs, strict=True)]
     return level[0]
 
 
@@ -285,88 +292,23 @@ def consistency_proof(old_size: int, new_size: int, get: NodeGetter) -> list[byt
     return _combine(_consistency_ranges(old_size, new_size), get)
 
 
-def _check_hashes(what: str, hashes: Sequence[bytes]) -> None:
-    """Reject malformed hashes up front so a failure names the real problem."""
-    for i, h in enumerate(hashes):
-        if len(h) != HASH_SIZE:
-            raise ProofError(f"{what} element {i} is {len(h)} bytes, not {HASH_SIZE}")
-
-
 def verify_inclusion(
     leaf: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes
 ) -> None:
-    """Check that leaf HASH ``leaf`` is entry ``index`` of the tree of ``size`` with ``root``.
-
-    RFC 9162 §2.1.3.2, step by step; raises ProofError naming the reason on failure.
-    """
-    if not 0 <= index < size:
-        raise ProofError(f"inclusion proof: leaf index {index} is not in a tree of size {size}")
-    _check_hashes("inclusion proof", [leaf, root, *proof])
-    fn, sn = index, size - 1
-    r = leaf
-    for p in proof:
-        if sn == 0:
-            raise ProofError("inclusion proof is longer than the tree is deep")
-        if fn & 1 or fn == sn:
-            r = node_hash(p, r)
-            if not fn & 1:  # right edge: climb past the levels where we have no sibling
-                while fn and not fn & 1:
-                    fn >>= 1
-                    sn >>= 1
-        else:
-            r = node_hash(r, p)
-        fn >>= 1
-        sn >>= 1
-    if sn != 0:
-        raise ProofError("inclusion proof is shorter than the tree is deep")
-    if r != root:
-        raise ProofError("inclusion proof does not lead to the expected root hash")
+    """Check that leaf HASH ``leaf`` is entry ``index`` of the tree of ``size`` with ``root``
+    (RFC 9162 §2.1.3.2); raises ProofError naming the reason on failure."""
+    try:
+        verifier.verify_inclusion(leaf, index, size, proof, root)
+    except verifier.VerifierError as exc:
+        raise ProofError(str(exc)) from exc
 
 
 def verify_consistency(
     old_size: int, new_size: int, proof: Sequence[bytes], old_root: bytes, new_root: bytes
 ) -> None:
-    """Check that the tree (new_size, new_root) extends the tree (old_size, old_root).
-
-    RFC 9162 §2.1.4.2; equal sizes need an empty proof and equal roots. As for
-    :func:`consistency_proof`, ``0 < old_size <= new_size`` is required.
-    """
-    if not 0 < old_size <= new_size:
-        raise ProofError(f"no consistency proof from size {old_size} to size {new_size}")
-    _check_hashes("consistency proof", [old_root, new_root, *proof])
-    if old_size == new_size:
-        if proof:
-            raise ProofError("consistency proof between equal sizes must be empty")
-        if old_root != new_root:
-            raise ProofError("two different root hashes for the same tree size")
-        return
-    if not proof:
-        raise ProofError("consistency proof is empty")
-    path = list(proof)
-    if old_size & (old_size - 1) == 0:  # a power of two: the old root is a node of the new tree
-        path.insert(0, old_root)
-    fn, sn = old_size - 1, new_size - 1
-    while fn & 1:
-        fn >>= 1
-        sn >>= 1
-    fr = sr = path[0]
-    for c in path[1:]:
-        if sn == 0:
-            raise ProofError("consistency proof is longer than the tree is deep")
-        if fn & 1 or fn == sn:
-            fr = node_hash(c, fr)
-            sr = node_hash(c, sr)
-            if not fn & 1:
-                while fn and not fn & 1:
-                    fn >>= 1
-                    sn >>= 1
-        else:
-            sr = node_hash(sr, c)
-        fn >>= 1
-        sn >>= 1
-    if sn != 0:
-        raise ProofError("consistency proof is shorter than the tree is deep")
-    if fr != old_root:
-        raise ProofError("consistency proof does not lead to the old root hash")
-    if sr != new_root:
-        raise ProofError("consistency proof does not lead to the new root hash")
+    """Check that the tree (new_size, new_root) extends the tree (old_size, old_root)
+    (RFC 9162 §2.1.4.2; ``0 < old_size <= new_size``); raises ProofError on failure."""
+    try:
+        verifier.verify_consistency(old_size, new_size, proof, old_root, new_root)
+    except verifier.VerifierError as exc:
+        raise ProofError(str(exc)) from exc

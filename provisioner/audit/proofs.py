@@ -1,17 +1,16 @@
 """Proof files an auditor can check offline: a chip's events, each with its inclusion
 proof, under one signed checkpoint.
 
-``check`` needs only the file and the audit public key (stdlib + cryptography, no
-database, no settings): it verifies the checkpoint's signature, recomputes each event's
-leaf hash from its fields and checks each inclusion proof against the signed root.
+The files are written here (they need the database); they are read and checked by the
+standalone verifier (:mod:`provisioner.audit.verifier`: stdlib + cryptography, no database,
+no settings), which an auditor runs as one file and ``audit check-proof`` runs in-process.
+Format ``/2`` writes hashes as hex; files of format ``/1`` (base64) are still read.
 Inclusion shows these events are in the log the factory signed; it cannot show that no
 other event of the chip exists — for that an auditor runs ``audit verify`` on the log.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,13 +18,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlmodel import Session, col, select
 
 from provisioner.audit import checkpoint as cpmod
-from provisioner.audit import merkle, tree
+from provisioner.audit import merkle, tree, verifier
 from provisioner.audit.chain import entry_of
 from provisioner.audit.entry import Entry
 from provisioner.db.models import AuditCheckpoint, AuditEvent
 from provisioner.errors import NotFoundError, ProofError
 
-PROOF_FORMAT = "provisioner-audit-proof/1"
+PROOF_FORMAT = verifier.PROOF_FORMAT
 
 
 def build(session: Session, chip_serial: str) -> dict[str, Any]:
@@ -50,14 +49,16 @@ def build(session: Session, chip_serial: str) -> dict[str, Any]:
     items = []
     for e in covered:
         entry = entry_of(e)
+        leaf = merkle.leaf_hash(entry.encode())
         path = merkle.inclusion_proof(e.seq - 1, cp.size, get)
         # Never hand out a proof that fails: a damaged stored tree is reported here.
-        merkle.verify_inclusion(merkle.leaf_hash(entry.encode()), e.seq - 1, cp.size, path, root)
+        merkle.verify_inclusion(leaf, e.seq - 1, cp.size, path, root)
         items.append(
             {
                 "event": entry.as_json(),
                 "leaf_index": e.seq - 1,
-                "inclusion_proof": [base64.b64encode(h).decode() for h in path],
+                "leaf_hash": verifier.hash_text(leaf),
+                "inclusion_proof": [verifier.hash_text(h) for h in path],
             }
         )
     return {
@@ -79,45 +80,16 @@ class ProofReport:
 
 
 def check(raw: bytes, public_key: ec.EllipticCurvePublicKey) -> ProofReport:
-    """Verify a proof file; ProofError says what does not hold."""
+    """Verify a proof file (:func:`verifier.check_proof`); ProofError says what does not
+    hold, its ``__cause__`` the verifier's finer error (wrong input, wrong key, edited)."""
     try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProofError(f"not a proof file (JSON: {exc})") from None
-    if not isinstance(doc, dict) or doc.get("format") != PROOF_FORMAT:
-        raise ProofError(f"not a proof file (format must be {PROOF_FORMAT!r})")
-    note, serial, items = doc.get("checkpoint"), doc.get("chip_serial"), doc.get("events")
-    if not isinstance(note, str) or not isinstance(serial, str) or not isinstance(items, list):
-        raise ProofError("proof file lacks checkpoint, chip_serial or events")
-    origin = note.split("\n", 1)[0]
-    # The key name is the origin (our convention); the key itself is the auditor's.
-    cp = cpmod.open_signed(note, origin, public_key, origin)
-    if not items:
-        raise ProofError("the proof file proves no event")
-    entries = []
-    for n, item in enumerate(items, 1):
-        try:
-            entry = Entry.from_json(item["event"])
-            index = item["leaf_index"]
-            proof = [base64.b64decode(h, validate=True) for h in item["inclusion_proof"]]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ProofError(f"event #{n} of the proof file is malformed ({exc})") from None
-        if entry.chip_serial != serial:
-            raise ProofError(f"event {entry.seq} is about chip {entry.chip_serial}, not {serial}")
-        if index != entry.seq - 1:
-            raise ProofError(f"event {entry.seq} claims leaf index {index}")
-        try:
-            merkle.verify_inclusion(
-                merkle.leaf_hash(entry.encode()), index, cp.size, proof, cp.root
-            )
-        except ProofError as exc:
-            raise ProofError(f"event {entry.seq} ({entry.event_type}): {exc}") from None
-        entries.append(entry)
-    after = doc.get("events_after_checkpoint", 0)
-    return ProofReport(serial, cp.origin, cp.size, entries, after if isinstance(after, int) else 0)
+        r = verifier.check_proof(raw, public_key)
+    except verifier.VerifierError as exc:
+        raise ProofError(str(exc)) from exc
+    return ProofReport(r.chip_serial, r.origin, r.tree_size, r.events, r.events_after_checkpoint)
 
 
-CONSISTENCY_FORMAT = "provisioner-audit-consistency/1"
+CONSISTENCY_FORMAT = verifier.CONSISTENCY_FORMAT
 
 
 def build_consistency(session: Session, old: int, new: int | None = None) -> dict[str, Any]:
@@ -142,25 +114,17 @@ def build_consistency(session: Session, old: int, new: int | None = None) -> dic
         "format": CONSISTENCY_FORMAT,
         "old": rows[old].note,
         "new": rows[new].note,
-        "proof": [base64.b64encode(h).decode() for h in path],
+        "proof": [verifier.hash_text(h) for h in path],
     }
 
 
 def check_consistency(
     raw: bytes, public_key: ec.EllipticCurvePublicKey
 ) -> tuple[cpmod.Checkpoint, cpmod.Checkpoint]:
-    """Verify a consistency file offline: both checkpoints signed by the key, same log, and
-    the newer tree extends the older one unchanged."""
+    """Verify a consistency file offline (:func:`verifier.check_consistency`): both
+    checkpoints signed by the key, same log, and the newer tree extends the older one."""
     try:
-        doc = json.loads(raw)
-        if doc.get("format") != CONSISTENCY_FORMAT:
-            raise ValueError(f"format must be {CONSISTENCY_FORMAT!r}")
-        notes = (doc["old"], doc["new"])
-        path = [base64.b64decode(h, validate=True) for h in doc["proof"]]
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ProofError(f"not a consistency file ({exc})") from None
-    old, new = (cpmod.open_signed(n, n.split("\n", 1)[0], public_key) for n in notes)
-    if old.origin != new.origin:
-        raise ProofError(f"the checkpoints are of two logs ({old.origin}, {new.origin})")
-    merkle.verify_consistency(old.size, new.size, path, old.root, new.root)
-    return old, new
+        r = verifier.check_consistency(raw, public_key)
+    except verifier.VerifierError as exc:
+        raise ProofError(str(exc)) from exc
+    return r.old, r.new

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlmodel import Session
 
 from provisioner.audit import checkpoint as cpmod
-from provisioner.audit import merkle, scan, tree
+from provisioner.audit import kept, merkle, scan, tree
 from provisioner.audit.chain import GENESIS_HASH
 from provisioner.audit.entry import ENTRY_VERSION
 from provisioner.errors import ProofError
@@ -36,13 +36,22 @@ from provisioner.errors import ProofError
 @dataclass(frozen=True)
 class VerifyResult:
     """Outcome of a full check; ``first_bad_seq`` names the first bad event (or the first
-    missing one) and ``reason`` says what is wrong. ``warnings`` are limits of the check."""
+    missing one) and ``reason`` says what is wrong. ``warnings`` are limits of the check.
+
+    ``kind`` sorts a failure for the plain-word explanation
+    (:mod:`provisioner.audit.explain`): "chain" (an event edited, deleted or reordered),
+    "rewritten" (events no longer match a signed checkpoint), "rows" (rows outside the
+    sequence), "truncated", "tree" (the stored Merkle nodes), "signature" (a stored
+    checkpoint does not verify), "wrong_key" (no stored checkpoint is signed by this key:
+    check the key first), "needs_key", "kept_signature" (a checkpoint the auditor brought
+    does not verify), "forked" (it differs from the stored one). Empty when ok."""
 
     events: int
     checkpoints: int = 0
     first_bad_seq: int | None = None
     reason: str = ""
     warnings: tuple[str, ...] = field(default=())
+    kind: str = ""
 
     @property
     def ok(self) -> bool:
@@ -56,6 +65,7 @@ class VerifyResult:
             "first_bad_seq": self.first_bad_seq,
             "reason": self.reason,
             "warnings": list(self.warnings),
+            "kind": self.kind,
         }
 
 
@@ -86,7 +96,7 @@ def verify_log(
     try:
         expected = _checkpoints(session, key, extra_checkpoints, warnings)
     except _Bad as bad:
-        return VerifyResult(0, 0, bad.seq, bad.reason)
+        return VerifyResult(0, 0, bad.seq, bad.reason, kind=bad.kind)
     conn = session.connection()
     first, last, count = conn.exec_driver_sql(
         "SELECT min(seq), max(seq), count(*) FROM audit_event"
@@ -100,9 +110,9 @@ def verify_log(
     try:
         for r in results:
             if r.count and r.first_prev != prev_last:
-                raise _Bad(r.lo + 1, f"event {r.lo + 1} does not link to event {r.lo}")
+                raise _Bad(r.lo + 1, f"event {r.lo + 1} does not link to event {r.lo}", "chain")
             if r.bad_seq is not None:
-                raise _Bad(r.bad_seq, r.reason)
+                raise _Bad(r.bad_seq, r.reason, "chain")
             for size, local in sorted(r.at.items()):
                 leaf = bad_leaf or (r.bad_leaf if 0 < r.bad_leaf <= size else 0)
                 if _root(prefix + local) != expected[size]:
@@ -110,6 +120,7 @@ def verify_log(
                         leaf if good < leaf <= size else None,
                         f"events {good + 1}..{size} do not match the checkpoint signed "
                         f"at size {size}: the log was rewritten after it was signed",
+                        "rewritten",
                     )
                 checked, good = checked + 1, size
             prefix = _push(prefix, r.peaks, r.lo // chunk, r.hi - r.lo == chunk)
@@ -117,22 +128,26 @@ def verify_log(
             bad_leaf = bad_leaf or r.bad_leaf
         if count != n or (count and first < 1):
             # A row with seq outside 1..n (say, left behind by a reorder) is in no range.
-            raise _Bad(None, f"{count - n} rows lie outside the sequence 1..{n}")
+            raise _Bad(None, f"{count - n} rows lie outside the sequence 1..{n}", "rows")
         if sizes and sizes[-1] > n:
             raise _Bad(
                 n + 1,
                 f"the log was truncated: a signed checkpoint covers {sizes[-1]} events, "
                 f"only {n} are present",
+                "truncated",
             )
         if bad_leaf or (n and _root(prefix) != tree.root(session, n)):
             raise _Bad(
                 bad_leaf or None,
                 "the stored Merkle nodes do not match the events (proofs would fail)",
+                "tree",
             )
     except _Bad as bad:
-        return VerifyResult(n, checked, bad.seq, bad.reason, tuple(warnings))
+        return VerifyResult(n, checked, bad.seq, bad.reason, tuple(warnings), bad.kind)
     except ProofError as exc:
-        return VerifyResult(n, checked, None, f"the stored Merkle tree is incomplete: {exc}")
+        return VerifyResult(
+            n, checked, None, f"the stored Merkle tree is incomplete: {exc}", kind="tree"
+        )
     if n > good:
         warnings.append(f"events {good + 1}..{n} are not yet under a signed checkpoint")
     return VerifyResult(n, checked, None, "", tuple(warnings))
@@ -173,9 +188,9 @@ def _push(prefix: list[bytes], peaks: list[bytes], before: int, full: bool) -> l
 
 
 class _Bad(Exception):
-    def __init__(self, seq: int | None, reason: str) -> None:
+    def __init__(self, seq: int | None, reason: str, kind: str = "") -> None:
         super().__init__(reason)
-        self.seq, self.reason = seq, reason
+        self.seq, self.reason, self.kind = seq, reason, kind
 
 
 def _root(peaks: list[bytes]) -> bytes:
@@ -204,26 +219,53 @@ def _checkpoints(
             cp = cpmod.open_signed(note, key.name, key.public_key, key.origin)
         except ProofError as exc:
             raise _Bad(
-                None, f"the checkpoint stored at size {size} does not verify: {exc}"
+                None,
+                f"the checkpoint stored at size {size} does not verify: {exc}",
+                "signature" if roots or _ours(session, key, note) else "wrong_key",
             ) from None
         if cp.size != size or cp.root.hex() != root_hex:
-            raise _Bad(None, f"the checkpoint row at size {size} differs from its signed note")
+            raise _Bad(
+                None,
+                f"the checkpoint row at size {size} differs from its signed note",
+                "signature",
+            )
         roots[size] = cp.root
     if key is None:
         if roots:
             warnings.append("checkpoint signatures NOT checked (no audit public key): pass --key")
         if extra:
-            raise _Bad(None, "checking a kept checkpoint needs the audit public key (--key)")
+            raise _Bad(
+                None, "checking a kept checkpoint needs the audit public key (--key)", "needs_key"
+            )
     for note in extra:
         assert key is not None
         try:
             cp = cpmod.open_signed(note, key.name, key.public_key, key.origin)
         except ProofError as exc:
-            raise _Bad(None, f"a checkpoint you supplied does not verify: {exc}") from None
+            raise _Bad(
+                None, f"a checkpoint you supplied does not verify: {exc}", "kept_signature"
+            ) from None
         if roots.setdefault(cp.size, cp.root) != cp.root:
             raise _Bad(
                 None,
                 f"your checkpoint at size {cp.size} differs from the one stored: the log "
                 "was forked or rewritten",
+                "forked",
             )
     return roots
+
+
+def _ours(session: Session, key: AuditKey, note: str) -> bool:
+    """Whether this key signed ``note`` or the latest stored checkpoint (validly or not).
+
+    Called when the first checkpoint fails: if neither carries a signature of this key,
+    the likeliest cause is the wrong key (or every checkpoint replaced), which the auditor
+    must rule out before reading anything into the log."""
+    latest = (
+        session.connection()
+        .exec_driver_sql("SELECT note FROM audit_checkpoint ORDER BY size DESC LIMIT 1")
+        .scalar()
+    )
+    return any(
+        kept.signed_by(n, key.name, key.public_key) for n in (note, latest) if isinstance(n, str)
+    )

@@ -4,6 +4,8 @@ Tokens are 32 random bytes (``prv_`` + URL-safe base64); the database keeps only
 SHA-256, so a database dump yields no usable token. A token is shown once, when created.
 A refused action is written to the audit trail (``auth.denied``) in its own transaction
 before the refusal is raised, so a denial is recorded even though nothing else happens.
+A sign-in is written (``auth.login``) once per user, channel and UTC day, so reading the
+trail does not grow it (:func:`record_login`).
 
 No lock-outs: the installation always keeps a *live admin* (an enabled admin with at least
 one unrevoked token), since only an admin can make accounts. So the first account must be an
@@ -21,7 +23,7 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import func
@@ -29,9 +31,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from provisioner.audit import chain
+from provisioner.audit.entry import canonical_payload
 from provisioner.auth.roles import ACTIONS, Role, allowed
 from provisioner.db.engine import transaction
-from provisioner.db.models import ApiToken, UserAccount, utcnow
+from provisioner.db.models import ApiToken, AuditEvent, UserAccount, utcnow
 from provisioner.errors import (
     AuthenticationError,
     ConfigError,
@@ -358,6 +361,45 @@ def authorize(engine: Engine, who: Principal, action: str, *, via: str) -> None:
     raise PermissionDeniedError(f"{who.actor} may not {action} (needs role {need})")
 
 
-def record_login(engine: Engine, who: Principal, via: str) -> None:
+def _day_start(now: datetime) -> str:
+    """Midnight UTC of ``now``'s day, as the log's sortable timestamp text."""
+    return now.astimezone(UTC).strftime("%Y-%m-%dT00:00:00.000000Z")
+
+
+def _signed_in_today(s: Session, who: Principal, payload: str, since: str) -> bool:
+    return (
+        s.exec(
+            select(AuditEvent.seq)
+            .where(
+                AuditEvent.event_type == "auth.login",
+                AuditEvent.actor == who.actor,
+                AuditEvent.payload == payload,
+                col(AuditEvent.ts) >= since,
+            )
+            .limit(1)
+        ).first()
+        is not None
+    )
+
+
+def record_login(engine: Engine, who: Principal, via: str) -> bool:
+    """Audit ``who``'s sign-in through ``via`` (``cli``, ``api``) at most once per UTC
+    day; returns whether an event was written.
+
+    A token is presented on every CLI command and API call, so recording each would make
+    every read grow the trail it reads (and an auditor's checks would never see the same
+    log twice). The first sign-in of the day says who used the system through which door
+    and when they started; later ones that day add nothing an auditor needs. The check is
+    made again under the append lock, so two commands at once still write one event.
+    """
+    payload = canonical_payload({"via": via})
+    since = _day_start(datetime.now(UTC))
+    with Session(engine) as s:
+        if _signed_in_today(s, who, payload, since):
+            return False
     with transaction(engine) as s:
+        chain.lock_for_append(s)
+        if _signed_in_today(s, who, payload, since):
+            return False
         chain.append(s, "auth.login", actor=who.actor, role=who.role, payload={"via": via})
+    return True

@@ -66,6 +66,8 @@ class CliContext:
             return self._principal
         if self.token_file is not None:
             who = users.authenticate(self.engine, users.read_token_file(self.token_file))
+            # The user's first command of the UTC day is the sign-in; later ones append
+            # nothing, so an auditor's reads do not grow the trail they read.
             users.record_login(self.engine, who, "cli")
         elif users.has_users(self.engine):
             raise AuthenticationError(

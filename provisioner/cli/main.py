@@ -21,6 +21,7 @@ from provisioner.cli import (
     logs,
     manifest,
     registry,
+    report,
     services,
     station,
     users,
@@ -70,6 +71,7 @@ app.add_typer(registry.app, name="registry")
 app.add_typer(manifest.app, name="manifest")
 app.add_typer(line.app, name="line")
 app.add_typer(logs.app, name="logs")
+app.add_typer(report.app, name="report")
 app.command("demo")(services.demo)
 
 

@@ -148,7 +148,13 @@ def test_tokens_are_stored_hashed_and_logins_audited(
 # --- the CLI ----------------------------------------------------------------------------
 
 # Offline checks: they act on nothing, only check a file with a key or certificate.
-OFFLINE = {"audit check-proof", "audit check-consistency", "manifest verify"}
+OFFLINE = {
+    "audit check-proof",
+    "audit check-consistency",
+    "audit verifier",
+    "manifest verify",
+    "report verify",
+}
 # Break-glass: no admin is left to authorise it, so root and the SO PIN do (and it says so).
 BREAK_GLASS = {"users recover-admin"}
 # A station PC has no accounts and no database: the one-time enrollment token authorises.
@@ -240,9 +246,7 @@ def test_cli_bootstrap_then_tokens_and_roles(tmp_path: Path) -> None:
     out = _cli(settings, "audit", "query", "--type", "auth.*", "--json", token=tok["auditor"])
     events = json.loads(out.stdout)["events"]
     denied = [
-        (e["actor"], json.loads(e["payload"])["action"])
-        for e in events
-        if e["event_type"] == "auth.denied"
+        (e["actor"], e["payload"]["action"]) for e in events if e["event_type"] == "auth.denied"
     ]
     assert denied == [
         ("operator:olga", "audit.query"),

@@ -1,21 +1,25 @@
-"""``provisioner audit prove`` / ``check-proof`` / ``consistency`` / ``check-consistency``:
-proofs that travel, checked anywhere with only the file and the audit public key."""
+"""``provisioner audit prove`` / ``check-proof`` / ``consistency`` / ``check-consistency`` /
+``verifier``: proofs that travel, checked anywhere with only the file and the audit public
+key. The checks are the standalone verifier's (:mod:`provisioner.audit.verifier`), run
+in-process with the same arguments, so ``check-proof`` says exactly what an auditor's copy
+of ``verifier.py`` says; ``audit verifier`` hands out that file."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from importlib import resources
 from pathlib import Path
 
 import typer
 
-from provisioner.audit import proofs
-from provisioner.audit.checkpointer import read_public_key
+from provisioner.audit import proofs, verifier
 from provisioner.cli.audit.common import (
     app,
 )
 from provisioner.cli.context import ctx_of
 from provisioner.db.engine import transaction
-from provisioner.errors import ConfigError, ProofError
+from provisioner.errors import ConflictError
 
 
 @app.command("prove")
@@ -47,37 +51,9 @@ def check_proof(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Verify a proof file offline: needs only the file and the key (no database, no
-    configuration, no network). Exit 1 if anything does not verify."""
-    pub = read_public_key(key)
-    try:
-        rep = proofs.check(file.read_bytes(), pub)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {file}: {exc.strerror}") from None
-    except ProofError as exc:
-        if as_json:
-            typer.echo(json.dumps({"ok": False, "reason": str(exc)}))
-        else:
-            typer.echo(f"proof does NOT verify: {exc}", err=True)
-        raise typer.Exit(1) from None
-    if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    "ok": True,
-                    "chip_serial": rep.chip_serial,
-                    "origin": rep.origin,
-                    "tree_size": rep.tree_size,
-                    "events": [e.as_json() for e in rep.events],
-                }
-            )
-        )
-        return
-    typer.echo(
-        f"proof verified: {len(rep.events)} events of chip {rep.chip_serial} are in log "
-        f"{rep.origin} at size {rep.tree_size} (checkpoint signature OK)"
-    )
-    for e in rep.events:
-        typer.echo(f"  {e.seq:>8} {e.ts} {e.event_type} by {e.actor}")
+    configuration, no network). Exit 0 verified; 1 does NOT verify (or the checkpoint is not
+    signed by this key: check the key first); 2 the file is not a proof file."""
+    _run_verifier("proof", file, key, as_json)
 
 
 @app.command("consistency")
@@ -105,18 +81,45 @@ def consistency(
 def check_consistency(
     file: Path = typer.Argument(..., help="File from `audit consistency`."),
     key: Path = typer.Option(..., "--key", help="The audit public key (PEM) you trust."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
-    """Verify a consistency proof offline (only the file and the key). Exit 1 if the
-    newer checkpoint does not extend the older one."""
-    pub = read_public_key(key)
-    try:
-        old, new = proofs.check_consistency(file.read_bytes(), pub)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {file}: {exc.strerror}") from None
-    except ProofError as exc:
-        typer.echo(f"consistency does NOT verify: {exc}", err=True)
-        raise typer.Exit(1) from None
+    """Verify a consistency proof offline (only the file and the key). Exit 0 the newer
+    checkpoint extends the older one; 1 it does not (or a checkpoint is not signed by this
+    key); 2 the file is not a consistency file."""
+    _run_verifier("consistency", file, key, as_json)
+
+
+@app.command("verifier")
+def verifier_file(
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Write it to this file (default: print it)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+) -> None:
+    """The standalone verifier for auditors: one Python file that needs only the
+    `cryptography` package. It checks proof files, consistency files and exported logs
+    against signed checkpoints, exactly as `check-proof` does:
+    `python3 verifier.py proof FILE --key audit-key.pem`."""
+    text = resources.files("provisioner.audit").joinpath("verifier.py").read_text("utf-8")
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    if output.exists() and not force:
+        raise ConflictError(f"{output} exists: pass --force to overwrite it")
+    output.write_text(text, encoding="utf-8")
+    output.chmod(0o755)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     typer.echo(
-        f"consistent: log {old.origin} at size {new.size} extends its checkpoint at size "
-        f"{old.size} unchanged (both signatures OK)"
+        f"{output}: the standalone verifier (SHA-256 {digest}); it needs Python 3.9+ and "
+        f"`pip install cryptography`; run `python3 {output} --help`",
+        err=True,
     )
+
+
+def _run_verifier(command: str, file: Path, key: Path, as_json: bool) -> None:
+    """Run one verifier subcommand in this process; its exit status is ours. (``--`` so a
+    file name that starts with a dash is still a file name.)"""
+    flags = [f"--key={key}", *(["--json"] if as_json else [])]
+    code = verifier.main([command, *flags, "--", str(file)])
+    if code:
+        raise typer.Exit(code)
