@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -297,3 +298,16 @@ def test_sign_out_ends_the_session(site: Site) -> None:
     # The old cookie value itself is dead, not just forgotten by this browser.
     again = TestClient(site.app, follow_redirects=False, cookies={"prov_session": cookie})
     assert again.get("/ui/audit").status_code == 303
+
+
+def test_auditors_download_the_standalone_verifier(site: Site) -> None:
+    """The audit page hands out exactly the file the product checks with; operators get
+    neither the link nor the file."""
+    from provisioner.audit import verifier
+
+    auditor = signed_in(site, "auditor")
+    assert 'href="/ui/audit/verifier.py"' in auditor.get("/ui/audit").text
+    r = auditor.get("/ui/audit/verifier.py")
+    assert r.status_code == 200 and r.content == Path(verifier.__file__).read_bytes()
+    assert "attachment" in r.headers["content-disposition"]
+    assert signed_in(site, "operator").get("/ui/audit/verifier.py").status_code == 403

@@ -11,6 +11,7 @@ checked and, on failure, what it means and what to do.
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlencode
 
@@ -156,6 +157,18 @@ def router(ctx: WebContext) -> APIRouter:
             lines,
             media_type=media,
             headers={"Content-Disposition": f'attachment; filename="audit-events.{format}"'},
+        )
+
+    @r.get("/audit/verifier.py")
+    def standalone_verifier(user: Annotated[WebUser, Depends(verifier)]) -> Response:
+        """The auditors' standalone verifier (one file; needs only ``cryptography``): the
+        same file ``provisioner audit verifier -o FILE`` writes."""
+        from provisioner.audit import verifier as standalone
+
+        return Response(
+            Path(standalone.__file__).read_bytes(),
+            media_type="text/x-python",
+            headers={"Content-Disposition": 'attachment; filename="verifier.py"'},
         )
 
     @r.get("/audit/verify")
