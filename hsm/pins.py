@@ -20,6 +20,7 @@ from urllib.parse import unquote
 
 from provisioner.errors import HsmError
 from provisioner.logs.redact import register_secret
+from provisioner.private_files import check_pin_file
 
 PROMPT = "prompt"
 
@@ -74,7 +75,10 @@ class PinSource:
 
 
 def read_pin(path: Path) -> str:
-    """Read a PIN from a file; errors name the file, never its content."""
+    """Read a PIN from a file; errors name the file, never its content. A PIN file other
+    users can read is refused (ConfigError with the chmod that fixes it): the PIN there is
+    no longer a secret of this account's."""
+    check_pin_file(path)
     try:
         pin = path.read_text().strip()
     except FileNotFoundError:

@@ -140,6 +140,12 @@ class QuotaExhaustedError(PolicyViolationError):
     raise the quota (`batch quota set`) and the device be retried."""
 
 
+class ForgedCertificateError(PolicyViolationError):
+    """A certificate handed to a station for a chip does not verify against the CA chain the
+    station pins (another issuer's signature, another key, another chip's serial): nothing
+    was written to the chip, and the station records ``incident.forged_certificate``."""
+
+
 class BatchNotRunningError(PolicyViolationError):
     """The signer issues nothing for a batch that was cancelled or closed (or never
     started): the device stops where it is; its part is not at fault."""

@@ -12,6 +12,13 @@ one. Before every signature the policy checks, in this order:
    reused: refused and recorded as an incident), and the batch's quota has room, claimed
    with a conditional UPDATE so several signer processes together never exceed it.
 
+Every refusal, of either kind, is audited: with its incident type where there is one
+(``incident.clone_refused``, ``incident.key_reused``, ``incident.quota_exceeded``,
+``incident.batch_not_running``), otherwise as ``sign.refused``, always with a reason code
+(``payload.reason``, see :data:`REASONS`). Refusals are aggregated per (signer, event type,
+reason) and window (:mod:`provisioner.audit.refusals`): whoever can put messages on the
+broker can make the signer refuse without end, but not grow the trail without bound.
+
 After signing, the certificate is verified with the CA public key before it leaves
 (:func:`provisioner.ca.issuer.build_device_certificate`).
 
@@ -40,7 +47,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from hsm.breaker import BreakerState, BreakerStatus
-from provisioner.audit import chain
+from provisioner.audit import chain, refusals
 from provisioner.ca.ceremony import LoadedCa, load_ca, store_of
 from provisioner.ca.issuer import (
     DeviceIssuer,
@@ -51,7 +58,7 @@ from provisioner.ca.issuer import (
 )
 from provisioner.ca.store import fingerprint
 from provisioner.db.engine import transaction
-from provisioner.db.models import Batch, BatchState, Certificate, Device, Step
+from provisioner.db.models import MAX_ID, Batch, BatchState, Certificate, Device, Step
 from provisioner.errors import (
     BatchNotRunningError,
     NotFoundError,
@@ -60,20 +67,40 @@ from provisioner.errors import (
     QuotaExhaustedError,
     ServiceUnavailableError,
 )
-from provisioner.ledger import get_device, record_step
+from provisioner.ledger import record_step
 from provisioner.metrics import record
 from provisioner.ports import IssuedCertificate, SigningRequest
 from provisioner.settings import ProfileSettings, Settings
 
+SIGN_REFUSED = "sign.refused"
+# The reason codes of refusals (``payload.reason``; the aggregation key with the event type).
+REASONS = frozenset(
+    {
+        "malformed_request",  # fields missing, not hex, ids out of range
+        "malformed_serial",  # not an ATECC serial
+        "bad_public_key",  # not a P-256 point / acceptable SubjectPublicKeyInfo
+        "bad_pop",  # the proof of possession does not verify
+        "unknown_device",  # no such device recorded
+        "certified_for_another_key",  # the device has a certificate, for another key
+        "request_mismatch",  # serial, key or batch differ from the station's records
+        "serial_of_another_device",  # a clone
+        "key_reused",  # the key is recorded for another device
+        "batch_not_running",  # created, cancelled or closed
+        "quota_exhausted",
+    }
+)
+_MAX_DETAIL = 200  # a refusal's text may quote the request: the trail keeps its start only
+
 
 @dataclass(frozen=True)
 class _Refusal:
-    """A policy refusal found inside the issuing transaction: it changes nothing, and its
-    incident event commits in that same transaction."""
+    """A refusal by the policy: it changes nothing, and its (aggregated) event commits in
+    the transaction that decided it."""
 
     event_type: str
+    code: str
     reason: str
-    error: type[PolicyViolationError] = PolicyViolationError
+    error: type[ProvisionerError] = PolicyViolationError
 
 
 class IssuanceService:
@@ -130,12 +157,17 @@ class IssuanceService:
         whose commit failed was not issued)."""
         t0 = time.perf_counter()
         self._local.issued = 0
+        result: IssuedCertificate | ProvisionerError
         try:
-            _check_request(request)  # stateless: nothing is locked or written for these
-            with self._health_events_deferred():
-                self._follow_rotation()
+            stateless = _stateless_refusal(request)  # nothing is locked for these checks
+            if stateless is not None:
                 with transaction(self.engine) as s:
-                    result = self._decide(s, request)
+                    result = self._refuse(s, request, stateless)
+            else:
+                with self._health_events_deferred():
+                    self._follow_rotation()
+                    with transaction(self.engine) as s:
+                        result = self._decide(s, request)
         except Exception as exc:
             record.signature(_result_of(exc))
             raise
@@ -157,14 +189,19 @@ class IssuanceService:
         station retries them)."""
         out: list[IssuedCertificate | ProvisionerError | None] = []
         valid: list[tuple[int, SigningRequest]] = []
+        refused: list[tuple[int, SigningRequest, _Refusal]] = []
         self._local.issued = 0
         for i, r in enumerate(requests):
-            try:
-                _check_request(r)
+            out.append(None)
+            stateless = _stateless_refusal(r)
+            if stateless is None:
                 valid.append((i, r))
-                out.append(None)
-            except ProvisionerError as exc:
-                out.append(exc)
+            else:
+                refused.append((i, r, stateless))
+        if refused:  # audited on their own: a token failure below must not undo them
+            with transaction(self.engine) as s:
+                for i, r, why in refused:
+                    out[i] = self._refuse(s, r, why)
         try:
             with self._health_events_deferred():
                 self._follow_rotation()
@@ -191,42 +228,92 @@ class IssuanceService:
                 record.signature("repeat")
         return done
 
-    def _decide(
-        self, s: Session, request: SigningRequest
-    ) -> IssuedCertificate | PolicyViolationError:
+    def _decide(self, s: Session, request: SigningRequest) -> IssuedCertificate | ProvisionerError:
         """The stateful policy and, if it allows, the signature and its record, in ``s``.
-        A refusal changes nothing but its incident event, so it commits like a success."""
-        dev = get_device(s, request.device_id)
+        A refusal changes nothing but its (aggregated) event, so it commits like a success."""
+        dev = s.get(Device, request.device_id)
+        if dev is None:
+            return self._refuse(
+                s,
+                request,
+                _Refusal(
+                    SIGN_REFUSED,
+                    "unknown_device",
+                    f"device {request.device_id} does not exist",
+                    NotFoundError,
+                ),
+            )
         existing = s.exec(
             select(Certificate).where(Certificate.device_id == request.device_id)
         ).first()
         if existing is not None:
             if dev.public_key != request.public_key.hex():
-                raise PolicyViolationError(
-                    f"device {request.device_id} already has a certificate for another key"
+                return self._refuse(
+                    s,
+                    request,
+                    _Refusal(
+                        "incident.clone_refused",
+                        "certified_for_another_key",
+                        f"device {dev.id} already has a certificate for another key",
+                    ),
+                    dev,
                 )
             return _issued(existing)
         refusal = self._clone_check(s, dev, request) or self._claim_quota(s, dev)
         if refusal is None:
             return self._issue(s, dev, request)
-        chain.append(
+        return self._refuse(s, request, refusal, dev)
+
+    def _refuse(
+        self, s: Session, req: SigningRequest, refusal: _Refusal, dev: Device | None = None
+    ) -> ProvisionerError:
+        """Audit ``refusal`` of ``req`` in ``s`` (aggregated per window) and return its
+        error. The event's device, batch and serial columns name only what the records
+        confirm (``dev``); what the request merely claims stays in the payload, bounded."""
+        payload: dict[str, object] = {
+            "reason": refusal.code,
+            "detail": refusal.reason[:_MAX_DETAIL],
+            "public_key_sha256": hashlib.sha256(req.public_key).hexdigest(),
+        }
+        if dev is None:
+            payload["claimed_device"] = _claimed_id(req.device_id)
+            payload["claimed_batch"] = _claimed_id(req.batch_id)
+        refusals.record(
             s,
             refusal.event_type,
             actor=self.actor,
-            batch_id=request.batch_id,
-            device_id=request.device_id,
-            chip_serial=request.chip_serial_hex,
-            payload={
-                "reason": refusal.reason,
-                "public_key_sha256": hashlib.sha256(request.public_key).hexdigest(),
-            },
+            reason=refusal.code,
+            batch_id=dev.batch_id if dev is not None else None,
+            device_id=dev.id if dev is not None else None,
+            chip_serial=req.chip_serial_hex if dev is not None else None,
+            payload=payload,
         )
         return refusal.error(f"refused to sign: {refusal.reason}")
 
+    def refuse_malformed(self, detail: str) -> PolicyViolationError:
+        """Audit a sign request that could not even be read (the task's message lacks a
+        field or holds no hex): ``sign.refused`` with reason ``malformed_request``. Returns
+        the error to answer with."""
+        record.signature("refused")
+        with transaction(self.engine) as s:
+            refusals.record(
+                s,
+                SIGN_REFUSED,
+                actor=self.actor,
+                reason="malformed_request",
+                payload={"reason": "malformed_request", "detail": detail[:_MAX_DETAIL]},
+            )
+        return PolicyViolationError(f"refused to sign: malformed request ({detail[:_MAX_DETAIL]})")
+
     def _clone_check(self, s: Session, dev: Device, req: SigningRequest) -> _Refusal | None:
-        if dev.chip_serial != req.chip_serial_hex or dev.public_key != req.public_key.hex():
+        if (
+            dev.chip_serial != req.chip_serial_hex
+            or dev.public_key != req.public_key.hex()
+            or dev.batch_id != req.batch_id
+        ):
             return _Refusal(
                 "incident.clone_refused",
+                "request_mismatch",
                 f"request for device {dev.id} does not match what its station recorded",
             )
         other = s.exec(
@@ -235,6 +322,7 @@ class IssuanceService:
         if other is not None:
             return _Refusal(
                 "incident.clone_refused",
+                "serial_of_another_device",
                 f"serial {req.chip_serial_hex} already belongs to device {other} (clone?)",
             )
         reused = s.exec(
@@ -243,6 +331,7 @@ class IssuanceService:
         if reused is not None:
             return _Refusal(
                 "incident.key_reused",
+                "key_reused",
                 f"public key already recorded for device {reused}: never certified twice",
             )
         return None
@@ -268,12 +357,14 @@ class IssuanceService:
             # A cancelled or closed batch released its quota; a created one never started.
             return _Refusal(
                 "incident.batch_not_running",
+                "batch_not_running",
                 f"batch {dev.batch_id} is {batch.state.value}: no certificate is issued for it",
                 BatchNotRunningError,
             )
         quota = batch.quota if batch is not None and batch.quota is not None else "count"
         return _Refusal(
             "incident.quota_exceeded",
+            "quota_exhausted",
             f"batch {dev.batch_id} has used its certificate quota ({quota})",
             QuotaExhaustedError,
         )
@@ -393,10 +484,33 @@ def _result_of(exc: BaseException) -> str:
     return "error"
 
 
-def _check_request(request: SigningRequest) -> None:
-    check_serial(request.chip_serial_hex)
-    check_public_key(request.public_key)
-    verify_proof_of_possession(request.public_key, request.pop_challenge, request.pop_signature)
+def _stateless_refusal(request: SigningRequest) -> _Refusal | None:
+    """What is wrong with the request itself, before any record is read: ids out of any
+    row's range, a malformed serial, an unacceptable key, a proof that does not verify."""
+    for name, value in (("device", request.device_id), ("batch", request.batch_id)):
+        if _claimed_id(value) is None:
+            return _Refusal(SIGN_REFUSED, "malformed_request", f"{name} id out of range")
+    checks = (
+        ("malformed_serial", lambda: check_serial(request.chip_serial_hex)),
+        ("bad_public_key", lambda: check_public_key(request.public_key)),
+        (
+            "bad_pop",
+            lambda: verify_proof_of_possession(
+                request.public_key, request.pop_challenge, request.pop_signature
+            ),
+        ),
+    )
+    for code, check in checks:
+        try:
+            check()
+        except PolicyViolationError as exc:
+            return _Refusal(SIGN_REFUSED, code, str(exc))
+    return None
+
+
+def _claimed_id(value: object) -> int | None:
+    """An id as the request claims it, if it could be a row's (1 .. 2**63-1)."""
+    return value if isinstance(value, int) and 0 < value <= MAX_ID else None
 
 
 def _issued(row: Certificate) -> IssuedCertificate:

@@ -32,8 +32,18 @@ from provisioner.db.models import (
     UploadState,
     utcnow,
 )
-from provisioner.errors import ChipError, ConfigError, NotFoundError, PolicyViolationError
+from provisioner.errors import (
+    ChipError,
+    ConfigError,
+    InvalidInputError,
+    NotFoundError,
+    PolicyViolationError,
+)
 from provisioner.ports import IssuedCertificate
+
+# What a station may report as an incident with a failure (``incident.<name>``): it saw
+# something only it can see (a certificate its pinned CA chain does not vouch for).
+STATION_INCIDENTS = frozenset({"forged_certificate"})
 
 
 def registry_device_id(chip_serial_hex: str) -> str:
@@ -320,9 +330,19 @@ class DeviceLedger:
                 .values(claimed_by=None, claimed_until=None)
             )
 
-    def fail(self, device_id: int, error: str, action: PartAction = PartAction.REJECT) -> None:
+    def fail(
+        self,
+        device_id: int,
+        error: str,
+        action: PartAction = PartAction.REJECT,
+        *,
+        incident: str | None = None,
+    ) -> None:
         """Record that the current attempt failed and what the operator does with the part;
-        the step stays, so a retry resumes."""
+        the step stays, so a retry resumes. ``incident`` (one of :data:`STATION_INCIDENTS`):
+        what the station saw is an incident too, appended with the failure."""
+        if incident is not None and incident not in STATION_INCIDENTS:
+            raise InvalidInputError(f"unknown station incident {incident[:40]!r}")
         with transaction(self.engine) as s:
             dev = get_device(s, device_id)
             dev.error = error
@@ -340,6 +360,18 @@ class DeviceLedger:
                 chip_serial=dev.chip_serial,
                 payload={"step": dev.step.name, "error": error, "part": action.value},
             )
+            if incident is not None:
+                chain.append(
+                    s,
+                    f"incident.{incident}",
+                    actor=self.actor,
+                    station_id=self.station_id,
+                    socket=self.socket,
+                    batch_id=dev.batch_id,
+                    device_id=dev.id,
+                    chip_serial=dev.chip_serial,
+                    payload={"step": dev.step.name, "error": error},
+                )
 
     def queue_upload(
         self, device_id: int, *, registry: str, registry_device_id: str, fingerprint: str

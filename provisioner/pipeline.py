@@ -5,7 +5,8 @@ Station side, :func:`provision_device`::
     read serial + revision -> configure (blank chip) + generate key in the key slot
     + lock the data zone
     -> read public key -> proof of possession (the chip signs a challenge the line gave
-    out) -> HSM signs the certificate (the signer records it) -> write it to the chip
+    out) -> HSM signs the certificate (the signer records it) -> the station checks it
+    against the CA chain it pins (``check``) -> write it to the chip
     -> read back and compare -> queue the registry upload
 
 Registry side, :func:`upload_device`::
@@ -53,6 +54,12 @@ def always(_: Step) -> bool:
     return True
 
 
+CertificateCheck = Callable[[IssuedCertificate, bytes, str], None]
+"""Checks a certificate before it is written: (certificate, the chip's public point just
+read, the chip's serial); raises (ForgedCertificateError) to keep it off the chip. The socket
+task checks against the CA chain its station pins (:mod:`provisioner.ca.pinned`)."""
+
+
 class StationLedger(Protocol):
     """Where a station records each step: :class:`~provisioner.ledger.DeviceLedger` on the
     line server, or the line server itself through the broker
@@ -87,14 +94,17 @@ def provision_device(
     ledger: StationLedger,
     *,
     proceed: Callable[[Step], bool] = always,
+    check: CertificateCheck | None = None,
 ) -> Device:
     """Run (or resume) the station part of one device's provisioning on ``chip``.
 
+    ``check`` sees every certificate before it is written (a new one or a resumed device's);
+    the socket task always passes its pinned-chain check, tests of other steps may not.
     Each step's attempt is counted and timed (:class:`~provisioner.metrics.record.StepMeter`)
     by the station this process serves."""
     meter = StepMeter()
     try:
-        return _provision(device_id, chip, signer, ledger, proceed, meter)
+        return _provision(device_id, chip, signer, ledger, proceed, meter, check)
     except BaseException as exc:
         meter.failed(exc)
         raise
@@ -111,6 +121,7 @@ def _provision(
     ledger: StationLedger,
     proceed: Callable[[Step], bool],
     meter: StepMeter,
+    check: CertificateCheck | None,
 ) -> Device:
     def boundary(step: Step) -> None:
         if not proceed(step):
@@ -190,10 +201,12 @@ def _provision(
     else:
         cert = ledger.certificate(device_id)
 
-    # 6. Write the certificate to the chip.
+    # 6. Check the certificate against the pinned CA chain, then write it to the chip.
     if dev.step < Step.CERT_WRITTEN:
         boundary(Step.CERT_WRITTEN)
         meter.start(Step.CERT_WRITTEN)
+        if check is not None:
+            check(cert, point, serial)
         chip.write_certificate(cert.der)
         dev = ledger.record_written(device_id, cert.fingerprint_sha256)
         meter.ok()

@@ -12,6 +12,9 @@ around them:
 - a chip error that can pass (no answer, CRC noise on the bus, an ECC fault) is retried up to
   ``chip_retries`` times per step by running the pipeline again (it resumes idempotently);
 - a failure says what the operator does with the part (:class:`PartAction`);
+- every certificate is checked against the CA chain the station pins before it is written
+  (:mod:`provisioner.ca.pinned`); a forged one is refused, nothing written, the device
+  failed with the part left in its socket and ``incident.forged_certificate`` recorded;
 - the socket's ``socket_state`` row says what it is doing, on every change.
 
 The Celery task (``workers/tasks.py``) turns the :class:`Outcome` into a retry, an upload
@@ -30,7 +33,8 @@ from typing import Any, Literal
 from cryptoauthlib.status import Status
 
 from provisioner import pipeline, socket_state
-from provisioner.ca.chain import chip_chain
+from provisioner.ca.chain import chip_chain, local_material
+from provisioner.ca.pinned import PinnedChain
 from provisioner.chips.certdef import ChipCertChain
 from provisioner.chips.connector import Connector
 from provisioner.db.models import Device, PartAction, Step
@@ -40,6 +44,7 @@ from provisioner.errors import (
     ChipCommandError,
     ChipError,
     DeviceStopped,
+    ForgedCertificateError,
     PolicyViolationError,
     ProvisionerError,
     QuotaExhaustedError,
@@ -48,7 +53,7 @@ from provisioner.errors import (
 )
 from provisioner.link.records import StationRecords, may_start
 from provisioner.logs import bind, log_context
-from provisioner.ports import SecureElement
+from provisioner.ports import IssuedCertificate, SecureElement
 from provisioner.settings import Settings
 from provisioner.station import auto_fed, feed_auto, locator
 
@@ -239,6 +244,13 @@ class SocketRun:
                 if not transient(exc):
                     return self._fail(device_id, str(exc), part_action(exc))
                 error = exc
+            except ForgedCertificateError as exc:
+                # Nothing was written: the chip is fine and keeps its key (its record stands);
+                # the part stays in its socket so that `batch retry`, once the incident is
+                # understood, writes the certificate the CA really issued for that key.
+                return self._fail(
+                    device_id, str(exc), PartAction.WAIT, incident="forged_certificate"
+                )
             except PolicyViolationError as exc:
                 # The signer refuses a batch cancelled since the last step boundary: that is
                 # the batch stopping, not the part's fault.
@@ -276,6 +288,7 @@ class SocketRun:
                 self.ledger,
                 self.ledger,
                 proceed=partial(self.ledger.gate, device_id, announce=True),
+                check=self._check_certificate,
             )
         self._socket(
             "idle", device_id, "provisioned" if self.auto else "provisioned: take the chip out"
@@ -288,6 +301,14 @@ class SocketRun:
         """The compressed-certificate definitions: from the line's material on a station
         PC, from this PC's CA files on the line server."""
         return chip_chain(self.settings, self.ledger.chip_chain())
+
+    def _check_certificate(self, cert: IssuedCertificate, point: bytes, serial: str) -> None:
+        """Refuse (ForgedCertificateError) a certificate the pinned CA chain does not vouch
+        for, with the chain material the chip is about to store."""
+        material = self.ledger.chip_chain() or local_material(self.settings)
+        PinnedChain.of(self.settings).check(
+            cert.der, public_point=point, serial_hex=serial, material=material
+        )
 
     def _misplaced(self, chip: SecureElement, dev: Device) -> str | None:
         """What to do first when the socket holds a chip that is not this device's to use
@@ -318,9 +339,11 @@ class SocketRun:
 
     # --- failures, the socket's row ----------------------------------------------------
 
-    def _fail(self, device_id: int, reason: str, action: PartAction) -> Outcome:
+    def _fail(
+        self, device_id: int, reason: str, action: PartAction, incident: str | None = None
+    ) -> Outcome:
         log.warning("device %s failed (%s): %s", device_id, action.value, reason)
-        self.ledger.fail(device_id, reason, action)
+        self.ledger.fail(device_id, reason, action, incident=incident)
         self._socket("failed", device_id, f"{_PART[action]}: {reason}")
         return Outcome("failed", device_id, reason)
 

@@ -53,6 +53,7 @@ from provisioner.logs.rotate import rotate_dir
 from provisioner.metrics.exporter import start_exporter
 from provisioner.metrics.multiproc import child_env as metrics_env
 from provisioner.metrics.multiproc import prepare as prepare_metrics
+from provisioner.private_files import check_start
 from provisioner.process_groups import group_alive, group_carries, signal_group, wait_group_gone
 from provisioner.settings import Settings, local_url
 from provisioner.supervisor_lock import InstanceLock
@@ -169,8 +170,11 @@ class Supervisor:
     # --- one instance per var dir ---------------------------------------------------------
 
     def acquire(self) -> None:
-        """Take the var dir's lock (ConflictError naming the running supervisor), then reap
-        what a dead predecessor left; start logging to ``<var>/log/supervisor.log``."""
+        """Refuse private files other users can access (ConfigError with the chmod that
+        fixes them; nothing started or written), take the var dir's lock (ConflictError
+        naming the running supervisor), then reap what a dead predecessor left; start
+        logging to ``<var>/log/supervisor.log``."""
+        check_start(self.settings)
         lock = InstanceLock(self.run_dir, self.config_file)
         lock.acquire()
         self._lock = lock
@@ -223,7 +227,7 @@ class Supervisor:
         env: dict[str, str] | None = None,
         ready_file: Path | None = None,
     ) -> Child:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         log_file = self.log_dir / f"{name}.log"
         env = dict(env or {})

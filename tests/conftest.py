@@ -22,7 +22,13 @@ from provisioner.db.engine import create_schema, make_engine
 from provisioner.issuance import IssuanceService
 from provisioner.ledger import DeviceLedger
 from provisioner.ports import SigningRequest
+from provisioner.private_files import private_umask
 from provisioner.settings import Settings, load_settings
+
+# The product runs with umask 077 (every entry point sets it) and refuses private files other
+# users can read; the tests' own files (var dirs, PIN and token files, services started in
+# this process) are made the same way.
+private_umask()
 
 
 def run_cli(

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from celery import Celery
 
 from provisioner.errors import ConfigError
+from provisioner.private_files import private_umask
 from provisioner.settings import Settings, load_settings
 
 WorkerKind = Literal["line", "station", "gateway"]
@@ -97,9 +98,11 @@ def worker_kind(env: dict[str, str] | None = None) -> tuple[WorkerKind, str | No
 
 @cache
 def worker_app() -> Celery:
-    """The app of a ``celery -A workers`` process (one per process, built on first use)."""
+    """The app of a ``celery -A workers`` process (one per process, built on first use).
+    Its files are private (umask 077) even when it is started without the supervisor."""
     from workers import runtime
 
+    private_umask()
     settings = load_settings()
     kind, station = worker_kind()
     if kind == "line":

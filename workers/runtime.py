@@ -188,7 +188,7 @@ def _ready(**_: Any) -> None:
     control is off in namespaces a station can write to)."""
     path = os.environ.get(READY_ENV)
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         Path(path).write_text(str(os.getpid()))
 
 

@@ -213,7 +213,11 @@ def register(app: Celery) -> None:
     def sign_certificate(request: dict[str, Any]) -> dict[str, Any]:
         rt = runtime.current()
         assert rt.signer is not None, "not an hsm worker"
-        req = request_from_json(request)
+        try:
+            req = request_from_json(request)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # audited, answered
+            refused = rt.signer.refuse_malformed(f"{type(exc).__name__}: {exc}")
+            return {"error": str(refused), "kind": type(refused).__name__}
         # The signer's log lines name the device like the station's do.
         with log_context(batch=req.batch_id, device=req.device_id, chip_serial=req.chip_serial_hex):
             try:

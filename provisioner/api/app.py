@@ -20,10 +20,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from provisioner.api.problems import clip, validation_message, with_error_shape
 from provisioner.api.routes import audit_router, ops_router
 from provisioner.api.security import ApiProblem, Guard
 from provisioner.api.stations import stations_router
@@ -40,8 +45,42 @@ def _not_found(what: str) -> JSONResponse:
     return JSONResponse({"error": {"code": 404, "status": "NOT_FOUND", "message": what}}, 404)
 
 
+_HTTP_STATUS = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "INVALID_ARGUMENT"}
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every refusal leaves in the API's own shape, ``{"error": {code, status, message}}``,
+    never FastAPI's ``{"detail": ...}`` (which echoes the whole input of a bad request)."""
+
+    @app.exception_handler(ApiProblem)
+    async def _problem(_: Request, exc: ApiProblem) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return ApiProblem(400, "INVALID_ARGUMENT", validation_message(exc.errors())).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        status = _HTTP_STATUS.get(exc.status_code, "FAILED_PRECONDITION")
+        if exc.status_code >= 500:
+            status = "INTERNAL"
+        body = {
+            "error": {"code": exc.status_code, "status": status, "message": clip(str(exc.detail))}
+        }
+        return JSONResponse(body, exc.status_code, headers=exc.headers)
+
+
 def create_app(settings: Settings) -> FastAPI:
-    app = FastAPI(title="provisioner", docs_url=None, redoc_url=None, openapi_url=None)
+    # The OpenAPI document is public and read-only, like /healthz: it describes the routes
+    # and which need a bearer token, nothing about this installation. The dashboard's /ui
+    # routes stay out of it (include_in_schema=False there); no interactive docs pages.
+    app = FastAPI(
+        title="provisioner",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
     app.add_middleware(AccessLogMiddleware)  # one JSON line per request (provisioner.access)
     ca_dir = settings.ca_dir
     engine = make_engine(settings.db_url)
@@ -56,9 +95,7 @@ def create_app(settings: Settings) -> FastAPI:
 
         mount(app, engine, settings)  # the dashboard under /ui (session cookie, CSRF)
 
-    @app.exception_handler(ApiProblem)
-    async def _problem(_: Request, exc: ApiProblem) -> JSONResponse:
-        return exc.response()
+    _install_error_handlers(app)
 
     def _file(path: Path, media_type: str, what: str) -> Response:
         if not path.is_file():
@@ -89,14 +126,24 @@ def create_app(settings: Settings) -> FastAPI:
             path = ca_dir / "intermediates" / f"{name}.pem"
         return _file(path, "application/x-pem-file", f"certificate {name!r}")
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = with_error_shape(
+                get_openapi(title=app.title, version=app.version, routes=app.routes)
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
 def main(config: Path | None = None) -> int:
     import uvicorn
 
+    from provisioner.private_files import private_umask
     from provisioner.settings import load_settings
 
+    private_umask()  # files it creates (logs) are private even when started alone
     settings = load_settings(config)
     configure(settings, "api")
     uvicorn.run(

@@ -32,9 +32,15 @@ from provisioner.errors import (
 from provisioner.settings import Settings
 
 Who = users.Principal
-# A batch id as the database can hold it (a 64-bit integer): anything larger is a 422,
-# never an overflow inside the database driver.
+# Every number and name a caller sends is bounded here, to what the database can hold (a
+# 64-bit signed integer) and the longest value that could match: anything outside is a 400
+# (provisioner.api.app turns validation errors into the API's error shape), never an
+# overflow inside the database driver (a 500).
 BatchId = Annotated[int, Path(ge=1, le=MAX_ID)]
+Seq = Annotated[int, Query(ge=0, le=MAX_ID)]
+NAME_MAX = 64  # station ids, user names (their columns hold 64)
+TEXT_MAX = 255  # actors, event types, time stamps, formats: longer can match nothing
+UserName = Annotated[str, Path(max_length=NAME_MAX)]
 
 
 def _problem(exc: ProvisionerError) -> ApiProblem:
@@ -50,13 +56,13 @@ def _problem(exc: ProvisionerError) -> ApiProblem:
 
 
 def event_filter(
-    serial: str | None = None,
-    batch: int | None = None,
-    station: str | None = None,
-    actor: str | None = None,
-    type: str | None = None,
-    since: str | None = None,
-    until: str | None = None,
+    serial: Annotated[str | None, Query(max_length=NAME_MAX)] = None,
+    batch: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    station: Annotated[str | None, Query(max_length=NAME_MAX)] = None,
+    actor: Annotated[str | None, Query(max_length=TEXT_MAX)] = None,
+    type: Annotated[str | None, Query(max_length=TEXT_MAX)] = None,
+    since: Annotated[str | None, Query(max_length=TEXT_MAX)] = None,
+    until: Annotated[str | None, Query(max_length=TEXT_MAX)] = None,
 ) -> query.EventFilter:
     """The audit filters as query parameters (``type`` is the event type)."""
     try:
@@ -69,9 +75,9 @@ Filter = Annotated[query.EventFilter, Depends(event_filter)]
 
 
 class NewBatch(BaseModel):
-    station: str
-    count: int = Field(ge=1)
-    quota: int | None = Field(default=None, ge=1)
+    station: str = Field(max_length=NAME_MAX)
+    count: int = Field(ge=1, le=batches.MAX_BATCH)
+    quota: int | None = Field(default=None, ge=1, le=batches.MAX_BATCH)
 
 
 class RetryRequest(BaseModel):
@@ -85,12 +91,12 @@ class QuotaChange(BaseModel):
 
 
 class NewUser(BaseModel):
-    name: str
-    role: str
+    name: str = Field(max_length=NAME_MAX)
+    role: str = Field(max_length=NAME_MAX)
 
 
 class NewRole(BaseModel):
-    role: str
+    role: str = Field(max_length=NAME_MAX)
 
 
 def audit_router(engine: Engine, settings: Settings, guard: Guard) -> APIRouter:
@@ -100,7 +106,7 @@ def audit_router(engine: Engine, settings: Settings, guard: Guard) -> APIRouter:
     def events(
         who: Annotated[Who, Depends(guard("audit.query"))],
         f: Filter,
-        after: int = 0,
+        after: Seq = 0,
         limit: Annotated[int, Query(ge=1, le=query.MAX_PAGE)] = 100,
     ) -> dict[str, Any]:
         with Session(engine) as s:
@@ -114,8 +120,8 @@ def audit_router(engine: Engine, settings: Settings, guard: Guard) -> APIRouter:
     def export(
         who: Annotated[Who, Depends(guard("audit.export"))],
         f: Filter,
-        format: str = "jsonl",
-        tz: str = "utc",
+        format: Annotated[str, Query(max_length=TEXT_MAX)] = "jsonl",
+        tz: Annotated[str, Query(max_length=TEXT_MAX)] = "utc",
     ) -> StreamingResponse:
         try:
             lines = query.export_lines(engine, f, format, time_zone=tz)
@@ -125,7 +131,10 @@ def audit_router(engine: Engine, settings: Settings, guard: Guard) -> APIRouter:
         return StreamingResponse(lines, media_type=media)
 
     @r.get("/proof/{serial}")
-    def proof(serial: str, who: Annotated[Who, Depends(guard("audit.prove"))]) -> Any:
+    def proof(
+        serial: Annotated[str, Path(max_length=NAME_MAX)],
+        who: Annotated[Who, Depends(guard("audit.prove"))],
+    ) -> Any:
         try:
             with Session(engine) as s:
                 return proofs.build(s, serial)
@@ -140,7 +149,7 @@ def audit_router(engine: Engine, settings: Settings, guard: Guard) -> APIRouter:
 
     @r.get("/consistency")
     def consistency(
-        old: int, new: int, who: Annotated[Who, Depends(guard("audit.consistency"))]
+        old: Seq, new: Seq, who: Annotated[Who, Depends(guard("audit.consistency"))]
     ) -> Any:
         try:
             with Session(engine) as s:
@@ -171,8 +180,8 @@ def ops_router(engine: Engine, settings: Settings, guard: Guard) -> APIRouter:
         batch_id: BatchId,
         who: Annotated[Who, Depends(guard("batch.read"))],
         devices: Annotated[str | None, Query(pattern="^(all|failed)$")] = None,
-        step: str | None = None,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        step: Annotated[str | None, Query(max_length=NAME_MAX)] = None,
+        offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
         limit: Annotated[int, Query(ge=1, le=batches.views.MAX_PAGE)] = 100,
     ) -> Any:
         """The batch's summary; ``devices=all|failed`` and/or ``step`` add a page of devices."""
@@ -270,7 +279,7 @@ def ops_router(engine: Engine, settings: Settings, guard: Guard) -> APIRouter:
         )
 
     @r.post("/users/{name}/revoke")
-    def revoke(name: str, who: Annotated[Who, Depends(guard("users.manage"))]) -> Any:
+    def revoke(name: UserName, who: Annotated[Who, Depends(guard("users.manage"))]) -> Any:
         try:
             return {"revoked": users.revoke_tokens(engine, name, who.actor)}
         except ProvisionerError as exc:
@@ -278,7 +287,7 @@ def ops_router(engine: Engine, settings: Settings, guard: Guard) -> APIRouter:
 
     @r.post("/users/{name}/role")
     def set_role(
-        name: str, body: NewRole, who: Annotated[Who, Depends(guard("users.manage"))]
+        name: UserName, body: NewRole, who: Annotated[Who, Depends(guard("users.manage"))]
     ) -> Any:
         try:
             old = users.set_role(engine, name, body.role, who.actor)

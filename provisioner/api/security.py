@@ -11,28 +11,37 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from datetime import UTC, date, datetime
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
+from provisioner.api.problems import clip
 from provisioner.auth import users
 from provisioner.auth.roles import ACTIONS
 from provisioner.errors import AuthenticationError, PermissionDeniedError
 
 
 class ApiProblem(Exception):
-    """An HTTP error in the google.rpc-like shape the registry API also uses."""
+    """An HTTP error in the google.rpc-like shape the registry API also uses. The message
+    is clipped (:func:`~provisioner.api.problems.clip`): it may quote what the caller sent."""
 
     def __init__(self, code: int, status: str, message: str) -> None:
         super().__init__(message)
-        self.code, self.status, self.message = code, status, message
+        self.code, self.status, self.message = code, status, clip(message)
 
     def response(self) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if self.code == 401 else None
         body = {"error": {"code": self.code, "status": self.status, "message": self.message}}
         return JSONResponse(body, self.code, headers=headers)
+
+
+# Declares the bearer scheme in the OpenAPI document (so clients and fuzzers know to send a
+# token); the check itself is Guard's, which also answers 401 in the API's own shape.
+_BEARER = HTTPBearer(auto_error=False, description="a user token (`provisioner users add`)")
 
 
 class Guard:
@@ -45,11 +54,14 @@ class Guard:
         self._day: date | None = None
         self._lock = threading.Lock()
 
-    def __call__(self, action: str) -> Callable[[Request], object]:
+    def __call__(self, action: str) -> Callable[..., object]:
         if action not in ACTIONS:
             raise KeyError(f"undeclared action {action!r}")
 
-        async def dependency(request: Request) -> users.Principal:
+        async def dependency(
+            request: Request,
+            _: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+        ) -> users.Principal:
             return await run_in_threadpool(self._check, request, action)
 
         return dependency

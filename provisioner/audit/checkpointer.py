@@ -29,7 +29,7 @@ from hsm.keys import KeyAlgorithm, KeyRef, generate, key_labels
 from hsm.module import TokenSession
 from hsm.signer import SessionProvider, token_key
 from provisioner.audit import checkpoint as cpmod
-from provisioner.audit import tree
+from provisioner.audit import refusals, tree
 from provisioner.audit.chain import lock_for_append
 from provisioner.audit.verify import AuditKey
 from provisioner.db.engine import transaction
@@ -180,6 +180,7 @@ class Checkpointer:
             return row
 
     def tick(self) -> AuditCheckpoint | None:
+        refusals.close_windows(self.engine)  # closed refusal windows' counts reach the trail
         reason = self.due()
         return self.write(reason) if reason else None
 

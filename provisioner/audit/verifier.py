@@ -608,12 +608,22 @@ def _hash_of(value: object, v1: bool, what: str, where: str) -> bytes:
     return raw
 
 
+# What json.loads raises for input that is not JSON we read: besides JSONDecodeError and
+# UnicodeDecodeError, a plain ValueError for an integer longer than Python converts (4300
+# digits) and RecursionError for arrays or objects nested deeper than the interpreter's stack.
+_NOT_JSON = (ValueError, RecursionError)
+
+
+def _why(exc: BaseException) -> str:
+    return "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+
+
 def _document(raw: bytes, what: str) -> tuple[dict[str, Any], bool]:
     """The JSON object of a proof or consistency file, and whether it is format /1."""
     try:
         doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WrongInput(what, f"it is not JSON ({exc})") from None
+    except _NOT_JSON as exc:
+        raise WrongInput(what, f"it is not JSON ({_why(exc)})") from None
     if not isinstance(doc, dict):
         raise WrongInput(what, "it is not a JSON object")
     fmt = doc.get("format")
@@ -864,8 +874,8 @@ def check_segment(
 def _export_line(n: int, line: bytes | str) -> dict[str, Any]:
     try:
         obj = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WrongInput(_EXPORT, f"line {n} is not JSON ({exc})") from None
+    except _NOT_JSON as exc:
+        raise WrongInput(_EXPORT, f"line {n} is not JSON ({_why(exc)})") from None
     if not isinstance(obj, dict):
         raise WrongInput(_EXPORT, f"line {n} is not a JSON object")
     return obj

@@ -3,7 +3,9 @@
 Tokens are 32 random bytes (``prv_`` + URL-safe base64); the database keeps only their
 SHA-256, so a database dump yields no usable token. A token is shown once, when created.
 A refused action is written to the audit trail (``auth.denied``) in its own transaction
-before the refusal is raised, so a denial is recorded even though nothing else happens.
+before the refusal is raised, so a denial is recorded even though nothing else happens;
+repeated denials of one action for one user are counted in one event per window
+(:mod:`provisioner.audit.refusals`), so they cannot flood the trail.
 A sign-in is written (``auth.login``) once per user, channel and UTC day, so reading the
 trail does not grow it (:func:`record_login`).
 
@@ -30,7 +32,7 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from provisioner.audit import chain
+from provisioner.audit import chain, refusals
 from provisioner.audit.entry import canonical_payload
 from provisioner.auth.roles import ACTIONS, Role, allowed
 from provisioner.db.engine import transaction
@@ -46,6 +48,7 @@ from provisioner.errors import (
 
 TOKEN_PREFIX = "prv_"
 _NAME = re.compile(r"[a-z][a-z0-9._-]{0,63}")
+_MAX_VIA = 200  # a request path is the client's text: the trail keeps its start only
 
 
 @dataclass(frozen=True)
@@ -345,17 +348,22 @@ def check_action(action: str) -> None:
 def authorize(engine: Engine, who: Principal, action: str, *, via: str) -> None:
     """Raise PermissionDeniedError (after auditing ``auth.denied``) unless ``who``'s role
     may take ``action``. ``via`` says where (``cli``, ``api GET /audit/events``, ``web GET
-    /ui/ca``)."""
+    /ui/ca``); the event carries the first one of its window.
+
+    Denials are aggregated (:mod:`provisioner.audit.refusals`): the first denial of an
+    action for a user appends ``auth.denied`` at once, repeated ones within the window only
+    add to its count, so a script replaying a 403 cannot grow the trail without bound."""
     check_action(action)
     if allowed(who.role, action):
         return
     with transaction(engine) as s:
-        chain.append(
+        refusals.record(
             s,
             "auth.denied",
             actor=who.actor,
+            reason=action,
             role=who.role,
-            payload={"action": action, "via": via},
+            payload={"action": action, "via": via[:_MAX_VIA]},
         )
     need = " or ".join(sorted(ACTIONS[action]))
     raise PermissionDeniedError(f"{who.actor} may not {action} (needs role {need})")

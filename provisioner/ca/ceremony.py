@@ -17,11 +17,19 @@ Two ways to get an intermediate certificate:
   that key, chains to the root, is a CA and can be stored compressed, then installs it.
 
 The root never touches a station: the stations and the signer only read ``root.pem``.
+
+Every key is made neither modifiable nor destroyable (:mod:`hsm.keys`): the user PIN signs,
+it cannot relabel or delete a CA key. ``ca init --force`` therefore cannot destroy the keys
+of the CA it replaces: they stay in their tokens, unused, and the new keys take the next
+free label (``root-ca-2``, ``intermediate-ca-2`` ...); the rotations find the root key by
+its public key, not by its label. Removing old keys for good is the security officer's job
+(re-initialising the token with the SO PIN).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -73,6 +81,7 @@ class CaInfo:
     intermediate_subject: str
     intermediate_fingerprint_sha256: str
     intermediate_name: str = ""
+    kept_keys: tuple[str, ...] = ()  # old keys the tokens refused to destroy (--force)
 
 
 @dataclass
@@ -140,7 +149,13 @@ def _so_pin_file(pin_file: Path) -> Path:
     return pin_file.with_suffix(".so-pin")
 
 
-def _info(created: bool, root: x509.Certificate, inter: x509.Certificate, name: str) -> CaInfo:
+def _info(
+    created: bool,
+    root: x509.Certificate,
+    inter: x509.Certificate,
+    name: str,
+    kept: tuple[str, ...] = (),
+) -> CaInfo:
     return CaInfo(
         created=created,
         root_subject=root.subject.rfc4514_string(),
@@ -148,7 +163,37 @@ def _info(created: bool, root: x509.Certificate, inter: x509.Certificate, name: 
         intermediate_subject=inter.subject.rfc4514_string(),
         intermediate_fingerprint_sha256=fingerprint(inter),
         intermediate_name=name,
+        kept_keys=kept,
     )
+
+
+def _numbered(base: str, labels: list[str]) -> list[str]:
+    """``base`` and ``base-2``, ``base-3`` ... among ``labels``."""
+    pattern = re.compile(rf"^{re.escape(base)}(-[0-9]+)?$")
+    return [label for label in labels if pattern.match(label)]
+
+
+def _free_label(base: str, taken: list[str]) -> str:
+    if base not in taken:
+        return base
+    n = 2
+    while f"{base}-{n}" in taken:
+        n += 1
+    return f"{base}-{n}"
+
+
+def _destroy(ts: TokenSession, labels: list[str]) -> list[str]:
+    """Destroy what may be destroyed; the labels of the keys the token kept."""
+    return [label for label in dict.fromkeys(labels) if delete_keys(ts, label)[1]]
+
+
+def find_root_label(settings: Settings, ts: TokenSession, root: x509.Certificate) -> str:
+    """The label of the root token's key that belongs to ``root`` (after ``ca init
+    --force`` the old, undestroyable root keys are still in the token under other labels)."""
+    for label in _numbered(settings.hsm.root_key_label, key_labels(ts)):
+        if token_key(ts, label).public_key() == root.public_key():
+            return label
+    raise HsmError(f"the root token holds no key for {store_of(settings).root_pem}")
 
 
 def _ensure_tokens(settings: Settings, labels: list[tuple[str, Path]]) -> None:
@@ -257,7 +302,9 @@ def _existing(settings: Settings, mod: Pkcs11Module) -> CaInfo | None:
 
 def init_ca(settings: Settings, *, force: bool = False) -> CaInfo:
     """Create the dev CA (root in its own token), or report the existing one
-    (``created=False``). With ``force``, existing keys and certificates are destroyed."""
+    (``created=False``). With ``force``, the existing CA is replaced: its certificates are
+    forgotten and its keys destroyed where the token allows (``kept_keys``: those it kept,
+    made undestroyable; the new keys take the next free labels)."""
     if not force:
         with open_module(settings) as mod:
             existing = _existing(settings, mod)
@@ -285,11 +332,13 @@ def init_ca(settings: Settings, *, force: bool = False) -> CaInfo:
         root_ts = mod.open_token(settings.hsm.root_token, settings.root_pin_file)
         fac_ts = mod.open_token(settings.hsm.factory_token, factory_pin(settings))
         try:
-            delete_keys(root_ts, settings.hsm.root_key_label)
-            for old in [name, *store.intermediates(), *store.pending()]:
-                delete_keys(fac_ts, old)
+            root_labels = key_labels(root_ts)
+            kept = _destroy(root_ts, _numbered(settings.hsm.root_key_label, root_labels))
+            kept += _destroy(fac_ts, [name, *store.intermediates(), *store.pending()])
             store.clear()
-            root_ref = KeyRef(settings.hsm.root_key_label, os.urandom(16))
+            root_label = _free_label(settings.hsm.root_key_label, key_labels(root_ts))
+            root_ref = KeyRef(root_label, os.urandom(16))
+            name = store.next_name(name, set(key_labels(fac_ts)))
             generate(root_ts, root_ref, KeyAlgorithm.EC_P256)
             generate(fac_ts, KeyRef(name, os.urandom(16)), KeyAlgorithm.EC_P256)
             root_key = token_key(root_ts, root_ref)
@@ -306,7 +355,7 @@ def init_ca(settings: Settings, *, force: bool = False) -> CaInfo:
         finally:
             root_ts.close()
             fac_ts.close()
-    return _info(True, root, inter, name)
+    return _info(True, root, inter, name, tuple(kept))
 
 
 def _new_factory_key(settings: Settings, ts: TokenSession) -> tuple[str, HsmEcPrivateKey]:
@@ -445,13 +494,11 @@ def rotate(settings: Settings, pin_source: str | None = None) -> CaInfo:
         root_ts = mod.open_token(settings.hsm.root_token, settings.root_pin_file)
         fac_ts = mod.open_token(settings.hsm.factory_token, factory_pin(settings, pin_source))
         try:
-            root_key = token_key(root_ts, settings.hsm.root_key_label)
-            if root_key.public_key() != root.public_key():
-                raise HsmError(f"the root token's key does not match {store.root_pem}")
+            key_of_root = token_key(root_ts, find_root_label(settings, root_ts, root))
             if not store.intermediates():  # a CA from before rotations: archive it first
                 store.install_intermediate(settings.hsm.ca_key_label, store.intermediate())
             name, key = _new_factory_key(settings, fac_ts)
-            inter = _sign_intermediate(settings, root_key, root, key.public_key())
+            inter = _sign_intermediate(settings, key_of_root, root, key.public_key())
             store.install_intermediate(name, inter)
         finally:
             root_ts.close()

@@ -1,8 +1,14 @@
 """What ``provisioner ca show`` reports: public CA material and the signers' token health.
 
-Reads only public files (no PIN, no token session): the certificates under ``<var>/ca``, the
-pending CSRs and the status files the running signers write (``<var>/run/hsm-signer-*.json``,
-one per signer process; a file whose process is gone is reported as stale).
+:func:`ca_overview` reads only public files (no PIN, no token session): the certificates
+under ``<var>/ca``, the pending CSRs and the status files the running signers write
+(``<var>/run/hsm-signer-*.json``, one per signer process; a file whose process is gone is
+reported as stale). The dashboard shows exactly that.
+
+:func:`key_protections` is the one part that opens the tokens (with the PIN files, in the
+``ca show`` process only): how each CA, audit and manifest key is protected as the token
+itself reports it (sensitive, extractable, modifiable, destroyable), so an administrator
+sees a key an older CA or a token without those attributes left modifiable or destroyable.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import Any
 from cryptography import x509
 
 from provisioner.ca.store import fingerprint
+from provisioner.errors import ProvisionerError
 from provisioner.settings import Settings
 
 
@@ -85,3 +92,62 @@ def ca_overview(settings: Settings) -> dict[str, Any]:
         "pending": sorted(store.pending()),
         "signers": signer_statuses(settings),
     }
+
+
+def key_protections(settings: Settings) -> dict[str, Any]:
+    """Each key of the CA as its token reports it: ``keys`` (role, label, token and the
+    four attributes) and ``unavailable`` (why a token could not be read: absent, no PIN
+    file, offline root). Never raises for a token problem: ``ca show`` must work while the
+    HSM is away."""
+    from pkcs11 import exceptions as p11e
+
+    from hsm.keys import key_protection
+    from hsm.module import TokenSession
+    from provisioner.audit.checkpointer import audit_key_file
+    from provisioner.ca.ceremony import factory_pin, find_root_label, open_module, store_of
+    from provisioner.registry.manifest import KEY_LABEL, signer_file
+
+    store = store_of(settings)
+    keys: list[dict[str, Any]] = []
+    unavailable: list[str] = []
+    factory: list[tuple[str, str]] = []
+    if store.intermediate_pem.exists():
+        current = store.current_name(settings.hsm.ca_key_label)
+        factory.append(("intermediate", current))
+        factory += [("previous", n) for n in store.intermediates() if n != current]
+    factory += [("pending", n) for n in sorted(store.pending())]
+    if audit_key_file(settings).exists():
+        factory.append(("audit", settings.audit.key_label))
+    if signer_file(settings).exists():
+        factory.append(("manifest", KEY_LABEL))
+
+    def read(ts: TokenSession, role: str, label: str | None) -> None:
+        try:
+            if label is None:  # the root: whichever root key belongs to root.pem
+                label = find_root_label(settings, ts, store.root())
+            keys.append({"role": role, **key_protection(ts, label).as_json()})
+        except (ProvisionerError, p11e.PKCS11Error) as exc:
+            unavailable.append(f"{role} key {label or ''}: {exc}".replace("  ", " "))
+
+    def token(label: str, pin_file: Any, wanted: list[tuple[str, str | None]]) -> None:
+        if not wanted:
+            return
+        try:
+            with open_module(settings) as mod:
+                if mod.find_token(label) is None or not pin_file.exists():
+                    unavailable.append(f"token {label!r} is not on this machine (or no PIN file)")
+                    return
+                ts = mod.open_token(label, pin_file)
+                try:
+                    for role, key_label in wanted:
+                        read(ts, role, key_label)
+                finally:
+                    ts.close()
+        except (ProvisionerError, p11e.PKCS11Error, OSError) as exc:
+            unavailable.append(f"token {label!r}: {exc}")
+
+    if store.root_pem.exists():
+        token(settings.hsm.root_token, settings.root_pin_file, [("root", None)])
+    source = factory_pin(settings)
+    token(settings.hsm.factory_token, source.path or settings.pin_file, list(factory))
+    return {"keys": keys, "unavailable": unavailable}

@@ -226,7 +226,7 @@ def publish(settings: Settings, engine: Engine, ca: LoadedCa, actor: str) -> lis
             crl = build_crl(s, name, cert, key, now)
             der = crl.public_bytes(serialization.Encoding.DER)
             path = crl_path(settings, name)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_bytes(der)
             number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number

@@ -304,7 +304,7 @@ def signer_definition(
 def _checked(data: bytes, what: str) -> x509.Certificate:
     try:
         cert = x509.load_der_x509_certificate(data)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError
         raise InvalidInputError(f"{what}: not a DER certificate ({exc})") from None
     problem = compressibility_problem(cert.not_valid_before_utc, cert.not_valid_after_utc)
     if problem:

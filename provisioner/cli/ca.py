@@ -63,6 +63,7 @@ def init(
                     "intermediate_subject": info.intermediate_subject,
                     "intermediate_fingerprint_sha256": info.intermediate_fingerprint_sha256,
                     "forced": force,
+                    "kept_keys": list(info.kept_keys),
                 },
             )
     if as_json:
@@ -84,6 +85,11 @@ def init(
     typer.echo(f"                SHA-256 {info.root_fingerprint_sha256}")
     typer.echo(f"  intermediate  {info.intermediate_subject}")
     typer.echo(f"                SHA-256 {info.intermediate_fingerprint_sha256}")
+    if info.kept_keys:
+        typer.echo(
+            f"  kept          {', '.join(info.kept_keys)}: the old keys cannot be destroyed "
+            "with the user PIN (only re-initialising the token with its SO PIN removes them)"
+        )
 
 
 @app.command("csr")
@@ -166,12 +172,14 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Show the root, the current and previous intermediates, pending CSRs, the CA key's
-    PKCS#11 URI and each running signer's token state (public information only)."""
-    from provisioner.ca.overview import ca_overview
+    PKCS#11 URI, each running signer's token state, and how each key (CA, audit, manifest)
+    is protected in its token: sensitive, extractable, modifiable, destroyable."""
+    from provisioner.ca.overview import ca_overview, key_protections
 
     c = ctx_of(ctx)
     c.require("ca.show")
     data = ca_overview(c.settings)
+    data["key_protection"] = key_protections(c.settings)
     if as_json:
         typer.echo(json.dumps(data))
         return
@@ -196,6 +204,32 @@ def show(
             + (f", last error {st['last_error']}" if st.get("last_error") else "")
             + f", trips {st['trips']}"
         )
+    _print_protection(data["key_protection"])
+
+
+def _yes_no(value: bool | None, yes: str, no: str) -> str:
+    return "unknown " + yes if value is None else (yes if value else no)
+
+
+def _print_protection(report: dict[str, Any]) -> None:
+    for k in report["keys"]:
+        attrs = ", ".join(
+            (
+                _yes_no(k["sensitive"], "sensitive", "NOT SENSITIVE"),
+                _yes_no(k["extractable"], "EXTRACTABLE", "not extractable"),
+                _yes_no(k["modifiable"], "MODIFIABLE", "not modifiable"),
+                _yes_no(k["destroyable"], "DESTROYABLE", "not destroyable"),
+            )
+        )
+        typer.echo(f"{'key ' + k['role']:13} {k['label']} (token {k['token']!r}): {attrs}")
+        if k["modifiable"] or k["destroyable"]:
+            typer.echo(
+                f"{'':13} anyone with the user PIN can relabel or destroy it: a key made "
+                "before immutable keys, or a token that refused CKA_MODIFIABLE/"
+                "CKA_DESTROYABLE=false"
+            )
+    for why in report["unavailable"]:
+        typer.echo(f"{'keys':13} not read: {why}")
 
 
 @app.command("revoke")

@@ -29,6 +29,7 @@ from provisioner.auth import users
 from provisioner.auth.roles import Role
 from provisioner.db.engine import create_schema, make_engine
 from provisioner.errors import AuthenticationError, ConfigError
+from provisioner.private_files import check_database, check_token_file
 from provisioner.settings import Settings, load_settings
 
 
@@ -50,6 +51,9 @@ class CliContext:
                 "this PC is a station (role = station): it holds no database and no user "
                 "accounts; run this command on the line server"
             )
+        # A database other users can read leaks the users, token hashes and the whole
+        # audit trail: refused before it is opened (SQLite only; PostgreSQL has no file).
+        check_database(self.settings.db_url, self.settings.var)
         engine = make_engine(self.settings.db_url)
         create_schema(engine)
         return engine
@@ -65,6 +69,7 @@ class CliContext:
         if self._principal is not None:
             return self._principal
         if self.token_file is not None:
+            check_token_file(self.token_file)
             who = users.authenticate(self.engine, users.read_token_file(self.token_file))
             # The user's first command of the UTC day is the sign-in; later ones append
             # nothing, so an auditor's reads do not grow the trail they read.

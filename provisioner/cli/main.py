@@ -28,6 +28,7 @@ from provisioner.cli import (
 )
 from provisioner.cli.context import CliContext
 from provisioner.errors import ProvisionerError
+from provisioner.private_files import private_umask
 
 app = typer.Typer(
     help="Factory provisioning of ATECC608A/B secure elements: on-chip keys, certificates "
@@ -76,7 +77,10 @@ app.command("demo")(services.demo)
 
 
 def main() -> None:
-    """Console-script entry: run the app, turning expected errors into one line."""
+    """Console-script entry: run the app, turning expected errors into one line. Every
+    file and directory this process and its children (the supervisor's services) create
+    is private to this OS user (umask 077)."""
+    private_umask()
     try:
         app()
     except ProvisionerError as exc:

@@ -26,7 +26,7 @@ _BUSY_TIMEOUT_MS = 30_000
 def make_engine(url: str) -> Engine:
     """Create an engine; for SQLite, create the parent directory and set up locking."""
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         engine = create_engine(url, connect_args={"timeout": _BUSY_TIMEOUT_MS / 1000})
         _sqlite_locking(engine)
         return engine

@@ -373,3 +373,19 @@ class RegistryBlock(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     blocked_at: datetime | None = None
+
+
+class RefusalWindow(SQLModel, table=True):
+    """The open aggregation window of one kind of refusal by one actor
+    (provisioner.audit.refusals): the event that opened it is in the audit trail; this row
+    counts the refusals since, until the count is carried into the trail (the next window's
+    event, or a ``refusals.counted`` event when the window is closed)."""
+
+    __tablename__ = "refusal_window"
+
+    actor: str = Field(primary_key=True, max_length=200)
+    event_type: str = Field(primary_key=True, max_length=64)
+    reason: str = Field(primary_key=True, max_length=64)
+    opened_ts: str = Field(index=True)  # when the window opened (RFC 3339 UTC, as ts)
+    opened_seq: int  # the opening event's seq
+    count: int = 1  # refusals in this window, the opening one included

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -62,7 +62,7 @@ def check_station_csr(
     its CN is ``station_id``."""
     try:
         key = csr.public_key()
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):  # e.g. a curve OpenSSL lacks
         raise BadCsrError("the CSR's public key cannot be read") from None
     if not isinstance(key, ec.EllipticCurvePublicKey):
         kind = "an RSA" if isinstance(key, rsa.RSAPublicKey) else f"a {type(key).__name__}"

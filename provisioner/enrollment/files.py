@@ -7,7 +7,9 @@ import os
 from pathlib import Path
 
 SECRET = 0o600
-PUBLIC = 0o644
+# Certificates and chains are public material, but files under the var dir are readable by
+# this OS user only (issue 20), so they are written 0600 too; the name says what they hold.
+PUBLIC = 0o600
 
 
 def ensure_dir(path: Path) -> Path:
@@ -29,7 +31,7 @@ def write_file(path: Path, data: bytes, mode: int) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)  # the umask may have narrowed a public file; never widens
+        os.chmod(tmp, mode)  # whatever the umask, exactly ``mode``
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

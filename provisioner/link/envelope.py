@@ -36,6 +36,9 @@ _DOMAIN = b"provisioner-link-v1\n"
 # Clocks of the line server and its stations may differ by this much.
 CLOCK_SKEW_S = 120
 _MAX_TTL_S = 7 * 24 * 3600
+# Times are Unix seconds a float holds exactly; beyond, arithmetic with the float clock
+# overflows (an int of 400 digits) instead of refusing the message.
+_MAX_TIME = 2**53
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ def open_envelope(
         or not isinstance(body, dict)
         or not all(isinstance(fields[k], str) for k in ("task", "from", "to", "kid", "nonce"))
         or not all(isinstance(fields[k], int) for k in ("iat", "exp"))
+        or not all(0 <= fields[k] <= _MAX_TIME for k in ("iat", "exp"))
         or len(fields["nonce"]) != 32
     ):
         raise LinkRefusedError("malformed", "message refused: malformed envelope")

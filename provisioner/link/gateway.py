@@ -40,6 +40,7 @@ from provisioner.db.models import (
 )
 from provisioner.enrollment.tokens import aware
 from provisioner.errors import LinkRefusedError, PolicyViolationError, ProvisionerError
+from provisioner.ledger import STATION_INCIDENTS
 from provisioner.link import wire
 from provisioner.link.envelope import CLOCK_SKEW_S, Opened, open_envelope, seal
 from provisioner.link.keys import LINE, SigningKey, station_party
@@ -322,7 +323,12 @@ def _fail(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
         action = PartAction(_text(a, "action"))
     except ValueError:
         raise LinkRefusedError("bad_request", "request refused: unknown part action") from None
-    r.fail(_id(dev), _text(a, "error"), action)
+    incident = a.get("incident")
+    if incident is not None and (
+        not isinstance(incident, str) or incident not in STATION_INCIDENTS
+    ):
+        raise LinkRefusedError("bad_request", "request refused: unknown incident")
+    r.fail(_id(dev), _text(a, "error"), action, incident=incident)
 
 
 def _gate(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:

@@ -62,7 +62,12 @@ class StationRecords(StationLedger, CertificateSigner, Protocol):
 
     def release(self, device_id: int, holder: str) -> None: ...
 
-    def fail(self, device_id: int, error: str, action: PartAction) -> None: ...
+    def fail(
+        self, device_id: int, error: str, action: PartAction, *, incident: str | None = None
+    ) -> None:
+        """Record the failure and the part's action; ``incident``: also an incident the
+        station saw (:data:`~provisioner.ledger.STATION_INCIDENTS`)."""
+        ...
 
     def gate(self, device_id: int, step: Step, *, announce: bool) -> bool:
         """Whether the device may start towards ``step`` now (its batch read afresh);
@@ -129,8 +134,15 @@ class LocalRecords(DeviceLedger):
             self.on_verified(device_id)
         return dev
 
-    def fail(self, device_id: int, error: str, action: PartAction = PartAction.REJECT) -> None:
-        super().fail(device_id, error, action)
+    def fail(
+        self,
+        device_id: int,
+        error: str,
+        action: PartAction = PartAction.REJECT,
+        *,
+        incident: str | None = None,
+    ) -> None:
+        super().fail(device_id, error, action, incident=incident)
 
     def gate(self, device_id: int, step: Step, *, announce: bool) -> bool:
         with transaction(self.engine) as s:

@@ -234,8 +234,16 @@ class RemoteRecords:
     def release(self, device_id: int, holder: str) -> None:
         self.call("release", {"device": device_id, "holder": holder})
 
-    def fail(self, device_id: int, error: str, action: PartAction = PartAction.REJECT) -> None:
-        self.call("fail", {"device": device_id, "error": error, "action": action.value})
+    def fail(
+        self,
+        device_id: int,
+        error: str,
+        action: PartAction = PartAction.REJECT,
+        *,
+        incident: str | None = None,
+    ) -> None:
+        args = {"device": device_id, "error": error, "action": action.value}
+        self.call("fail", args if incident is None else {**args, "incident": incident})
 
     def gate(self, device_id: int, step: Step, *, announce: bool) -> bool:
         args = {"device": device_id, "step": int(step), "announce": announce}

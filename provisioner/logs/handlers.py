@@ -23,7 +23,7 @@ class AppendHandler(logging.handlers.WatchedFileHandler):
     """A :class:`~logging.handlers.WatchedFileHandler` writing each record whole."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         super().__init__(str(path), mode="a", encoding="utf-8")
 
     def emit(self, record: logging.LogRecord) -> None:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from provisioner.errors import ProvisionerError
+from provisioner.private_files import private_umask
 from provisioner.registry.server import main
 from provisioner.registry.tokens import Role, add_token, hashed_tokens_file
 from provisioner.settings import load_settings
@@ -42,6 +43,7 @@ def cli(argv: list[str] | None = None) -> int:
     mint = sub.add_parser("add-token", help="mint a token of ROLE and print it once")
     mint.add_argument("role", choices=[r.name.lower() for r in Role])
     args = parser.parse_args(argv)
+    private_umask()  # add-token appends to the token hashes: keep the file private
     if args.command == "add-token":
         return _add_token(args.config, args.role)
     return main(args.config)

@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from provisioner.errors import ConfigError
-from provisioner.registry import clearblade, resources, service, store
+from provisioner.registry import clearblade, openapi, resources, service, store
 from provisioner.registry.auth import BearerAuth
 from provisioner.registry.status import ApiError, Code, error_response
 from provisioner.registry.tokens import Role
@@ -65,11 +65,15 @@ def create_app(db_url: str, token_roles: Mapping[str, Role]) -> FastAPI:
         title="provisioner built-in device registry (Cloud IoT v1 shape)",
         docs_url=None,
         redoc_url=None,
-        openapi_url=None,
+        # Public and read-only, like /healthz: it describes the Cloud IoT paths, nothing
+        # about this registry's contents (:mod:`provisioner.registry.openapi`).
+        openapi_url=openapi.OPENAPI_PATH,
         lifespan=lifespan,
     )
     app.state.engine = engine
-    app.add_middleware(BearerAuth, token_roles=roles, open_paths={HEALTH_PATH})
+    app.add_middleware(
+        BearerAuth, token_roles=roles, open_paths={HEALTH_PATH, openapi.OPENAPI_PATH}
+    )
     _install_error_handlers(app)
 
     @app.get(HEALTH_PATH)
@@ -81,6 +85,7 @@ def create_app(db_url: str, token_roles: Mapping[str, Role]) -> FastAPI:
 
     app.include_router(_registry_routes(engine))
     app.include_router(clearblade.routes(engine, _body, in_thread))
+    app.openapi = lambda: openapi.document(app)  # type: ignore[method-assign]
     return app
 
 
@@ -102,6 +107,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # Names where and why, never pydantic's ``input`` (error_body clips the rest).
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
         return error_response(
@@ -204,6 +210,7 @@ def _registry_routes(engine: Engine) -> APIRouter:
     def get_device(
         project: str, location: str, registry: str, device: str, request: Request
     ) -> JSONResponse:
+        device = resources.check_device_ident(device)
         reg = service.registry_or_404(engine, project, location, registry)
         return JSONResponse(service.get_device(engine, reg, device, how_of(request)))
 
@@ -211,6 +218,7 @@ def _registry_routes(engine: Engine) -> APIRouter:
     async def patch_device(
         project: str, location: str, registry: str, device: str, request: Request
     ) -> JSONResponse:
+        device = resources.check_device_ident(device)
         body = resources.parse_body(await _body(request), resources.DeviceIn, "device")
         mask = service.query(request.query_params, "updateMask", "update_mask")
         how = how_of(request)
@@ -223,6 +231,7 @@ def _registry_routes(engine: Engine) -> APIRouter:
 
     @router.delete("/{registry}/devices/{device}")
     def delete_device(project: str, location: str, registry: str, device: str) -> JSONResponse:
+        device = resources.check_device_ident(device)
         reg = service.registry_or_404(engine, project, location, registry)
         service.delete_device(engine, reg, device)
         return JSONResponse({})

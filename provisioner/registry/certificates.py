@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -60,11 +60,17 @@ def make_registry_certificate(fmt_raw: object, pem: str, pos: int) -> RegistryCe
         raise InvalidCredential(f"{where} is too large.")
     try:
         certs = x509.load_pem_x509_certificates(pem.encode())
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):  # InvalidVersion is no ValueError
         raise InvalidCredential(f"{where} is not a valid PEM X.509 certificate.") from None
     if len(certs) != 1:
         raise InvalidCredential(f"{where} must hold exactly one X.509 certificate.")
-    key = certs[0].public_key()
+    try:
+        # Its key, names and dates are only decoded here: every later read of the registry
+        # shows them (x509Details), so one that cannot be decoded is refused now.
+        key = certs[0].public_key()
+        x509_details(RegistryCertificate(pem))
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise InvalidCredential(f"{where} cannot be decoded (key, names or dates).") from None
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < MIN_RSA_BITS:
             raise InvalidCredential(
@@ -99,7 +105,10 @@ def x509_details(cert: RegistryCertificate) -> dict[str, Any]:
 def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     """Whether ``ca``'s public key verifies ``cert``'s signature (names are not trusted)."""
     key = ca.public_key()
-    algorithm = cert.signature_hash_algorithm
+    try:
+        algorithm = cert.signature_hash_algorithm
+    except UnsupportedAlgorithm:  # an algorithm no registry CA key signs with
+        return False
     if algorithm is None:
         return False
     try:

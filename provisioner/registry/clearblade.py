@@ -53,11 +53,11 @@ def _device_ident(reg: store.StoredRegistry, name: str | None) -> str:
     if not name:
         raise ApiError(Code.INVALID_ARGUMENT, "The device name must be specified.")
     if "/" not in name:
-        return name
+        return resources.check_device_ident(name)
     prefix = reg.name + "/devices/"
     if not name.startswith(prefix) or "/" in name[len(prefix) :]:
         raise ApiError(Code.NOT_FOUND, f"A device with the name '{name[:300]}' doesn't exist.")
-    return name[len(prefix) :]
+    return resources.check_device_ident(name[len(prefix) :])
 
 
 def _without_defaults(raw: bytes) -> bytes:

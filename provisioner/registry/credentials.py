@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from enum import IntEnum
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
@@ -78,22 +79,28 @@ def _load_key(fmt: PublicKeyFormat, pem: str, pos: int) -> PublicKeyTypes:
     where = f"The device credential in position {pos}"
     if len(pem) > MAX_KEY_CHARS:
         raise InvalidCredential(f"{where} is too large.")
-    data = pem.encode()
+    try:
+        data = pem.encode()
+    except UnicodeEncodeError:  # a lone surrogate: no PEM text holds one
+        raise InvalidCredential(f"{where} is not valid text.") from None
     if fmt.is_certificate:
         try:
             certs = x509.load_pem_x509_certificates(data)
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):  # InvalidVersion is no ValueError
             raise InvalidCredential(f"{where} is not a valid PEM X.509 certificate.") from None
         if len(certs) != 1:
             raise InvalidCredential(f"{where} must hold exactly one X.509 certificate.")
-        return certs[0].public_key()
+        try:  # the key is only decoded here: a damaged or unknown one must be refused too
+            return certs[0].public_key()
+        except (ValueError, UnsupportedAlgorithm):
+            raise InvalidCredential(f"{where} holds no usable public key.") from None
     if not pem.lstrip().startswith("-----BEGIN PUBLIC KEY-----"):
         raise InvalidCredential(
             f"{where} must be a PEM public key (-----BEGIN PUBLIC KEY-----) for {fmt.name}."
         )
     try:
         return serialization.load_pem_public_key(data)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise InvalidCredential(f"{where} is not a valid PEM public key.") from None
 
 
@@ -137,8 +144,14 @@ def normalize_timestamp(raw: object, pos: int) -> str:
         raise InvalidCredential(
             f"The device credential in position {pos}: expirationTime needs a time zone (Z)."
         )
-    when = when.astimezone(UTC)
-    text = when.strftime("%Y-%m-%dT%H:%M:%S")
+    try:
+        when = when.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00 is past year 9999 in UTC
+        raise InvalidCredential(
+            f"The device credential in position {pos} has an expirationTime out of range."
+        ) from None
+    # Not strftime("%Y"): it does not pad years before 1000 to four digits, as RFC 3339 must.
+    text = f"{when.year:04d}-{when:%m-%dT%H:%M:%S}"
     if when.microsecond:  # 3 or 6 digits, as proto3 JSON writes them
         us = when.microsecond
         text += f".{us // 1000:03d}" if us % 1000 == 0 else f".{us:06d}"

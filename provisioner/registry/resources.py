@@ -9,7 +9,6 @@ fields (``name``, ``numId``) are accepted and ignored so a device read back can 
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 from dataclasses import dataclass
 from enum import IntEnum
@@ -31,9 +30,19 @@ from provisioner.registry.credentials import (
     make_credential,
 )
 from provisioner.registry.status import ApiError, Code
-from provisioner.registry.store import DeviceChanges, NewDevice, StoredDevice, StoredRegistry
+from provisioner.registry.store import (
+    NUM_ID_MAX,
+    DeviceChanges,
+    NewDevice,
+    StoredDevice,
+    StoredRegistry,
+)
 
-_ID = re.compile(r"[a-zA-Z][a-zA-Z0-9\-_.+~%]{2,254}")
+ID_PATTERN = r"[a-zA-Z][a-zA-Z0-9\-_.+~%]{2,254}"
+_ID = re.compile(ID_PATTERN)
+# A numId as a caller may write it: ASCII digits only (str.isdigit also takes "²" and
+# other Unicode digits, which int() then refuses), at most uint64's 20.
+_NUM_ID = re.compile(r"[0-9]{1,20}")
 _META_KEY = re.compile(r"[a-zA-Z][a-zA-Z0-9\-_.+~%]+")
 META_KEY_MAX_BYTES = 127
 META_VALUE_MAX_BYTES = 32 * 1024
@@ -412,19 +421,36 @@ def parse_id_filter(values: list[str]) -> frozenset[str] | None:
 
 
 def parse_num_id_filter(values: list[str]) -> frozenset[int] | None:
-    """``deviceNumIds`` (uint64, sent as strings or numbers): None when absent."""
+    """``deviceNumIds`` (uint64 on the wire, sent as strings or numbers): None when absent.
+    Beyond the largest numId this registry assigns (the database's signed 64-bit range) a
+    value is refused rather than handed to the database driver, which cannot bind it."""
     out = set()
     for raw in values:
         for v in raw.split(","):
             v = v.strip()
             if not v:
                 continue
-            if not v.isdigit() or len(v) > 20:
+            if not _NUM_ID.fullmatch(v) or int(v) > NUM_ID_MAX:
                 raise ApiError(
-                    Code.INVALID_ARGUMENT, f"Invalid value for deviceNumIds: `{_shown(v)}`."
+                    Code.INVALID_ARGUMENT,
+                    f"Invalid value for deviceNumIds: `{_shown(v)}`; a numId is a decimal "
+                    f"number up to {NUM_ID_MAX}.",
                 )
             out.add(int(v))
     return frozenset(out) or None
+
+
+def check_device_ident(ident: str) -> str:
+    """A device as a path names it: its id, or its numId (ASCII digits up to the largest
+    numId this registry assigns). Anything else is refused before it reaches the store."""
+    if _NUM_ID.fullmatch(ident):
+        if int(ident) > NUM_ID_MAX:
+            raise ApiError(
+                Code.INVALID_ARGUMENT,
+                f"Invalid device numId `{_shown(ident)}`: the largest is {NUM_ID_MAX}.",
+            )
+        return ident
+    return check_id(ident, "device")
 
 
 def encode_page_token(after_id: str) -> str:
@@ -438,7 +464,7 @@ def decode_page_token(token: str | None) -> str | None:
         return None
     try:
         after = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, or a non-ASCII token
         after = ""
     if not _ID.fullmatch(after):
         raise ApiError(Code.INVALID_ARGUMENT, "The page token is invalid.")

@@ -23,6 +23,7 @@ import uvicorn
 from provisioner.errors import ProvisionerError, ServiceUnavailableError
 from provisioner.logs import configure, register_secret
 from provisioner.logs.access import AccessLogMiddleware
+from provisioner.private_files import check_database, private_umask
 from provisioner.registry import store
 from provisioner.registry.app import create_app
 from provisioner.registry.tokens import (
@@ -106,6 +107,7 @@ def serve(settings: Settings) -> int:
         signal.signal(sig, _exit_cleanly)
     configure(settings, "registry")
     try:
+        check_database(settings.registry_db_url, settings.var)
         server = prepare(settings)
         sock = bind(settings.registry.listen_host, settings.registry.listen_port)
     except ProvisionerError as exc:
@@ -122,7 +124,9 @@ def serve(settings: Settings) -> int:
 
 
 def main(config: Path | None = None) -> int:
-    """``python -m provisioner.registry [--config FILE]``."""
+    """``python -m provisioner.registry [--config FILE]``: files private (umask 077)
+    even when it runs without the supervisor."""
+    private_umask()
     try:
         settings = load_settings(config)
     except ProvisionerError as exc:

@@ -6,6 +6,7 @@ Cloud IoT (and our own upload client) can branch on ``status`` and show ``messag
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from typing import Any
 
@@ -54,9 +55,27 @@ class ApiError(Exception):
         self.message = message
 
 
+# A message may quote what the caller sent (an id, a field name, a path); Cloud IoT's own
+# messages are short. Long runs of non-blank characters can only be echoed input: shortened
+# in place so the explanation after them survives; then the whole message is capped. A
+# 20 MB request never comes back in its error.
+MAX_MESSAGE = 240
+MAX_RUN = 128  # a full device name (projects/.../devices/<numId>) stays whole
+_RUN = re.compile(rf"\S{{{MAX_RUN + 1},}}")
+_ELLIPSIS = "..."
+
+
+def clip(message: str) -> str:
+    """``message`` with long runs shortened and cut to :data:`MAX_MESSAGE` characters."""
+    message = _RUN.sub(lambda m: m[0][: MAX_RUN - len(_ELLIPSIS)] + _ELLIPSIS, message)
+    if len(message) > MAX_MESSAGE:
+        message = message[: MAX_MESSAGE - len(_ELLIPSIS)] + _ELLIPSIS
+    return message
+
+
 def error_body(code: Code, message: str, http_status: int | None = None) -> dict[str, Any]:
     status = http_status or code.http
-    return {"error": {"code": status, "message": message, "status": code.name}}
+    return {"error": {"code": status, "message": clip(message), "status": code.name}}
 
 
 def error_response(

@@ -120,7 +120,7 @@ def add_token(path: Path, role: Role) -> str:
     """Mint a token of ``role``: its hash is appended to ``path`` (a ``tokens.sha256`` file),
     the token itself is returned for the caller to hand over once and is stored nowhere."""
     token = secrets.token_urlsafe(_TOKEN_BYTES)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "a") as f:
         f.write(f"{token_hash(token)} {role.name.lower()}\n")

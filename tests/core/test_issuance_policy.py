@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from sqlmodel import select
 
 from provisioner import batches
+from provisioner.audit import refusals
 from provisioner.audit.verify import verify_log
 from provisioner.ca.ceremony import init_ca
 from provisioner.db.engine import create_schema, make_engine, transaction
@@ -120,7 +121,11 @@ def test_quota_holds_across_concurrent_signer_processes(
         incidents = s.exec(
             select(AuditEvent).where(AuditEvent.event_type == "incident.quota_exceeded")
         ).all()
-        assert len(incidents) == count - quota
+        # Refusals are aggregated (provisioner.audit.refusals): one event per signer
+        # process and window, each window counting its refusals exactly.
+        windows = [w for w in refusals.pending(s) if w.event_type == "incident.quota_exceeded"]
+        assert sorted(w.opened_seq for w in windows) == sorted(e.seq for e in incidents)
+        assert sum(w.count for w in windows) == count - quota
         assert verify_log(s, None).ok
 
 

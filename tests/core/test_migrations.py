@@ -79,7 +79,7 @@ def _assert_append_only(engine: Engine) -> None:
 def test_head_constant_is_the_newest_revision_file() -> None:
     assert migrate.head() == migrate.HEAD
     revs = {s.revision: s.down_revision for s in migrate.scripts().walk_revisions()}
-    assert revs == {"0001": None, "0002": "0001", "0003": "0002"}
+    assert revs == {"0001": None, "0002": "0001", "0003": "0002", "0004": "0003"}
 
 
 def test_empty_database_upgraded_to_head_equals_the_models(db_url: str) -> None:
@@ -127,6 +127,9 @@ def test_revision_0001_is_the_frozen_schema(db_url: str) -> None:
         ("add_table", "web_session"),
         ("add_index", "ix_web_session_user_name"),
         ("add_index", "ix_web_session_expires_at"),
+        # 0004
+        ("add_table", "refusal_window"),
+        ("add_index", "ix_refusal_window_opened_ts"),
     }
     _assert_append_only(engine)
 

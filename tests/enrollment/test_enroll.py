@@ -289,9 +289,9 @@ def test_station_enroll_writes_its_identity_files(line: Line, tmp_path: Path) ->
         for path, mode in [
             (files.key_path, 0o600),
             (files.broker_password_path, 0o600),
-            (files.certificate_path, 0o644),
-            (files.chain_path, 0o644),
-            (files.line_certificate_path, 0o644),
+            (files.certificate_path, 0o600),
+            (files.chain_path, 0o600),
+            (files.line_certificate_path, 0o600),
         ]:
             assert stat.S_IMODE(path.stat().st_mode) == mode, path
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700

@@ -149,7 +149,7 @@ class EmulatedChip:
 
     def save(self, path: Path) -> None:
         """Atomic write: a crash never leaves half a chip behind."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self.to_json()))
         os.replace(tmp, path)

@@ -52,7 +52,7 @@ class StationJig:
             if other != socket and self.chip_path(other) == target:
                 self.remove(other)
         f = self._socket_file(socket)
-        f.parent.mkdir(parents=True, exist_ok=True)
+        f.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = f.with_name(f.name + f".{os.getpid()}.tmp")
         tmp.write_text(str(target))
         os.replace(tmp, f)

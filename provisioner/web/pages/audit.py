@@ -24,7 +24,7 @@ from provisioner.audit import query
 from provisioner.audit.checkpointer import audit_key_file, load_audit_key
 from provisioner.audit.verify import VerifyResult, verify_log
 from provisioner.db.engine import transaction
-from provisioner.db.models import AuditCheckpoint, AuditEvent
+from provisioner.db.models import MAX_ID, AuditCheckpoint, AuditEvent
 from provisioner.errors import ConfigError, ProvisionerError
 from provisioner.web.context import WebContext
 from provisioner.web.sessions import WebUser
@@ -116,7 +116,8 @@ def router(ctx: WebContext) -> APIRouter:
         try:
             f = search.event_filter()
             with Session(ctx.engine) as s:
-                events = query.page(s, f, max(0, after), PAGE)
+                # A cursor past any stored seq (64-bit) is just past the end of the log.
+                events = query.page(s, f, min(max(0, after), MAX_ID), PAGE)
             if len(events) == PAGE:
                 next_after = events[-1].seq
         except ProvisionerError as exc:
