@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -162,6 +163,7 @@ class SocketRun:
         self.holder = holder
         self.ledger = records
         self.lease_s = settings.celery.sign_timeout_s + 120
+        self.release_patience_s = settings.celery.link_timeout_s
         self.chip_retries = settings.station(station_id).chip_retries
         self.auto = auto_fed(settings, station_id)
         self.locator = locator(settings, station_id, socket)
@@ -199,10 +201,23 @@ class SocketRun:
                 return Outcome("skipped", device_id, "its batch is not running")
             return self._attempts(device_id)
         finally:
+            self._release(device_id)
+
+    def _release(self, device_id: int) -> None:
+        """Give the device back. A broker lost mid-device usually returns within seconds
+        (the supervisor restarts Redis), so the release is tried again for up to the link
+        timeout before it is left to the lease (minutes): the supervisor's second re-dispatch
+        after the restart then finds the device free."""
+        deadline = time.monotonic() + self.release_patience_s
+        while True:
             try:
                 self.ledger.release(device_id, self.holder)
-            except ServiceUnavailableError as exc:  # its lease runs out by itself
-                log.warning("device %s not released (%s)", device_id, exc)
+                return
+            except ServiceUnavailableError as exc:
+                if time.monotonic() >= deadline:  # its lease runs out by itself
+                    log.warning("device %s not released (%s)", device_id, exc)
+                    return
+            time.sleep(1.0)
 
     def _claim(self, device_id: int) -> bool:
         """Claim the device; a claim left by a task of this station whose process is gone

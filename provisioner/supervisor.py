@@ -587,6 +587,11 @@ class Supervisor:
                 self._station_resume(station, c.env)
         elif c.kind in (REDIS, WORKER):
             self._redispatch(c.name)
+            if c.kind == REDIS:
+                # A station that lost the broker mid-device gives its claim back once the
+                # broker answers again (it keeps trying for the link timeout): queue the
+                # running batches again after that, or such a device waits for its lease.
+                self._later(self.settings.celery.link_timeout_s + 5, self._redispatch, c.name)
 
     def _renew_gateways(self) -> None:
         """Restart the gateway workers after the broker restarted. A gateway runs without
@@ -598,6 +603,15 @@ class Supervisor:
         for g in [c for c in self.children if c.role == "gateway" and c.state == "running"]:
             _report(logging.INFO, f"{g.name}: restarting it with the broker")
             signal_group(g.proc.pid, signal.SIGKILL)
+
+    def _later(self, delay_s: float, fn: Callable[[str], None], arg: str) -> None:
+        """Run ``fn(arg)`` in ``delay_s`` seconds unless the supervisor stops first."""
+
+        def run() -> None:
+            if not self._stopping.wait(delay_s):
+                fn(arg)
+
+        threading.Thread(target=run, name=f"supervisor-later-{arg}", daemon=True).start()
 
     def _redispatch(self, why: str) -> None:
         """Queue the running batches' work again (a message sent twice never works twice):

@@ -132,6 +132,11 @@ def key_protections(settings: Settings) -> dict[str, Any]:
     def token(label: str, pin_file: Any, wanted: list[tuple[str, str | None]]) -> None:
         if not wanted:
             return
+        if settings.softhsm_conf.exists() and not settings.token_dir.exists():
+            # SoftHSM's token directory is gone (the token pulled): opening the module would
+            # create an empty one, and the token put back would then land inside it.
+            unavailable.append(f"token {label!r}: its directory {settings.token_dir} is absent")
+            return
         try:
             with open_module(settings) as mod:
                 if mod.find_token(label) is None or not pin_file.exists():
