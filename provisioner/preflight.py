@@ -39,8 +39,8 @@ def check_station(settings: Settings, engine: Engine, station_id: str) -> None:
     wait for a station that cannot even log in to the broker."""
     from datetime import UTC, datetime
 
+    from provisioner.db.models import aware
     from provisioner.enrollment.service import list_identities
-    from provisioner.enrollment.tokens import aware
 
     now = datetime.now(UTC)
     current = [

@@ -11,7 +11,6 @@ exists if and only if the state change it describes was committed.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -21,9 +20,11 @@ from sqlmodel import Session, col, select
 
 from provisioner.audit import merkle, tree
 from provisioner.audit.entry import Entry, canonical_payload, role_of
-from provisioner.db.models import AuditEvent
 
-GENESIS_HASH = "0" * 64
+# The chain hash is the verifier's (one implementation, the one auditors run).
+from provisioner.audit.verifier import GENESIS_HASH as GENESIS_HASH
+from provisioner.audit.verifier import link_hash as link_hash
+from provisioner.db.models import AuditEvent
 
 
 def entry_of(ev: AuditEvent) -> Entry:
@@ -40,11 +41,6 @@ def entry_of(ev: AuditEvent) -> Entry:
         chip_serial=ev.chip_serial,
         payload=ev.payload,
     )
-
-
-def link_hash(prev_hash: str, encoded: bytes) -> str:
-    """The chain hash (hex) of an event with canonical bytes ``encoded``."""
-    return hashlib.sha256(bytes.fromhex(prev_hash) + encoded).hexdigest()
 
 
 def lock_for_append(session: Session) -> None:

@@ -17,22 +17,13 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from provisioner.audit.verifier import ENTRY_FIELDS
 from provisioner.db.models import AuditEvent
 from provisioner.errors import InvalidInputError
 
-# The fields of an event row, as hashed (plus the chain hashes), in log order.
-EVENT_FIELDS = (
-    "seq",
-    "ts",
-    "actor",
-    "role",
-    "event_type",
-    "station_id",
-    "socket",
-    "batch_id",
-    "device_id",
-    "chip_serial",
-)
+# The fields of an event row, as hashed, in log order: the canonical entry's (one list, in
+# the verifier) without the payload, which a record carries as an object and as its text.
+EVENT_FIELDS = tuple(f for f in ENTRY_FIELDS if f != "payload")
 
 # A JSON record (query --json, /audit/events, JSON Lines export): these keys, in this order.
 RECORD_FIELDS = (*EVENT_FIELDS, "payload", "payload_text", "prev_hash", "hash")

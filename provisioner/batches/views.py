@@ -9,7 +9,7 @@ time, optionally only the failed ones or those at one step.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import func
 from sqlalchemy.engine import Engine
@@ -29,6 +29,7 @@ from provisioner.db.models import (
     SocketState,
     Step,
     UploadState,
+    aware,
     utcnow,
 )
 from provisioner.errors import InvalidInputError, NotFoundError
@@ -279,19 +280,14 @@ def _per_hour(batch: Batch, recent: int, verified: int, now: datetime) -> float 
     start, if more recent) while the batch is under way; over its whole run once it ended."""
     if batch.started_at is None:
         return None
-    started = _utc(batch.started_at)
+    started = aware(batch.started_at)
     if batch.state.ended and batch.finished_at is not None:
-        run = max(_utc(batch.finished_at) - started, timedelta(seconds=1))
+        run = max(aware(batch.finished_at) - started, timedelta(seconds=1))
         return verified * 3600 / run.total_seconds() if verified else None
     if not recent:
         return None
     window = min(RATE_WINDOW, max(now - started, timedelta(seconds=1)))
     return recent * 3600 / window.total_seconds()
-
-
-def _utc(when: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _live(

@@ -5,7 +5,7 @@ jigs) putting chips in and taking them out; and station identity: admitting a st
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import typer
@@ -15,7 +15,7 @@ from rich.table import Table
 from provisioner import socket_state
 from provisioner.cli.context import ctx_of
 from provisioner.cli.secret_files import write_new_secret
-from provisioner.db.models import utcnow
+from provisioner.db.models import aware, utcnow
 from provisioner.enrollment import identity
 from provisioner.enrollment.service import (
     LinePaths,
@@ -330,16 +330,12 @@ def identities_cmd(
         return
     typer.echo(f"{'STATION':<16} {'SERIAL':<34} {'NOT_AFTER':<17} REVOKED")
     for r in rows:
-        revoked = "" if r.revoked_at is None else f"{_utc(r.revoked_at):%Y-%m-%d %H:%M} by "
+        revoked = "" if r.revoked_at is None else f"{aware(r.revoked_at):%Y-%m-%d %H:%M} by "
         typer.echo(
-            f"{r.station_id:<16} {r.serial_number:<34} {_utc(r.not_after):%Y-%m-%d %H:%M}  "
+            f"{r.station_id:<16} {r.serial_number:<34} {aware(r.not_after):%Y-%m-%d %H:%M}  "
             f"{revoked + (r.revoked_by or '') if r.revoked_at else '-'}"
         )
 
 
-def _utc(dt: datetime) -> datetime:
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
-
-
 def _iso(dt: datetime) -> str:
-    return _utc(dt).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return aware(dt).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -24,6 +24,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def aware(when: datetime) -> datetime:
+    """A stored time as an aware UTC datetime: SQLite hands them back naive, PostgreSQL
+    aware; every stored time is UTC."""
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
 class Step(IntEnum):
     """Completed provisioning steps of one device, in pipeline order."""
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
@@ -22,7 +22,7 @@ from sqlmodel import Session, col, select
 
 from provisioner.audit import chain
 from provisioner.db.engine import transaction
-from provisioner.db.models import Station, StationEnrollment, utcnow
+from provisioner.db.models import Station, StationEnrollment, aware, utcnow
 from provisioner.errors import AuthenticationError, InvalidInputError
 
 TOKEN_PREFIX = "enr_"
@@ -67,11 +67,6 @@ def hash_prefix(digest: str) -> str:
 
 def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
-
-
-def aware(dt: datetime) -> datetime:
-    """SQLite hands back naive UTC datetimes; PostgreSQL aware ones."""
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
 
 
 def cancel_pending(session: Session, station_id: str, now: datetime) -> int:

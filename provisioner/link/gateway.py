@@ -36,9 +36,9 @@ from provisioner.db.models import (
     PartAction,
     StationIdentity,
     Step,
+    aware,
     utcnow,
 )
-from provisioner.enrollment.tokens import aware
 from provisioner.errors import LinkRefusedError, PolicyViolationError, ProvisionerError
 from provisioner.ledger import STATION_INCIDENTS
 from provisioner.link import wire

@@ -32,6 +32,7 @@ from provisioner.db.models import (
     SocketState,
     Step,
     UploadState,
+    aware,
 )
 from provisioner.metrics.record import step_label
 
@@ -215,11 +216,6 @@ class DatabaseCollector(Collector):
         now = self._now.now(UTC)
         for row in s.exec(select(ServiceHealth).order_by(col(ServiceHealth.name))).all():
             g.add_metric([row.name], 1 if row.up else 0)
-            checked = _aware(row.checked_at)
+            checked = aware(row.checked_at)
             age.add_metric([row.name], max(0.0, (now - checked).total_seconds()))
         return [g, age]
-
-
-def _aware(ts: datetime) -> datetime:
-    """SQLite hands timestamps back without their zone; they were written in UTC."""
-    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)

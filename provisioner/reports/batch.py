@@ -29,7 +29,14 @@ from provisioner.batches.views import FailureGroup, summary
 from provisioner.ca.ceremony import store_of
 from provisioner.ca.store import fingerprint
 from provisioner.db.engine import transaction
-from provisioner.db.models import AuditCheckpoint, AuditEvent, BatchState, Certificate, Device
+from provisioner.db.models import (
+    AuditCheckpoint,
+    AuditEvent,
+    BatchState,
+    Certificate,
+    Device,
+    aware,
+)
 from provisioner.errors import AuditError, InvalidInputError
 from provisioner.registry import manifest as manifests
 from provisioner.reports.signing import key_fingerprint
@@ -196,9 +203,9 @@ def collect(
         verified=verified,
         quota=rep.quota,
         issued=rep.issued,
-        created_at=_utc(rep.created_at),
-        started_at=_utc(rep.started_at) if rep.started_at else None,
-        finished_at=_utc(rep.finished_at) if rep.finished_at else None,
+        created_at=aware(rep.created_at),
+        started_at=aware(rep.started_at) if rep.started_at else None,
+        finished_at=aware(rep.finished_at) if rep.finished_at else None,
         failures=rep.failures,
         throughput=throughput([_parse_ts(t) for t in verified_ts]),
         chain=chain,
@@ -231,10 +238,6 @@ def throughput(times: list[datetime]) -> Throughput:
 
 def _parse_ts(ts: str) -> datetime:
     return datetime.strptime(ts, _TS_FORMAT).replace(tzinfo=UTC)
-
-
-def _utc(when: datetime) -> datetime:
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _covering_checkpoint(s: Session, last_seq: int | None) -> CheckpointInfo | None:

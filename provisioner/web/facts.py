@@ -30,17 +30,13 @@ from provisioner.db.models import (
     Station,
     StationIdentity,
     UploadState,
+    aware,
     utcnow,
 )
 from provisioner.settings import Settings
 
 VERIFIED_EVENT = "device.cert_verified"  # appended when a chip's certificate is read back
 MAX_CHART_POINTS = 120
-
-
-def aware(when: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 # --- stations and sockets ----------------------------------------------------------------

@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import delete
 from sqlalchemy.engine import Engine
@@ -17,7 +17,7 @@ from provisioner.audit import chain
 from provisioner.auth import users
 from provisioner.auth.roles import allowed
 from provisioner.db.engine import transaction
-from provisioner.db.models import ApiToken, UserAccount, WebSession, utcnow
+from provisioner.db.models import ApiToken, UserAccount, WebSession, aware, utcnow
 from provisioner.errors import AuthenticationError
 
 COOKIE = "prov_session"
@@ -48,10 +48,6 @@ class WebUser:
 
 def _hash(session_id: str) -> str:
     return hashlib.sha256(session_id.encode()).hexdigest()
-
-
-def _aware(when: datetime) -> datetime:
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def sign_in(engine: Engine, token: str, hours: float) -> tuple[str, WebUser]:
@@ -99,7 +95,7 @@ def lookup(engine: Engine, session_id: str) -> WebUser:
     sess, user, tok = row
     if (
         not hmac.compare_digest(sess.id_sha256, digest)
-        or _aware(sess.expires_at) <= utcnow()
+        or aware(sess.expires_at) <= utcnow()
         or tok.revoked_at is not None
         or user.disabled
     ):
