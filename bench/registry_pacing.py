@@ -32,7 +32,7 @@ from typing import Any
 
 import httpx
 
-from tests.registry.helpers import certificate_pem
+from tests.cloud.helpers import certificate_pem
 
 PROJECT, LOCATION, REGISTRY, TOKEN = "bench", "local", "devices", "bench-writer-token"
 
@@ -50,10 +50,10 @@ def serve(port: int, rate: int, db: str) -> None:
     import uvicorn
     from starlette.types import Receive, Scope, Send
 
-    from provisioner.registry import store
-    from provisioner.registry.app import create_app
-    from provisioner.registry.status import Code, error_response
-    from provisioner.registry.tokens import Role, token_hash
+    from provisioner.cloud import store
+    from provisioner.cloud.app import create_app
+    from provisioner.cloud.status import Code, error_response
+    from provisioner.cloud.tokens import Role, token_hash
 
     engine = store.open_store(f"sqlite:///{db}")
     store.ensure_registry(engine, PROJECT, LOCATION, REGISTRY)
@@ -106,9 +106,9 @@ def upload(
     import redis
 
     from provisioner.errors import RegistryUnavailableError
-    from provisioner.registry.backends import PacedBackend
-    from provisioner.registry.client import CloudIotRegistry
-    from provisioner.registry.ratelimit import LocalPacer, RedisPacer
+    from provisioner.uploads.backends import PacedBackend
+    from provisioner.uploads.client import CloudIotRegistry
+    from provisioner.uploads.ratelimit import LocalPacer, RedisPacer
 
     pem = certificate_pem()
 
@@ -206,7 +206,7 @@ def main() -> None:
     if args.serve:
         serve(args.serve, args.rate, args.db)
         return
-    from provisioner.registry.backends import PACE_HEADROOM
+    from provisioner.uploads.backends import PACE_HEADROOM
 
     args.headroom = args.headroom or PACE_HEADROOM
     if args.seconds < 60:

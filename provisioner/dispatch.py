@@ -29,7 +29,7 @@ from provisioner.db.models import (
     utcnow,
 )
 from provisioner.settings import Settings
-from workers.queues import PROVISION_TASK, REGISTRY_QUEUE, UPLOAD_TASK, station_queue
+from workers.queues import BLOCK_TASK, PROVISION_TASK, REGISTRY_QUEUE, UPLOAD_TASK, station_queue
 
 
 def celery_app(settings: Settings) -> Celery:
@@ -178,3 +178,17 @@ def resend_lapsed(engine: Engine, settings: Settings) -> int:
         if device_id is not None:
             by_station.setdefault(station_id, []).append(device_id)
     return sum(send_devices(settings, sid, ids) for sid, ids in by_station.items())
+
+
+def send_block(settings: Settings, device_id: int) -> bool:
+    """Queue the block task now if Redis answers (False otherwise: the row waits for the
+    periodic sync or ``registry sync``, nothing is lost)."""
+    from provisioner.errors import ServiceUnavailableError
+    from provisioner.preflight import check_redis
+
+    try:
+        check_redis(settings)
+    except ServiceUnavailableError:
+        return False
+    celery_app(settings).send_task(BLOCK_TASK, args=[device_id], queue=REGISTRY_QUEUE)
+    return True

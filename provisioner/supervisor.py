@@ -277,7 +277,7 @@ class Supervisor:
         self._wait_ready(self.spawn("redis", argv, REDIS), self._check_alive)
 
     def start_registry(self) -> None:
-        child = self.spawn("registry", [sys.executable, "-m", "provisioner.registry"], REGISTRY)
+        child = self.spawn("registry", [sys.executable, "-m", "provisioner.cloud"], REGISTRY)
         self._wait_ready(child, self._check_alive)
 
     def start_api(self) -> None:

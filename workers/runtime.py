@@ -44,7 +44,7 @@ class WorkerRuntime:
     signer: Any = None  # provisioner.issuance.IssuanceService on the hsm worker
     checkpointer: Any = None  # provisioner.audit.checkpointer.Checkpointer, hsm worker too
     registry: Any = None  # a RegistryBackend on the registry worker
-    forwarder: Any = None  # provisioner.registry.forwarder.Forwarder, registry worker
+    forwarder: Any = None  # provisioner.uploads.forwarder.Forwarder, registry worker
     records: Any = None  # provisioner.link.remote.RemoteRecords on a station worker
     gateway: Any = None  # provisioner.link.gateway.Gateway on a gateway worker
     line_app: Celery | None = None  # the gateway's way to the signer and the uploader
@@ -164,8 +164,8 @@ def _open_line(settings: Settings, queues: frozenset[str], index: int) -> Worker
         rt.checkpointer = Checkpointer.for_provider(engine, settings, rt.signer.ca.pool)
         rt.checkpointer.start()
     if REGISTRY_QUEUE in queues:
-        from provisioner.registry.backends import open_backend
-        from provisioner.registry.forwarder import Forwarder
+        from provisioner.uploads.backends import open_backend
+        from provisioner.uploads.forwarder import Forwarder
 
         rt.registry = open_backend(settings)
         if index == 0:  # one periodic drain per registry worker, not one per child

@@ -31,8 +31,8 @@ from provisioner.link.wire import REQUEST_TASK
 from provisioner.logs import log_context
 from provisioner.metrics import record
 from provisioner.ports import IssuedCertificate, SigningRequest
-from provisioner.registry.ratelimit import backoff_s
 from provisioner.settings import Settings
+from provisioner.uploads.ratelimit import backoff_s
 from workers import runtime
 from workers.queues import (
     HSM_QUEUE,
@@ -276,9 +276,9 @@ def register(app: Celery) -> None:
 
     @app.task(name=BLOCK_TASK, bind=True, acks_late=True, max_retries=None)
     def block_device(self: Task, device_id: int) -> dict[str, Any]:
-        """Block a revoked device in the registry (provisioner.registry.blocking): paced
+        """Block a revoked device in the registry (provisioner.uploads.blocking): paced
         like creates, retried with backoff, then parked for the periodic sync."""
-        from provisioner.registry import blocking
+        from provisioner.uploads import blocking
 
         rt = runtime.current()
         assert rt.registry is not None, "not a registry worker"

@@ -56,6 +56,7 @@ from hsm.signer import HsmEcPrivateKey, token_key
 from hsm.tokens import init_token
 from provisioner.audit.checkpointer import audit_key_file, ensure_audit_key
 from provisioner.ca.issuer import device_validity, key_usage, random_serial_number
+from provisioner.ca.manifest_key import ensure_manifest_key, signer_file
 from provisioner.ca.store import CaStore, fingerprint, load_cert_file
 from provisioner.errors import (
     CaExistsError,
@@ -64,7 +65,6 @@ from provisioner.errors import (
     HsmKeyNotFoundError,
     InvalidInputError,
 )
-from provisioner.registry.manifest import ensure_manifest_key, signer_file
 from provisioner.settings import Settings
 
 E = TypeVar("E", bound=x509.ExtensionType)

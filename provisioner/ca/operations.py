@@ -88,8 +88,8 @@ class BlockOutcome:
 
 
 def queue_block(settings: Settings, done: revocation.Revoked) -> BlockOutcome:
-    """Queue the registry block the revocation recorded (provisioner.registry.blocking)."""
-    from provisioner.registry import blocking
+    """Queue the registry block the revocation recorded (uploads.blocking applies it)."""
+    from provisioner.dispatch import send_block
 
     state = done.registry_block
     queued = False
@@ -99,7 +99,7 @@ def queue_block(settings: Settings, done: revocation.Revoked) -> BlockOutcome:
         detail = "not blocked: the registry holds another certificate under its id"
     else:
         assert done.device_id is not None
-        queued = blocking.send_block(settings, done.device_id)
+        queued = send_block(settings, done.device_id)
         detail = (
             "block queued for the registry worker"
             if queued

@@ -105,7 +105,7 @@ def key_protections(settings: Settings) -> dict[str, Any]:
     from hsm.module import TokenSession
     from provisioner.audit.checkpointer import audit_key_file
     from provisioner.ca.ceremony import factory_pin, find_root_label, open_module, store_of
-    from provisioner.registry.manifest import KEY_LABEL, signer_file
+    from provisioner.ca.manifest_key import KEY_LABEL, signer_file
 
     store = store_of(settings)
     keys: list[dict[str, Any]] = []

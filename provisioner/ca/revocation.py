@@ -1,7 +1,7 @@
 """Revoking device certificates and publishing CRLs signed in the token.
 
 A revocation also records the device's registry block in the same transaction
-(:mod:`provisioner.registry.blocking`): the CRL tells relying parties, the block tells the
+(:mod:`provisioner.uploads.blocking`): the CRL tells relying parties, the block tells the
 registry that receives the device's connections.
 
 One CRL per intermediate, named like the intermediate (its key label), so a certificate's
@@ -34,9 +34,16 @@ from provisioner.audit import chain
 from provisioner.ca.ceremony import LoadedCa, store_of
 from provisioner.ca.store import fingerprint
 from provisioner.db.engine import transaction
-from provisioner.db.models import Certificate, CrlNumber, Device, Revocation
+from provisioner.db.models import (
+    Certificate,
+    CrlNumber,
+    Device,
+    RegistryBlock,
+    RegistryUpload,
+    Revocation,
+)
 from provisioner.errors import HsmError, InvalidInputError, NotFoundError
-from provisioner.registry.blocking import request_block
+from provisioner.ledger import registry_device_id
 from provisioner.settings import Settings
 
 REASONS: dict[str, x509.ReasonFlags] = {
@@ -242,3 +249,31 @@ def publish(settings: Settings, engine: Engine, ca: LoadedCa, actor: str) -> lis
         assert next_update is not None
         out.append(PublishedCrl(name, path, number, len(crl), next_update, sha))
     return out
+
+
+def request_block(s: Session, dev: Device, actor: str) -> RegistryBlock:
+    """The device's block, created in the caller's (the revocation's) transaction if it has
+    none yet, with its ``registry.block_requested`` event. Idempotent: an existing block is
+    returned as it is (a revocation recorded before blocks existed gets one now)."""
+    assert dev.id is not None
+    existing = s.exec(select(RegistryBlock).where(RegistryBlock.device_id == dev.id)).first()
+    if existing is not None:
+        return existing
+    block = RegistryBlock(device_id=dev.id, requested_by=actor)
+    s.add(block)
+    up = s.exec(select(RegistryUpload).where(RegistryUpload.device_id == dev.id)).first()
+    chain.append(
+        s,
+        "registry.block_requested",
+        actor=actor,
+        batch_id=dev.batch_id,
+        device_id=dev.id,
+        chip_serial=dev.chip_serial,
+        payload={
+            "registry_device_id": up.registry_device_id
+            if up is not None
+            else registry_device_id(dev.chip_serial or ""),
+            "upload": up.state.value if up is not None else "none",
+        },
+    )
+    return block

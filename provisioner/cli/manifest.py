@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from provisioner.cli.context import ctx_of
 from provisioner.db.models import MAX_ID
 from provisioner.errors import ConfigError
-from provisioner.registry import manifest
+from provisioner.uploads import manifest
 
 app = typer.Typer(
     help="Per-batch manifests (Microchip format, JWS ES256) for customers who register "

@@ -9,8 +9,8 @@ from rich.console import Console
 
 from provisioner.cli.context import ctx_of
 from provisioner.db.models import MAX_ID
-from provisioner.registry import forwarder
-from provisioner.registry.backends import open_backend
+from provisioner.uploads import forwarder
+from provisioner.uploads.backends import open_backend
 
 app = typer.Typer(help="Registry uploads: store and forward.", no_args_is_help=True)
 
@@ -26,7 +26,7 @@ def sync(
     """Upload every parked or pending certificate, then block every revoked device still
     waiting for its block, now (what the registry worker does every
     `registry.sync_interval_s`). Idempotent; stops early if the registry is down."""
-    from provisioner.registry import blocking
+    from provisioner.uploads import blocking
 
     c = ctx_of(ctx)
     c.require("registry.sync")

@@ -356,7 +356,7 @@ class CrlNumber(SQLModel, table=True):
 
 
 class BlockState(StrEnum):
-    """Where blocking a revoked device in the registry stands (provisioner.registry.blocking)."""
+    """Where blocking a revoked device in the registry stands (provisioner.uploads.blocking)."""
 
     PENDING = "pending"  # to do: the block task (or the next sync) tries it, with backoff
     PARKED = "parked"  # the task gave up for now; the periodic sync / `registry sync` retries

@@ -38,9 +38,9 @@ from provisioner.db.models import (
     aware,
 )
 from provisioner.errors import AuditError, InvalidInputError
-from provisioner.registry import manifest as manifests
 from provisioner.reports.signing import key_fingerprint
 from provisioner.settings import Settings
+from provisioner.uploads import manifest as manifests
 
 VERIFIED_EVENT = "device.cert_verified"
 # Reading a batch's record must not move "the batch's last event": the report's own event

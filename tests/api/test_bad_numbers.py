@@ -15,10 +15,10 @@ from sqlalchemy.engine import Engine
 
 from provisioner.api.app import create_app
 from provisioner.auth import users
+from provisioner.cloud.tokens import Role
 from provisioner.db.engine import create_schema, make_engine
-from provisioner.registry.tokens import Role
 from provisioner.settings import Settings
-from tests.registry.inprocess import REGISTRY_NAME, TOKENS, make_registry
+from tests.cloud.inprocess import REGISTRY_NAME, TOKENS, make_registry
 
 HUGE = "99999999999999999999999"  # > 2**64
 JUST_OVER = str(2**63)  # one past SQLite's (and PostgreSQL BIGINT's) largest integer

@@ -6,7 +6,7 @@ assertion message and of the ``fuzz`` log line.
 
 The API's resources (batches, users) are created by operations whose answers the document
 does not describe field by field, so there are no links to follow here; the registry's
-fuzz (tests/registry/test_fuzz.py) is the stateful one.
+fuzz (tests/cloud/test_fuzz.py) is the stateful one.
 """
 
 from __future__ import annotations

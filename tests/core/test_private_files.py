@@ -76,7 +76,7 @@ def test_the_registry_alone_creates_its_database_private(tmp_path: Path) -> None
     """The registry started by itself (no supervisor, shell umask 022): registry.db 0600."""
     st = make_station(tmp_path / "station")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "provisioner.registry", "--config", str(st.config)],
+        [sys.executable, "-m", "provisioner.cloud", "--config", str(st.config)],
         env=st.env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

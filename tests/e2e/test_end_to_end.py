@@ -21,8 +21,8 @@ from sqlalchemy.exc import DatabaseError
 
 from provisioner.audit import triggers
 from provisioner.cli.services import wait_for_checkpoint
+from provisioner.cloud.tokens import read_token
 from provisioner.db.engine import make_engine
-from provisioner.registry.tokens import read_token
 from provisioner.supervisor import Supervisor, running_services
 from tests.conftest import Station, make_station, run_cli
 

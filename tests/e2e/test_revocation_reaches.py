@@ -14,8 +14,8 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from provisioner.cloud.tokens import read_token
 from provisioner.db.engine import make_engine
-from provisioner.registry.tokens import read_token
 from provisioner.supervisor import running_services
 from tests.conftest import Station, make_station
 from tests.e2e.test_end_to_end import cli

@@ -1,7 +1,7 @@
 """200 devices uploaded through a registry that fails 30 % of calls, through real processes.
 
 Redis, the built-in registry, Celery registry workers (and the periodic store-and-forward
-drain) run as real processes; a fault proxy (tests/registry/fault_proxy.py) between the
+drain) run as real processes; a fault proxy (tests/cloud/fault_proxy.py) between the
 workers and the registry answers 429 and 500, hangs past the client's timeout, resets
 connections and loses answers to creates that did happen; at the start the registry's port
 refuses connections altogether. The 200 devices reach CERT_VERIFIED in a child process
@@ -27,12 +27,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import text
 
+from provisioner.cloud.tokens import read_token
 from provisioner.db.engine import make_engine
-from provisioner.registry.tokens import read_token
 from provisioner.settings import load_settings
 from provisioner.supervisor import running_services
+from tests.cloud.fault_proxy import FaultProxy
 from tests.conftest import Station, chip_request, free_port, make_station, run_cli
-from tests.registry.fault_proxy import FaultProxy
 
 N = 200
 pytestmark = pytest.mark.slow

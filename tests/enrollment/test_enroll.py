@@ -25,8 +25,8 @@ from provisioner.enrollment import identity
 from provisioner.enrollment.service import EnrollmentAnswer, enroll_station, revoke_station
 from provisioner.enrollment.tokens import REFUSED_MESSAGE, EnrollmentTokenError, add_station
 from provisioner.errors import ConflictError
+from tests.cloud.inprocess import served
 from tests.enrollment.conftest import Line, csr_pem
-from tests.registry.inprocess import served
 
 ADMIN = "admin:ada"
 

@@ -22,8 +22,8 @@ from provisioner.ca.ceremony import (
     store_of,
 )
 from provisioner.ca.overview import key_protections
-from provisioner.registry.manifest import KEY_LABEL
 from provisioner.settings import Settings
+from provisioner.uploads.manifest import KEY_LABEL
 from tests.conftest import Station
 from tests.e2e.test_end_to_end import cli
 

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 from sqlalchemy import text
 
+from provisioner.cloud.tokens import admin_token_file, read_token
 from provisioner.db.engine import make_engine
-from provisioner.registry.tokens import admin_token_file, read_token
 from provisioner.settings import local_url
 from provisioner.supervisor import running_services
 from tests.conftest import make_station

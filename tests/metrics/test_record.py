@@ -28,8 +28,8 @@ from provisioner.errors import (
 )
 from provisioner.metrics.record import StepMeter, http_result
 from provisioner.ports import DeviceAlreadyExists
-from provisioner.registry.client import CloudIotRegistry
-from provisioner.registry.ratelimit import LocalPacer
+from provisioner.uploads.client import CloudIotRegistry
+from provisioner.uploads.ratelimit import LocalPacer
 from tests.conftest import free_port
 from tests.core.test_pipeline_resume import PulledAfter
 from tests.metrics.helpers import value

@@ -16,20 +16,20 @@ from cryptography.x509.oid import NameOID
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from provisioner.registry.certificates import (
+from provisioner.cloud.certificates import (
     RegistryCertificate,
     check_device_credentials,
     make_registry_certificate,
     x509_details,
 )
-from provisioner.registry.credentials import (
+from provisioner.cloud.credentials import (
     NO_EXPIRY,
     InvalidCredential,
     PublicKeyFormat,
     make_credential,
     normalize_timestamp,
 )
-from provisioner.registry.status import ApiError
+from provisioner.cloud.status import ApiError
 from tests.properties.bounded import bounded, mutate
 
 pytestmark = pytest.mark.filterwarnings("ignore::cryptography.utils.CryptographyDeprecationWarning")

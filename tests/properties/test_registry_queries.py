@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from provisioner.registry.resources import (
+from provisioner.cloud.resources import (
     _ID,
     DEVICE_FIELDS,
     DEVICE_UPDATABLE,
@@ -18,7 +18,7 @@ from provisioner.registry.resources import (
     parse_num_id_filter,
     parse_update_mask,
 )
-from provisioner.registry.status import ApiError
+from provisioner.cloud.status import ApiError
 from tests.properties.bounded import bounded
 
 IDS = st.from_regex(_ID, fullmatch=True)

@@ -1,0 +1,135 @@
+"""Running the built-in registry as a process: settings in, a listening HTTP service out.
+
+Start-up does, in order, everything that can fail with a useful message (settings, token
+file, database, the configured registry, the listening socket) before uvicorn takes over, so
+a supervisor waiting on ``/healthz`` sees either a ready service or a one-line error and a
+non-zero exit. Logs (:mod:`provisioner.logs`): JSON lines in ``<var>/log/registry.log``;
+uvicorn's own access log is off (our :class:`~provisioner.logs.access.AccessLogMiddleware`
+writes one line per request without headers, so never a token) and its error log goes
+through our handler (``log_config=None``). The tokens this process holds are registered
+with the log redaction.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sys
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+
+from provisioner.cloud import store
+from provisioner.cloud.app import create_app
+from provisioner.cloud.tokens import (
+    Role,
+    admin_token_file,
+    ensure_upload_token,
+    hashed_tokens_file,
+    read_hashed_tokens,
+    read_token,
+    token_hash,
+)
+from provisioner.errors import ProvisionerError, ServiceUnavailableError
+from provisioner.logs import configure, register_secret
+from provisioner.logs.access import AccessLogMiddleware
+from provisioner.private_files import check_database, private_umask
+from provisioner.settings import Settings, load_settings
+
+
+def token_roles(settings: Settings) -> dict[str, Role]:
+    """Every accepted token hash and its role: minted ones from ``tokens.sha256``, the
+    admin token (created if missing) and the upload token (writer: it creates and patches
+    devices; the configured registry is created here, not through the API)."""
+    upload = settings.registry_token_file
+    ensure_upload_token(upload)
+    ensure_upload_token(admin_token_file(upload))
+    roles = read_hashed_tokens(hashed_tokens_file(upload))
+    for path, role in ((admin_token_file(upload), Role.ADMIN), (upload, Role.WRITER)):
+        token = read_token(path)
+        register_secret(token)
+        roles[token_hash(token)] = role
+    return roles
+
+
+def prepare(settings: Settings) -> uvicorn.Server:
+    """Ensure the token files, the database and the configured registry; build the server."""
+    roles = token_roles(settings)
+    reg = settings.registry
+    engine = store.open_store(settings.registry_db_url)
+    try:
+        store.ensure_registry(engine, reg.project, reg.location, reg.registry)
+    finally:
+        engine.dispose()
+    app = AccessLogMiddleware(create_app(settings.registry_db_url, roles))
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        log_level=None,
+        access_log=False,
+        server_header=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
+    return uvicorn.Server(config)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so "port in use" is a clear error, not a traceback."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ServiceUnavailableError(
+            f"the registry cannot listen on {host}:{port} ({exc.strerror}): is another "
+            "registry already running? Stop it or set registry.listen_port"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _exit_cleanly(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+def serve(settings: Settings) -> int:
+    """Run until SIGTERM or SIGINT; then finish in-flight requests and return 0.
+
+    uvicorn turns both signals into a graceful shutdown and afterwards re-raises them
+    under the handlers that were installed before it started; installing ours first makes
+    that re-raise an ordinary exit 0 instead of a death by signal or a KeyboardInterrupt.
+    """
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_cleanly)
+    configure(settings, "registry")
+    try:
+        check_database(settings.registry_db_url, settings.var)
+        server = prepare(settings)
+        sock = bind(settings.registry.listen_host, settings.registry.listen_port)
+    except ProvisionerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    try:
+        server.run(sockets=[sock])
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise
+    finally:
+        sock.close()
+    return 0 if server.started else 1
+
+
+def main(config: Path | None = None) -> int:
+    """``python -m provisioner.cloud [--config FILE]``: files private (umask 077)
+    even when it runs without the supervisor."""
+    private_umask()
+    try:
+        settings = load_settings(config)
+    except ProvisionerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return serve(settings)
