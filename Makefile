@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml deploy/install.sh
+$(STAMP): pyproject.toml deploy/install.sh deploy/mosquitto/provisioner_plugin.c
 	VENV=$(VENV) bash deploy/install.sh
 	touch $(STAMP)
 

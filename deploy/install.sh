@@ -70,6 +70,28 @@ need_p11kit() {
     || need_apt+=(p11-kit p11-kit-modules)
 }
 
+# The MQTT bridge: Debian's mosquitto and what its plugin (deploy/mosquitto) builds with.
+need_bridge() {
+  local pkg
+  for pkg in mosquitto mosquitto-dev libmosquitto-dev libcurl4-openssl-dev libcjson-dev \
+      libssl-dev gcc libc6-dev make; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
+      || need_apt+=("$pkg")
+  done
+}
+
+# Build the plugin into <venv>/lib/provisioner/provisioner_plugin.so, where
+# [bridge] plugin points by default (sys.prefix/lib/provisioner). Built in a temporary
+# directory so the checkout stays clean.
+build_bridge_plugin() {
+  local venv=$1 src build
+  src=$(cd "$(dirname "${BASH_SOURCE[0]}")/mosquitto" && pwd)
+  build=$(mktemp -d)
+  echo "==> building the mosquitto plugin into $venv/lib/provisioner"
+  make -s -C "$src" OUT="$build/provisioner_plugin.so" PREFIX="$venv" install
+  rm -rf "$build"
+}
+
 # --- development and CI: unchanged behaviour of `make install` ----------------------------
 if [ "$ROLE" = dev ]; then
   VENV=${VENV:-.venv}
@@ -87,11 +109,14 @@ if [ "$ROLE" = dev ]; then
   # own browser download is never used); promtool checks the alert rules and /metrics.
   command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
   command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+  need_bridge
   need_python
   apt_install "${need_apt[@]}"
 
   # Debian's redis-server package starts a system instance on :6379; the product never uses
   # it (each station runs a private one on a unix socket under ./var), so leave it alone.
+  # Likewise Debian's mosquitto package may start a system broker on :1883; the bridge is a
+  # private mosquitto the supervisor starts with its own config under ./var/bridge.
 
   check_python
   if [ ! -x "$VENV/bin/python" ]; then
@@ -101,6 +126,7 @@ if [ "$ROLE" = dev ]; then
   echo "==> pip install -e .[dev]"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]'
+  build_bridge_plugin "$(cd "$VENV" && pwd)"
   echo "==> installed"
   exit 0
 fi
@@ -135,6 +161,8 @@ if [ "$ROLE" = line ]; then
   command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
   command -v pkcs11-tool >/dev/null 2>&1 || need_apt+=(opensc)
   command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+  # The MQTT bridge devices in the field connect to (mosquitto + the product's plugin).
+  need_bridge
 else
   # A station needs no Debian library beyond Python: the wheels bring cryptoauthlib (with
   # its libusb/libudev), cryptography and the Redis client. i2c-tools creates the `i2c`
@@ -155,6 +183,9 @@ echo "==> pip install .${EXTRAS:+[$EXTRAS]} (from $REPO) into $VENV"
 # Not editable: the clone can be removed afterwards. --upgrade reinstalls this project and
 # moves a dependency only when the new version needs it.
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade "$spec"
+if [ "$ROLE" = line ]; then
+  build_bridge_plugin "$VENV"
+fi
 
 if ! getent passwd "$USER_NAME" >/dev/null; then
   echo "==> adding system user $USER_NAME"

@@ -21,18 +21,19 @@ from provisioner.settings import Settings
 class Listener:
     """One listening service: its settings section and its address."""
 
-    component: str  # "registry", "api": the settings section and the child's name
+    component: str  # "registry", "api", "bridge": the settings section and the child's name
     host: str
     port: int
     url_pinned: bool  # the section's URL is set explicitly, so it would not follow a move
+    field: str = "listen_port"  # the port's setting in the section
 
     @property
     def setting(self) -> str:
-        return f"{self.component}.listen_port"
+        return f"{self.component}.{self.field}"
 
     @property
     def env_var(self) -> str:
-        return f"PROVISIONER_{self.component.upper()}__LISTEN_PORT"
+        return f"PROVISIONER_{self.component.upper()}__{self.field.upper()}"
 
 
 def listeners(settings: Settings) -> list[Listener]:
@@ -49,6 +50,24 @@ def listeners(settings: Settings) -> list[Listener]:
             settings.api.listen_port,
             settings.api.public_url is not None,
         ),
+        *bridge_listeners(settings),
+    ]
+
+
+def bridge_listeners(settings: Settings) -> list[Listener]:
+    """The MQTT bridge's ports (when it runs). Devices reach them by the names in the
+    server certificate, so a moved port is announced like the others."""
+    b = settings.bridge
+    if not b.enabled:
+        return []
+    return [
+        Listener("bridge", b.host, port, False, name)
+        for name, port in (
+            ("mqtt_port", b.mqtt_port),
+            ("alt_port", b.alt_port),
+            ("wss_port", b.wss_port),
+        )
+        if port is not None
     ]
 
 
@@ -87,7 +106,7 @@ def plan_ports(settings: Settings, *, move_taken: bool) -> PortPlan:
     ``move_taken`` (the demo) and a URL that follows the port, moved to a free port."""
     env: dict[str, str] = {}
     notes: list[str] = []
-    updates: dict[str, int] = {}
+    updates: dict[str, dict[str, int]] = {}
     for ln in listeners(settings):
         if port_free(ln.host, ln.port):
             continue
@@ -97,15 +116,15 @@ def plan_ports(settings: Settings, *, move_taken: bool) -> PortPlan:
                 f"stop what holds it or set {ln.setting} (or {ln.env_var})"
             )
         new = any_free_port(ln.host)
-        updates[ln.component] = new
+        updates.setdefault(ln.component, {})[ln.field] = new
         env[ln.env_var] = str(new)
         notes.append(f"port {ln.port} in use: {ln.component} on {new}")
     if not updates:
         return PortPlan(settings, env, notes)
     moved = settings.model_copy(
         update={
-            name: getattr(settings, name).model_copy(update={"listen_port": port})
-            for name, port in updates.items()
+            name: getattr(settings, name).model_copy(update=fields)
+            for name, fields in updates.items()
         }
     )
     return PortPlan(moved, env, notes)

@@ -288,6 +288,33 @@ class BrokerSettings(_Section):
     port: int = Field(default=6390, ge=1, le=65535)
 
 
+class BridgeSettings(_Section):
+    """The MQTT bridge devices in the field connect to: Debian's mosquitto with the
+    product's plugin (deploy/mosquitto), which asks the registry server's device plane for
+    every decision. The listeners use a P-256 server certificate from the product's CA so a
+    device needs EC code and one small root only."""
+
+    enabled: bool = True  # `services run` starts mosquitto with the plugin
+    host: str = "127.0.0.1"  # device listeners bind here
+    mqtt_port: int = Field(default=8883, ge=1, le=65535)  # MQTT over TLS
+    alt_port: int | None = Field(default=None, ge=1, le=65535)  # e.g. 443 (needs privileges)
+    wss_port: int | None = Field(default=8884, ge=1, le=65535)  # MQTT over secure WebSockets
+    mosquitto: Path = Path("/usr/sbin/mosquitto")
+    # default: <sys.prefix>/lib/provisioner/provisioner_plugin.so (deploy/install.sh builds it)
+    plugin: Path | None = None
+    names: list[str] = Field(default_factory=lambda: ["localhost", "127.0.0.1"])  # cert SANs
+    token_file: Path | None = None  # default <var>/registry/bridge.token (the plugin's)
+    hook_allow: list[str] = Field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
+    jwt_refresh_s: int = Field(default=3600, gt=0, le=24 * 3600)  # field device JWT lifetime
+
+    @property
+    def plugin_path(self) -> Path:
+        """The plugin shared object: ``plugin``, else where deploy/install.sh puts it."""
+        import sys
+
+        return self.plugin or Path(sys.prefix) / "lib" / "provisioner" / "provisioner_plugin.so"
+
+
 class CelerySettings(_Section):
     sign_timeout_s: float = Field(default=60.0, gt=0)
     # How long a station waits for the line server's answer to one request (a step
@@ -333,6 +360,7 @@ class Settings(BaseSettings):
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
     web: WebSettings = WebSettings()
+    bridge: BridgeSettings = BridgeSettings()
     stations: dict[str, StationSettings] = Field(
         default_factory=lambda: {"line1": StationSettings()}
     )
@@ -451,6 +479,17 @@ class Settings(BaseSettings):
     @property
     def registry_token_file(self) -> Path:
         return (self.registry.token_file or self.var / "registry" / "upload.token").resolve()
+
+    @property
+    def bridge_dir(self) -> Path:
+        """The MQTT bridge's files: server.pem, server.key (0600), ca.pem (the root devices
+        pin) and mosquitto.conf."""
+        return self.var / "bridge"
+
+    @property
+    def bridge_token_file(self) -> Path:
+        """The token the mosquitto plugin presents to the device plane (``/bridge/v1``)."""
+        return (self.bridge.token_file or self.var / "registry" / "bridge.token").resolve()
 
     @property
     def registry_db_url(self) -> str:

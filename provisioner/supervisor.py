@@ -1,5 +1,6 @@
 """Starts, watches and stops the station's services as child processes: Redis, the
-registry, the API and the Celery workers.
+registry, the MQTT bridge (mosquitto with the product's plugin), the API and the Celery
+workers.
 
 Used by ``provisioner services run``, ``provisioner demo`` and the end-to-end tests, so all
 three run the same real processes.
@@ -65,6 +66,7 @@ from workers.runtime import READY_ENV
 log = logging.getLogger("provisioner.supervisor")
 
 REDIS, REGISTRY, API, WORKER = "redis", "registry", "api", "worker"
+BRIDGE = "bridge"
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -101,8 +103,11 @@ class Child:
 
 def _stop_phase(c: Child) -> int:
     """Stations first (a device in hand still needs its gateway, the signer and Redis to
-    finish its step), then the gateways, signer and uploader, then the HTTP services, Redis
-    last."""
+    finish its step), then the gateways, signer and uploader and the MQTT bridge (its plugin
+    sends its last buffered telemetry to the registry's device plane as it stops), then the
+    HTTP services, Redis last."""
+    if c.kind == BRIDGE:
+        return 1
     if c.kind == WORKER:
         return 0 if c.role == "station" else 1
     return 2 if c.kind in (REGISTRY, API) else 3
@@ -280,6 +285,29 @@ class Supervisor:
         child = self.spawn("registry", [sys.executable, "-m", "provisioner.cloud"], REGISTRY)
         self._wait_ready(child, self._check_alive)
 
+    def start_bridge(self) -> None:
+        """The MQTT bridge devices in the field connect to, when ``bridge.enabled``: the
+        server certificate ensured (issued by the HSM intermediate when missing, expiring
+        within 30 days or renamed: :mod:`provisioner.ca.bridge_cert`), the plugin's token
+        file ensured, ``<var>/bridge/mosquitto.conf`` written, then mosquitto started after
+        the registry (its plugin asks the registry's device plane for every decision) and
+        probed by a TCP connect to its MQTT/TLS port. Its log lines go to ``bridge.out``."""
+        if not self.settings.bridge.enabled:
+            return
+        from provisioner.ca.bridge_cert import ensure_bridge_certificate
+        from provisioner.cloud.mosquitto import check_installed, mosquitto_argv, write_config
+        from provisioner.cloud.tokens import ensure_upload_token
+
+        check_installed(self.settings)
+        ensure_upload_token(self.settings.bridge_token_file)
+        if ensure_bridge_certificate(self.settings):
+            log.info(
+                "issued the MQTT bridge's server certificate for %s", self.settings.bridge.names
+            )
+        conf = write_config(self.settings)
+        argv = _line_buffered(mosquitto_argv(self.settings, conf))
+        self._wait_ready(self.spawn("bridge", argv, BRIDGE), self._check_alive)
+
     def start_api(self) -> None:
         """The HTTP API (public PKI files; audit, batches and users by role)."""
         child = self.spawn("api", [sys.executable, "-m", "provisioner.api"], API)
@@ -428,6 +456,10 @@ class Supervisor:
             from provisioner.preflight import redis_client
 
             return lambda: bool(redis_client(self.settings).ping())
+        if kind == BRIDGE:
+            from provisioner.cloud.mosquitto import probe
+
+            return lambda: probe(self.settings)
         section = self.settings.registry if kind == REGISTRY else self.settings.api
         url = local_url(section.listen_host, section.listen_port) + "/healthz"
         return lambda: httpx.get(url, timeout=1).is_success
@@ -803,6 +835,15 @@ def _check_ca(settings: Settings) -> None:
         raise CaNotInitialisedError()
 
 
+def _line_buffered(argv: list[str]) -> list[str]:
+    """``argv`` under ``stdbuf -oL`` when coreutils has it: mosquitto logs to stdout through
+    stdio, which a file (``<name>.out``) would otherwise buffer by 4 KB blocks."""
+    import shutil
+
+    stdbuf = shutil.which("stdbuf")
+    return [stdbuf, "-oL", *argv] if stdbuf else argv
+
+
 def _which(cmd: str) -> str:
     import shutil
 
@@ -825,9 +866,9 @@ def running_services(
     """Take the var dir's lock, start what ``role`` (default ``settings.role``) runs on this
     PC, and watch it; stop it all on exit (also on Ctrl-C, SIGTERM or SIGHUP).
 
-    - ``line``: Redis (TLS or unix socket, with ACL users), the registry, the API, the
-      signer and uploader workers, and a gateway worker per enrolled station (stations
-      enrolled later get theirs within seconds);
+    - ``line``: Redis (TLS or unix socket, with ACL users), the registry, the MQTT bridge
+      (``bridge.enabled``), the API, the signer and uploader workers, and a gateway worker
+      per enrolled station (stations enrolled later get theirs within seconds);
     - ``station``: this PC's station worker (``settings.station_id``) only;
     - ``all`` (the demo): both, the ``stations`` enrolled locally first.
 
@@ -859,6 +900,7 @@ def running_services(
                     on_ports_moved(note)
             sup.start_redis()
             sup.start_registry()
+            sup.start_bridge()
             sup.start_api()
             sup.start_line_workers()
             if role == "all":

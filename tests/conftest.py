@@ -101,13 +101,20 @@ def make_station(
 ) -> Station:
     root.mkdir(parents=True, exist_ok=True)
     port, api_port = free_port(), free_port()
+    bridge = f"[bridge]\nenabled = false\nmqtt_port = {free_port()}\nwss_port = {free_port()}\n"
     cfg = root / "provisioner.toml"
     cfg.write_text(
         f'var_dir = "{root / "var"}"\n'
         + (f'database_url = "{database_url}"\n' if database_url else "")
         + f'[registry]\nurl = "http://127.0.0.1:{port}"\nlisten_port = {port}\n'
         f'[api]\nlisten_port = {api_port}\npublic_url = "http://127.0.0.1:{api_port}"\n'
-        f"[stations.line1]\nsockets = {sockets}\n" + extra
+        # The MQTT bridge (on by default) is off here unless the test sets its own [bridge]:
+        # these lines test the line, and the bridge has its own supervised tests
+        # (tests/cloud/bridge, the demo). Its ports are free ones all the same.
+        + ("" if "[bridge]" in extra else bridge)
+        # ``extra`` may continue this table (``feed = "manual"``), so it comes last
+        + f"[stations.line1]\nsockets = {sockets}\n"
+        + extra
     )
     return Station(root=root, config=cfg, settings=load_settings(cfg))
 

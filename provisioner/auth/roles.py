@@ -65,6 +65,7 @@ ACTIONS: dict[str, frozenset[Role]] = {
     "ca.show": _ADMIN,
     "ca.revoke": _ADMIN,
     "ca.crl": _ADMIN,
+    "device.rotate_key": _ADMIN,  # a field device's credentials in the registry
     "users.manage": _ADMIN,
     "users.read": _ADMIN,
     # admins: which station PCs may join the line (enrollment tokens, revocation) and the

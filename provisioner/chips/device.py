@@ -173,11 +173,14 @@ class CryptoAuthChip:
     def lock_config(self, crc: int) -> None:
         self._check(self._lib.calib_lock_config_zone_crc(self._dev, crc), "lock config")
 
-    def public_key(self) -> bytes:
+    def public_key(self, slot: int | None = None) -> bytes:
+        """X||Y of the private key in ``slot`` (default: the profile's key slot), computed
+        by the chip (GenKey public-key mode): the private key never leaves it."""
+        slot = self.profile.key_slot if slot is None else slot
         pub = buf(64)
         self._check(
-            self._lib.atcab_get_pubkey_ext(self._dev, self.profile.key_slot, pub),
-            "GenKey (public key)",
+            self._lib.atcab_get_pubkey_ext(self._dev, slot, pub),
+            f"GenKey (public key, slot {slot})",
         )
         return bytes(pub)
 
@@ -186,11 +189,17 @@ class CryptoAuthChip:
         self._check(self._lib.atcab_random_ext(self._dev, out), "Random")
         return bytes(out)
 
-    def sign_digest(self, digest: bytes) -> bytes:
+    def sign_digest(self, digest: bytes, slot: int | None = None) -> bytes:
+        """ECDSA P-256 over a 32-byte digest with the key in ``slot`` (default: the profile's
+        key slot; a device that rotated its key signs with a rotation slot). The chip signs;
+        the answer is raw R||S (64 bytes, big-endian), which is already the JWS ES256 form."""
         if len(digest) != 32:
             raise InvalidInputError("sign_digest needs a 32-byte SHA-256 digest")
+        slot = self.profile.key_slot if slot is None else slot
+        if not 0 <= slot <= 15:
+            raise InvalidInputError(f"slot {slot} does not exist (0-15)")
         msg, sig = buf(digest), buf(64)
-        self._check(self._lib.atcab_sign_ext(self._dev, self.profile.key_slot, msg, sig), "Sign")
+        self._check(self._lib.atcab_sign_ext(self._dev, slot, msg, sig), f"Sign (slot {slot})")
         return bytes(sig)
 
     def verify_extern(self, digest: bytes, signature: bytes, public_key: bytes) -> bool:

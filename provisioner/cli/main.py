@@ -17,6 +17,8 @@ from provisioner.cli import (
     batch,
     ca,
     db,
+    device,
+    events,
     line,
     logs,
     manifest,
@@ -73,6 +75,8 @@ app.add_typer(manifest.app, name="manifest")
 app.add_typer(line.app, name="line")
 app.add_typer(logs.app, name="logs")
 app.add_typer(report.app, name="report")
+app.add_typer(events.app, name="events")
+app.add_typer(device.app, name="device")
 app.command("demo")(services.demo)
 
 

@@ -297,6 +297,10 @@ def demo(
                 if size
                 else "[yellow]no audit checkpoint covers the batch end yet[/]"
             )
+            # One provisioned chip goes into the field: chip-signed JWT, the MQTT bridge.
+            from provisioner.field.demo import run_field_demo
+
+            field_ok = run_field_demo(sup.settings, c.engine, batch_id, station, console.print)
             if stay:
                 console.print(
                     f"services stay up: dashboard at {dashboard_url(sup.settings)}; "
@@ -321,7 +325,7 @@ def demo(
         )
     else:
         console.print(f"[red]audit trail broken at event {res.first_bad_seq}[/]: {res.reason}")
-    ok = res.ok and rep.done == rep.count
+    ok = res.ok and rep.done == rep.count and field_ok
     console.print(
         f"[{'green' if ok else 'red'}]batch {batch_id}: {rep.done}/{rep.count} "
         f"devices provisioned[/]"

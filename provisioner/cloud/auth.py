@@ -9,6 +9,14 @@ permission that was missing, as Google's did.
 
 The token comes from ``Authorization: Bearer`` (Cloud IoT clients) or, on the ClearBlade
 paths only, from ``ClearBlade-UserToken`` (what ``clearblade-cloud-iot`` sends).
+
+Three kinds of request are not service accounts' and pass untouched (:func:`self_authenticated`),
+each checked by the code that serves it: the device bridge's three routes (a device's own JWT
+in ``Authorization: Bearer``, :mod:`provisioner.cloud.bridge_http`), the external brokers'
+hooks under ``/hooks/`` (caller address, :mod:`provisioner.cloud.hooks`) and the MQTT bridge
+plugin's ``/bridge/v1/`` (the bridge token). Only exact method and path shapes pass: the admin
+routes beside them (``GET .../devices/{d}/configVersions``, ``POST ...:modifyCloudToDeviceConfig``)
+still need a service account.
 """
 
 from __future__ import annotations
@@ -32,6 +40,31 @@ _DEVICE_PATH = re.compile(
     r"/v1/(projects/[^/]+/locations/[^/]+/registries/[^/]+/devices(?:/[^/]+)?)"
 )
 _READS = frozenset({"GET", "HEAD"})
+# The device bridge (cloudiotdevice v1 shapes): a device id has no ':' or '/', so a verb or
+# sub-resource cannot be smuggled into the device segment.
+_DEVICE_ROUTE = r"/v1/projects/[^/]+/locations/[^/]+/registries/[^/]+/devices/[^/:]+"
+_DEVICE_JWT_ROUTES = (
+    ("POST", re.compile(_DEVICE_ROUTE + r":publishEvent")),
+    ("POST", re.compile(_DEVICE_ROUTE + r":setState")),
+    ("GET", re.compile(_DEVICE_ROUTE + r"/config")),
+)
+_WRITER_VERBS = (
+    (":modifyCloudToDeviceConfig", "cloudiot.devices.updateConfig"),
+    (":sendCommandToDevice", "cloudiot.devices.sendCommand"),
+    (":bindDeviceToGateway", "cloudiot.devices.bindGateway"),
+    (":unbindDeviceFromGateway", "cloudiot.devices.unbindGateway"),
+)
+HOOKS_PREFIX = "/hooks/"
+BRIDGE_PREFIX = "/bridge/v1/"
+
+
+def self_authenticated(method: str, path: str) -> bool:
+    """Whether the route behind ``method`` ``path`` authenticates its caller itself (a device
+    JWT, the hook caller's address, the bridge token) instead of by a service account."""
+    if path.startswith((HOOKS_PREFIX, BRIDGE_PREFIX)):
+        return True
+    method = method.upper()
+    return any(method == m and rx.fullmatch(path) for m, rx in _DEVICE_JWT_ROUTES)
 
 
 @dataclass(frozen=True)
@@ -56,6 +89,11 @@ def needed(method: str, path: str) -> Need:
         return Need(Role.READER, "cloudiot.devices.get", path)
     if method in _READS:
         return Need(Role.READER, f"cloudiot.{kind}.get", resource)
+    # Cloud IoT's own permissions for the device-plane verbs; writers (the upload worker's
+    # role) may send them, as they may update devices.
+    for suffix, permission in _WRITER_VERBS:
+        if method == "POST" and resource.endswith(suffix):
+            return Need(Role.WRITER, permission, resource.removesuffix(suffix))
     verb = {"POST": "create", "PATCH": "update", "DELETE": "delete"}.get(method, method.lower())
     if kind == "devices" and verb in ("create", "update"):
         return Need(Role.WRITER, f"cloudiot.devices.{verb}", resource)
@@ -93,7 +131,11 @@ class BearerAuth:
         return token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths:
+        if (
+            scope["type"] != "http"
+            or scope["path"] in self.open_paths
+            or self_authenticated(scope["method"], scope["path"])
+        ):
             await self.app(scope, receive, send)
             return
         token = self._token(scope)

@@ -80,11 +80,18 @@ def _without_defaults(raw: bytes) -> bytes:
     return json.dumps(body).encode()
 
 
+async def _no_plane(request: Request, method: str, *args: Any) -> None:
+    """The default ``tell``: no device plane to tell."""
+
+
 def routes(
     engine: Engine,
     read_body: Callable[[Request], Awaitable[bytes]],
     in_thread: Callable[[Callable[[], Any]], Awaitable[Any]],
+    tell: Callable[..., Awaitable[None]] = _no_plane,
 ) -> APIRouter:
+    """The ClearBlade-shaped device routes; ``tell(request, hook, *args)`` informs the
+    device plane of a changed or deleted device, as the v1 routes do."""
     router = APIRouter()
     how = resources.Rendering()  # the client reads enums as names
 
@@ -121,19 +128,29 @@ def routes(
         raw = _without_defaults(await read_body(request))
         body = resources.parse_body(raw, resources.DeviceIn, "device")
 
-        def work() -> dict[str, Any]:
+        def work() -> tuple[store.StoredRegistry, dict[str, Any]]:
             reg = _registry(engine, system_key)
             ident = _device_ident(reg, params.get("name"))
-            return service.patch_device(
+            return reg, service.patch_device(
                 engine, reg, ident, body, service.query(params, "updateMask", "update_mask"), how
             )
 
-        return JSONResponse(await in_thread(work))
+        reg, out = await in_thread(work)
+        await tell(request, "device_changed", reg, out["id"])
+        return JSONResponse(out)
 
     @router.delete(PATH)
-    def delete(system_key: str, request: Request) -> JSONResponse:
-        reg = _registry(engine, system_key)
-        service.delete_device(engine, reg, _device_ident(reg, request.query_params.get("name")))
+    async def delete(system_key: str, request: Request) -> JSONResponse:
+        def work() -> tuple[store.StoredRegistry, str]:
+            reg = _registry(engine, system_key)
+            dev = service.device_or_404(
+                engine, reg, _device_ident(reg, request.query_params.get("name"))
+            )
+            service.delete_device(engine, reg, str(dev.num_id))
+            return reg, dev.device_id
+
+        reg, device_id = await in_thread(work)
+        await tell(request, "device_changed", reg, device_id)
         return JSONResponse({})
 
     return router

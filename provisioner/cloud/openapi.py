@@ -7,6 +7,8 @@ parameters Cloud IoT defines, the resources answered, the google.rpc error of ev
 and the bearer scheme. It also declares OpenAPI ``links`` (a registry created → its devices
 created, read, patched, deleted; a device created → read, patched or deleted by id or by
 numId), so clients and stateful fuzzers can follow a registry's life as a caller would.
+The device-plane operations (configs, states, commands, gateway bindings) are described
+without links: each has its own fuzz against a real device (``tests/cloud/test_fuzz.py``).
 
 Only the Cloud IoT v1 paths are described: the ClearBlade-shaped paths exist for one
 third-party client that never reads a schema.
@@ -24,8 +26,13 @@ from provisioner.cloud.clearblade import PATH as CLEARBLADE_PATH
 from provisioner.cloud.credentials import MAX_CREDENTIALS, PublicKeyFormat
 from provisioner.cloud.resources import (
     ID_PATTERN,
+    MAX_EVENT_NOTIFICATION_CONFIGS,
     META_KEY_MAX_BYTES,
+    GatewayAuthMethod,
+    GatewayType,
+    HttpState,
     LogLevel,
+    MqttState,
 )
 from provisioner.cloud.store import NUM_ID_MAX
 
@@ -34,6 +41,12 @@ REGISTRIES = "/v1/projects/{project}/locations/{location}/registries"
 REGISTRY = REGISTRIES + "/{registry}"
 DEVICES = REGISTRY + "/devices"
 DEVICE = DEVICES + "/{device}"
+MODIFY_CONFIG = DEVICE + ":modifyCloudToDeviceConfig"
+CONFIG_VERSIONS = DEVICE + "/configVersions"
+STATES = DEVICE + "/states"
+SEND_COMMAND = DEVICE + ":sendCommandToDevice"
+BIND = REGISTRY + ":bindDeviceToGateway"
+UNBIND = REGISTRY + ":unbindDeviceFromGateway"
 
 _REF = "#/components/schemas/"
 
@@ -49,6 +62,17 @@ def _enum(names: list[str], numbers: list[int]) -> dict[str, Any]:
 
 _LOG_LEVEL = _enum(list(LogLevel.__members__), [int(v) for v in LogLevel])
 _KEY_FORMAT = _enum(list(PublicKeyFormat.__members__), [int(v) for v in PublicKeyFormat])
+_MQTT_STATE = _enum(list(MqttState.__members__), [int(v) for v in MqttState])
+_HTTP_STATE = _enum(list(HttpState.__members__), [int(v) for v in HttpState])
+_GATEWAY_TYPE = _enum(list(GatewayType.__members__), [int(v) for v in GatewayType])
+_GATEWAY_AUTH = _enum(list(GatewayAuthMethod.__members__), [int(v) for v in GatewayAuthMethod])
+_TIME = {"type": "string", "description": "RFC 3339, UTC; output only"}
+_BYTES = {"type": "string", "description": "base64 (standard or URL-safe)"}
+_INT64 = {"anyOf": [{"type": "string", "pattern": "^-?[0-9]{1,18}$"}, {"type": "integer"}]}
+_TOPIC = {
+    "type": "string",
+    "pattern": r"^projects/[^/\s]{1,255}/topics/[a-zA-Z][a-zA-Z0-9\-_.~+%]{2,254}$",
+}
 
 META_KEY_PATTERN = r"^[a-zA-Z][a-zA-Z0-9\-_.+~%]+$"
 # Resources are closed objects: the registry refuses unknown names (proto3 JSON), so the
@@ -107,7 +131,76 @@ SCHEMAS: dict[str, Any] = {
                 "additionalProperties": {"type": "string"},
             },
             "logLevel": _LOG_LEVEL,
+            "gatewayConfig": _ref("GatewayConfig"),
+            "lastHeartbeatTime": _TIME,
+            "lastEventTime": _TIME,
+            "lastStateTime": _TIME,
+            "lastConfigAckTime": _TIME,
+            "lastConfigSendTime": _TIME,
+            "lastErrorTime": _TIME,
+            "lastErrorStatus": {
+                "type": "object",
+                "description": "output only (google.rpc.Status)",
+                "properties": {"code": {"type": "integer"}, "message": {"type": "string"}},
+            },
+            "config": _ref("DeviceConfig"),
+            "state": _ref("DeviceState"),
         },
+    },
+    "GatewayConfig": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "gatewayType": _GATEWAY_TYPE,
+            "gatewayAuthMethod": _GATEWAY_AUTH,
+            "lastAccessedGatewayId": {"type": "string", "description": "output only"},
+            "lastAccessedGatewayTime": _TIME,
+        },
+    },
+    "DeviceConfig": {
+        "type": "object",
+        "description": "output only in a Device",
+        "properties": {
+            "version": _INT64,
+            "cloudUpdateTime": _TIME,
+            "deviceAckTime": _TIME,
+            "binaryData": _BYTES,
+        },
+    },
+    "DeviceState": {
+        "type": "object",
+        "properties": {"updateTime": _TIME, "binaryData": _BYTES},
+    },
+    "ModifyCloudToDeviceConfigRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "versionToUpdate": {**_INT64, "description": "0: no check"},
+            "binaryData": _BYTES,
+        },
+    },
+    "SendCommandToDeviceRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["binaryData"],
+        "properties": {"binaryData": _BYTES, "subfolder": {"type": "string", "maxLength": 256}},
+    },
+    "BindDeviceToGatewayRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["gatewayId", "deviceId"],
+        "properties": {
+            "gatewayId": {"type": "string", "description": "id or numId"},
+            "deviceId": {"type": "string", "description": "id or numId"},
+        },
+    },
+    "ListDeviceConfigVersionsResponse": {
+        "type": "object",
+        "properties": {"deviceConfigs": {"type": "array", "items": _ref("DeviceConfig")}},
+    },
+    "ListDeviceStatesResponse": {
+        "type": "object",
+        "properties": {"deviceStates": {"type": "array", "items": _ref("DeviceState")}},
     },
     "PublicKeyCertificate": {
         "type": "object",
@@ -135,6 +228,34 @@ SCHEMAS: dict[str, Any] = {
                 "items": _ref("RegistryCredential"),
             },
             "logLevel": _LOG_LEVEL,
+            "mqttConfig": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"mqttEnabledState": _MQTT_STATE},
+            },
+            "httpConfig": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"httpEnabledState": _HTTP_STATE},
+            },
+            "eventNotificationConfigs": {
+                "type": "array",
+                "maxItems": MAX_EVENT_NOTIFICATION_CONFIGS,
+                "description": "first match wins; only the last may have no subfolderMatches",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "subfolderMatches": {"type": "string", "maxLength": 256},
+                        "pubsubTopicName": _TOPIC,
+                    },
+                },
+            },
+            "stateNotificationConfig": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"pubsubTopicName": _TOPIC},
+            },
         },
     },
     "ListDevicesResponse": {
@@ -272,6 +393,40 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "responses": _answer("Device"),
     },
     (DEVICE, "delete"): {"operationId": "deleteDevice", "responses": _answer("Empty")},
+    (MODIFY_CONFIG, "post"): {
+        "operationId": "modifyCloudToDeviceConfig",
+        "requestBody": _body("ModifyCloudToDeviceConfigRequest"),
+        "responses": _answer("DeviceConfig"),
+    },
+    (CONFIG_VERSIONS, "get"): {
+        "operationId": "listDeviceConfigVersions",
+        "parameters": [
+            _query("numVersions", {"type": "integer", "minimum": 0}, "0: all (10 are kept)")
+        ],
+        "responses": _answer("ListDeviceConfigVersionsResponse"),
+    },
+    (STATES, "get"): {
+        "operationId": "listDeviceStates",
+        "parameters": [
+            _query("numStates", {"type": "integer", "minimum": 0}, "0: all (10 are kept)")
+        ],
+        "responses": _answer("ListDeviceStatesResponse"),
+    },
+    (SEND_COMMAND, "post"): {
+        "operationId": "sendCommandToDevice",
+        "requestBody": _body("SendCommandToDeviceRequest"),
+        "responses": _answer("Empty"),
+    },
+    (BIND, "post"): {
+        "operationId": "bindDeviceToGateway",
+        "requestBody": _body("BindDeviceToGatewayRequest"),
+        "responses": _answer("Empty"),
+    },
+    (UNBIND, "post"): {
+        "operationId": "unbindDeviceFromGateway",
+        "requestBody": _body("BindDeviceToGatewayRequest"),
+        "responses": _answer("Empty"),
+    },
 }
 
 

@@ -53,16 +53,39 @@ def token_roles(settings: Settings) -> dict[str, Role]:
     return roles
 
 
+def bridge_token_hash(settings: Settings) -> str | None:
+    """The SHA-256 of the token the MQTT bridge's mosquitto plugin presents on
+    ``/bridge/v1`` (its file created if missing, beside the upload token), or None when the
+    bridge is disabled: then the device plane's plugin routes are not served at all. The
+    token is no service-account token: it opens the plugin contract only, never the
+    registry API."""
+    if not settings.bridge.enabled:
+        return None
+    path = settings.bridge_token_file
+    ensure_upload_token(path)
+    token = read_token(path)
+    register_secret(token)
+    return token_hash(token)
+
+
 def prepare(settings: Settings) -> uvicorn.Server:
     """Ensure the token files, the database and the configured registry; build the server."""
     roles = token_roles(settings)
+    bridge_hash = bridge_token_hash(settings)
     reg = settings.registry
     engine = store.open_store(settings.registry_db_url)
     try:
         store.ensure_registry(engine, reg.project, reg.location, reg.registry)
     finally:
         engine.dispose()
-    app = AccessLogMiddleware(create_app(settings.registry_db_url, roles))
+    app = AccessLogMiddleware(
+        create_app(
+            settings.registry_db_url,
+            roles,
+            bridge_token_hash=bridge_hash,
+            hook_allow=settings.bridge.hook_allow,
+        )
+    )
     config = uvicorn.Config(
         app,
         log_config=None,
@@ -76,9 +99,13 @@ def prepare(settings: Settings) -> uvicorn.Server:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """The listening socket, bound here so "port in use" is a clear error, not a traceback."""
+    """The listening socket, bound here so "port in use" is a clear error, not a traceback.
+
+    Made with ``proto=IPPROTO_TCP``: asyncio sets TCP_NODELAY only on sockets whose proto says
+    TCP, and without it every response on a kept-alive connection (the bridge plugin's, the
+    uploaders') waited ~40 ms for Nagle and the client's delayed ACK."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

@@ -22,6 +22,7 @@ class Code(Enum):
 
     INVALID_ARGUMENT = (400, 3)
     FAILED_PRECONDITION = (400, 9)
+    OUT_OF_RANGE = (400, 11)  # the device bridge's getConfig with a localVersion ahead
     UNAUTHENTICATED = (401, 16)
     PERMISSION_DENIED = (403, 7)
     NOT_FOUND = (404, 5)

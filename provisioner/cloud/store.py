@@ -17,7 +17,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Integer, UniqueConstraint, inspect
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+    delete,
+    inspect,
+)
 from sqlalchemy import func as sql_func
 from sqlalchemy import text as sql_text
 from sqlalchemy.engine import Engine
@@ -57,6 +69,16 @@ class RegistryRow(RegistryTable, table=True):
     # hence nullable and added by open_store to older databases.
     log_level: int | None = Field(default=0, sa_column=Column(Integer, nullable=True))
     created: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    # Device-plane settings (issue 16), nullable for the same reason as log_level: NULL
+    # reads as Cloud IoT's default (MQTT and HTTP enabled, no notification configs).
+    mqtt_enabled: bool | None = Field(default=True, sa_column=Column(Boolean, nullable=True))
+    http_enabled: bool | None = Field(default=True, sa_column=Column(Boolean, nullable=True))
+    event_notification_configs: list[dict[str, Any]] | None = Field(
+        default=None, sa_column=Column(JSON, nullable=True)
+    )
+    state_notification_topic: str | None = Field(
+        default=None, sa_column=Column(String(1024), nullable=True)
+    )
 
 
 class DeviceRow(RegistryTable, table=True):
@@ -72,6 +94,111 @@ class DeviceRow(RegistryTable, table=True):
     meta: dict[str, str] = Field(sa_column=Column("metadata", JSON, nullable=False))
     log_level: int | None = Field(default=0, sa_column=Column(Integer, nullable=True))
     created: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    # Gateways and the device plane's bookkeeping (issue 16); all nullable (older databases
+    # get them as added columns, NULL meaning a non-gateway never seen).
+    gateway_type: str | None = Field(default=None, sa_column=Column(String(32), nullable=True))
+    gateway_auth_method: str | None = Field(
+        default=None, sa_column=Column(String(64), nullable=True)
+    )
+    last_heartbeat_time: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    last_event_time: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    last_state_time: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    last_config_ack_time: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    last_config_send_time: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    last_error_time: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    last_error_status: dict[str, Any] | None = Field(
+        default=None, sa_column=Column(JSON, nullable=True)
+    )
+    # Gateway bookkeeping for a bound device: the last gateway it came through, and when.
+    last_accessed_gateway_id: str | None = Field(
+        default=None, sa_column=Column(String(255), nullable=True)
+    )
+    last_accessed_gateway_time: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+
+
+class DeviceConfigRow(RegistryTable, table=True):
+    """One version of a device's configuration (``device_data``): the newest 10 are kept, as
+    Cloud IoT kept them. Version 1 is never stored: every device has it, empty, from its
+    creation (what Cloud IoT showed for a device nobody configured)."""
+
+    __tablename__ = "registry_device_configs"
+
+    device_num_id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    version: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    cloud_update_time: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    device_ack_time: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class DeviceStateRow(RegistryTable, table=True):
+    """One state report of a device (``device_data``): the newest 10 are kept."""
+
+    __tablename__ = "registry_device_states"
+
+    pk: int | None = Field(default=None, primary_key=True)
+    device_num_id: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+    update_time: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class BindingRow(RegistryTable, table=True):
+    """A device bound to a gateway (``bindDeviceToGateway``); both in the same registry."""
+
+    __tablename__ = "registry_gateway_bindings"
+
+    gateway_num_id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    device_num_id: int = Field(
+        sa_column=Column(BigInteger, primary_key=True, autoincrement=False, index=True)
+    )
+    registry_pk: int = Field(index=True)
+
+
+# Columns added after the first release: (table, column, SQL type) for _add_missing_columns.
+_ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("registry_registries", "log_level", "INTEGER"),
+    ("registry_devices", "log_level", "INTEGER"),
+    ("registry_registries", "mqtt_enabled", "BOOLEAN"),
+    ("registry_registries", "http_enabled", "BOOLEAN"),
+    ("registry_registries", "event_notification_configs", "JSON"),
+    ("registry_registries", "state_notification_topic", "VARCHAR(1024)"),
+    ("registry_devices", "gateway_type", "VARCHAR(32)"),
+    ("registry_devices", "gateway_auth_method", "VARCHAR(64)"),
+    ("registry_devices", "last_heartbeat_time", "TIMESTAMP WITH TIME ZONE"),
+    ("registry_devices", "last_event_time", "TIMESTAMP WITH TIME ZONE"),
+    ("registry_devices", "last_state_time", "TIMESTAMP WITH TIME ZONE"),
+    ("registry_devices", "last_config_ack_time", "TIMESTAMP WITH TIME ZONE"),
+    ("registry_devices", "last_config_send_time", "TIMESTAMP WITH TIME ZONE"),
+    ("registry_devices", "last_error_time", "TIMESTAMP WITH TIME ZONE"),
+    ("registry_devices", "last_error_status", "JSON"),
+    ("registry_devices", "last_accessed_gateway_id", "VARCHAR(255)"),
+    ("registry_devices", "last_accessed_gateway_time", "TIMESTAMP WITH TIME ZONE"),
+)
+
+# The device fields the device plane stamps (device_data.touch), in StoredDevice's names.
+TIME_FIELDS = (
+    "last_heartbeat_time",
+    "last_event_time",
+    "last_state_time",
+    "last_config_ack_time",
+    "last_config_send_time",
+    "last_error_time",
+)
 
 
 class AlreadyExists(Exception):
@@ -91,10 +218,38 @@ class StoredRegistry:
     created: datetime
     credentials: tuple[RegistryCertificate, ...] = ()
     log_level: int = 0
+    mqtt_enabled: bool = True
+    http_enabled: bool = True
+    event_notification_configs: tuple[EventNotificationConfig, ...] = ()
+    state_notification_topic: str | None = None
 
     @property
     def name(self) -> str:
         return f"projects/{self.project}/locations/{self.location}/registries/{self.registry_id}"
+
+
+@dataclass(frozen=True)
+class EventNotificationConfig:
+    """Where a registry's telemetry goes: events whose subfolder equals
+    ``subfolder_matches`` exactly, as Cloud IoT matched it ("" matches every event), go to
+    ``topic`` (Cloud IoT's ``pubsubTopicName``; here a topic of the local event store,
+    ``events``)."""
+
+    subfolder_matches: str
+    topic: str
+
+
+@dataclass(frozen=True)
+class RegistryChanges:
+    """A validated registry PATCH: each field not None replaces the stored one
+    (``state_notification_topic=""`` clears it)."""
+
+    credentials: tuple[RegistryCertificate, ...] | None = None
+    log_level: int | None = None
+    mqtt_enabled: bool | None = None
+    http_enabled: bool | None = None
+    event_notification_configs: tuple[EventNotificationConfig, ...] | None = None
+    state_notification_topic: str | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +261,8 @@ class NewDevice:
     blocked: bool
     metadata: dict[str, str]
     log_level: int = 0
+    gateway_type: str = "NON_GATEWAY"
+    gateway_auth_method: str = "ASSOCIATION_ONLY"
 
 
 @dataclass(frozen=True)
@@ -116,6 +273,7 @@ class DeviceChanges:
     blocked: bool | None = None
     metadata: dict[str, str] | None = None
     log_level: int | None = None
+    gateway_auth_method: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,10 +285,28 @@ class StoredDevice:
     metadata: dict[str, str]
     created: datetime
     log_level: int = 0
+    gateway_type: str = "NON_GATEWAY"
+    gateway_auth_method: str = "ASSOCIATION_ONLY"
+    last_heartbeat_time: datetime | None = None
+    last_event_time: datetime | None = None
+    last_state_time: datetime | None = None
+    last_config_ack_time: datetime | None = None
+    last_config_send_time: datetime | None = None
+    last_error_time: datetime | None = None
+    last_error_status: dict[str, Any] | None = None
+    last_accessed_gateway_id: str | None = None
+    last_accessed_gateway_time: datetime | None = None
+
+    @property
+    def is_gateway(self) -> bool:
+        return self.gateway_type == "GATEWAY"
 
 
 def open_store(url: str) -> Engine:
     """An engine on the registry database, with its tables created if missing."""
+    # The event store's table is declared in its own module, which imports this one.
+    from provisioner.cloud import events  # noqa: F401
+
     engine = make_engine(url)
     try:
         RegistryTable.metadata.create_all(engine)
@@ -147,12 +323,14 @@ def open_store(url: str) -> Engine:
 
 def _add_missing_columns(engine: Engine) -> None:
     """Columns added since the first release, added to databases that predate them (the
-    only migration this store has needed: nullable integers, so no backfill)."""
+    only migration this store has needed: every added column is nullable and NULL reads as
+    its default, so no backfill)."""
     found = inspect(engine)
-    for table in ("registry_registries", "registry_devices"):
-        if "log_level" not in {c["name"] for c in found.get_columns(table)}:
+    have = {t: {c["name"] for c in found.get_columns(t)} for t in {t for t, _, _ in _ADDED_COLUMNS}}
+    for table, column, sql_type in _ADDED_COLUMNS:
+        if column not in have[table]:
             with engine.begin() as c:
-                c.execute(sql_text(f"ALTER TABLE {table} ADD COLUMN log_level INTEGER"))
+                c.execute(sql_text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
 
 
 def _now() -> datetime:
@@ -162,6 +340,20 @@ def _now() -> datetime:
 def _utc(when: datetime) -> datetime:
     # SQLite hands back naive datetimes; every stored time is UTC.
     return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _utc_or_none(when: datetime | None) -> datetime | None:
+    return None if when is None else _utc(when)
+
+
+def _event_configs(raw: list[dict[str, Any]] | None) -> tuple[EventNotificationConfig, ...]:
+    return tuple(
+        EventNotificationConfig(c.get("subfolderMatches", ""), c["topic"]) for c in raw or ()
+    )
+
+
+def _event_configs_json(configs: tuple[EventNotificationConfig, ...]) -> list[dict[str, Any]]:
+    return [{"subfolderMatches": c.subfolder_matches, "topic": c.topic} for c in configs]
 
 
 def _registry(row: RegistryRow) -> StoredRegistry:
@@ -174,6 +366,10 @@ def _registry(row: RegistryRow) -> StoredRegistry:
         _utc(row.created),
         tuple(RegistryCertificate(c["certificate"]) for c in row.credentials),
         row.log_level or 0,
+        mqtt_enabled=row.mqtt_enabled is not False,
+        http_enabled=row.http_enabled is not False,
+        event_notification_configs=_event_configs(row.event_notification_configs),
+        state_notification_topic=row.state_notification_topic or None,
     )
 
 
@@ -199,6 +395,17 @@ def _device(row: DeviceRow) -> StoredDevice:
         metadata=dict(row.meta),
         created=_utc(row.created),
         log_level=row.log_level or 0,
+        gateway_type=row.gateway_type or "NON_GATEWAY",
+        gateway_auth_method=row.gateway_auth_method or "ASSOCIATION_ONLY",
+        last_heartbeat_time=_utc_or_none(row.last_heartbeat_time),
+        last_event_time=_utc_or_none(row.last_event_time),
+        last_state_time=_utc_or_none(row.last_state_time),
+        last_config_ack_time=_utc_or_none(row.last_config_ack_time),
+        last_config_send_time=_utc_or_none(row.last_config_send_time),
+        last_error_time=_utc_or_none(row.last_error_time),
+        last_error_status=dict(row.last_error_status) if row.last_error_status else None,
+        last_accessed_gateway_id=row.last_accessed_gateway_id,
+        last_accessed_gateway_time=_utc_or_none(row.last_accessed_gateway_time),
     )
 
 
@@ -226,6 +433,11 @@ def create_registry(
     registry_id: str,
     credentials: tuple[RegistryCertificate, ...] = (),
     log_level: int = 0,
+    *,
+    mqtt_enabled: bool = True,
+    http_enabled: bool = True,
+    event_notification_configs: tuple[EventNotificationConfig, ...] = (),
+    state_notification_topic: str | None = None,
 ) -> StoredRegistry:
     """Raises AlreadyExists when the id is taken in ``projects/{project}/locations/{location}``."""
     row = RegistryRow(
@@ -235,6 +447,10 @@ def create_registry(
         credentials=_registry_credentials_json(credentials),
         log_level=log_level,
         created=_now(),
+        mqtt_enabled=mqtt_enabled,
+        http_enabled=http_enabled,
+        event_notification_configs=_event_configs_json(event_notification_configs),
+        state_notification_topic=state_notification_topic or None,
     )
     try:
         with Session(engine) as s:
@@ -264,10 +480,15 @@ def list_registries(
 def update_registry(
     engine: Engine,
     reg: StoredRegistry,
-    credentials: tuple[RegistryCertificate, ...] | None,
-    log_level: int | None,
+    credentials: tuple[RegistryCertificate, ...] | None = None,
+    log_level: int | None = None,
+    changes: RegistryChanges | None = None,
 ) -> StoredRegistry | None:
-    """Replace the given fields (None: keep); None if the registry is gone meanwhile."""
+    """Replace the given fields (None: keep); None if the registry is gone meanwhile.
+    ``credentials``/``log_level`` are the original two; ``changes`` carries any field."""
+    ch = changes or RegistryChanges()
+    credentials = ch.credentials if ch.credentials is not None else credentials
+    log_level = ch.log_level if ch.log_level is not None else log_level
     with Session(engine) as s:
         row = s.get(RegistryRow, reg.pk)
         if row is None:
@@ -276,6 +497,14 @@ def update_registry(
             row.credentials = _registry_credentials_json(credentials)
         if log_level is not None:
             row.log_level = log_level
+        if ch.mqtt_enabled is not None:
+            row.mqtt_enabled = ch.mqtt_enabled
+        if ch.http_enabled is not None:
+            row.http_enabled = ch.http_enabled
+        if ch.event_notification_configs is not None:
+            row.event_notification_configs = _event_configs_json(ch.event_notification_configs)
+        if ch.state_notification_topic is not None:
+            row.state_notification_topic = ch.state_notification_topic or None
         s.add(row)
         s.commit()
         s.refresh(row)
@@ -341,6 +570,8 @@ def create_device(engine: Engine, reg: StoredRegistry, new: NewDevice) -> Stored
             meta=dict(new.metadata),
             log_level=new.log_level,
             created=_now(),
+            gateway_type=new.gateway_type,
+            gateway_auth_method=new.gateway_auth_method,
         )
         stored = _device(row)
         try:
@@ -390,6 +621,8 @@ def update_device(
             row.meta = dict(changes.metadata)
         if changes.log_level is not None:
             row.log_level = changes.log_level
+        if changes.gateway_auth_method is not None:
+            row.gateway_auth_method = changes.gateway_auth_method
         s.add(row)
         s.commit()
         s.refresh(row)
@@ -397,11 +630,21 @@ def update_device(
 
 
 def delete_device(engine: Engine, reg: StoredRegistry, ident: str) -> bool:
-    """Delete the device (by id or numId); False if there was none."""
+    """Delete the device (by id or numId) with its configs, states and gateway bindings (a
+    new device never inherits them: numIds are fresh, but a gateway's bindings name the
+    device); False if there was none."""
     with Session(engine) as s:
         row = _device_row(s, reg, ident)
         if row is None:
             return False
+        num = row.num_id
+        s.execute(delete(DeviceConfigRow).where(col(DeviceConfigRow.device_num_id) == num))
+        s.execute(delete(DeviceStateRow).where(col(DeviceStateRow.device_num_id) == num))
+        s.execute(
+            delete(BindingRow).where(
+                (col(BindingRow.device_num_id) == num) | (col(BindingRow.gateway_num_id) == num)
+            )
+        )
         s.delete(row)
         s.commit()
         return True

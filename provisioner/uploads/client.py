@@ -13,6 +13,7 @@ Messages name the registry URL and the device, never the token (it lives only in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -27,6 +28,36 @@ from provisioner.settings import Settings
 UPLOAD_FORMAT = "ES256_X509_PEM"  # ATECC608 keys are P-256; the credential is the certificate
 # What each request does, as the ``operation`` label of provisioner_registry_calls_total.
 _OPERATION = {"POST": "create", "GET": "get", "PATCH": "block"}
+NO_EXPIRY = "1970-01-01T00:00:00Z"  # how Cloud IoT writes "this credential never expires"
+# google.cloud.iot.v1.PublicKeyFormat: a registry answering with enum numbers is read too.
+_KEY_FORMATS = {1: "RSA_X509_PEM", 2: "ES256_PEM", 3: "RSA_PEM", 4: "ES256_X509_PEM"}
+
+
+@dataclass(frozen=True)
+class DeviceCredential:
+    """One entry of a Cloud IoT device's ``credentials`` (at most three): the key or
+    certificate the registry accepts JWTs for, until ``expiration_time`` (``NO_EXPIRY``:
+    never). Key rotation reads and rewrites the list (:mod:`provisioner.field.rotation`)."""
+
+    format: str
+    key: str
+    expiration_time: str = NO_EXPIRY
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "publicKey": {"format": self.format, "key": self.key},
+            "expirationTime": self.expiration_time,
+        }
+
+    @classmethod
+    def from_json(cls, item: Any) -> DeviceCredential:
+        """One credential as a Cloud IoT registry answers it (KeyError/TypeError if not)."""
+        fmt = item["publicKey"]["format"]
+        return cls(
+            format=_KEY_FORMATS[fmt] if isinstance(fmt, int) else str(fmt),
+            key=str(item["publicKey"]["key"]),
+            expiration_time=str(item.get("expirationTime") or NO_EXPIRY),
+        )
 
 
 class CloudIotRegistry(Closeable):
@@ -114,6 +145,73 @@ class CloudIotRegistry(Closeable):
             )
         return True
 
+    # --- key rotation (provisioner.field.rotation) ------------------------------------------
+
+    def registry_certificate_count(self) -> int:
+        """How many CA certificates the registry holds (``DeviceRegistry.credentials``).
+        With any, Cloud IoT accepts only device certificates those CAs signed, never a bare
+        public key."""
+        resp = self._send("GET", "", operation="get_registry", retry_hint=_ROTATION_RETRY)
+        if resp.status_code != 200:
+            raise self._refused(f"read registry {self.parent}", resp)
+        try:
+            creds = resp.json().get("credentials") or []
+            return len(creds) if isinstance(creds, list) else 0
+        except (ValueError, AttributeError):
+            raise RegistryError(
+                f"registry {self.base_url} answered GET {self.parent} with a body that is not "
+                "a Cloud IoT DeviceRegistry"
+            ) from None
+
+    def device_credentials(self, device_id: str) -> tuple[DeviceCredential, ...] | None:
+        """The device's credentials with their expiry; None when it is not in the registry."""
+        resp = self._send(
+            "GET", f"/devices/{quote(device_id, safe='')}", retry_hint=_ROTATION_RETRY
+        )
+        if resp.status_code == 404:
+            return None
+        if resp.status_code != 200:
+            raise self._refused(f"read device {device_id}", resp)
+        return self._credentials(resp)
+
+    def patch_device_credentials(
+        self, device_id: str, credentials: tuple[DeviceCredential, ...]
+    ) -> tuple[DeviceCredential, ...]:
+        """Replace the device's credentials (PATCH ``updateMask=credentials``, the whole list
+        as Cloud IoT takes it) and return what the registry now holds."""
+        resp = self._send(
+            "PATCH",
+            f"/devices/{quote(device_id, safe='')}?updateMask=credentials",
+            {"credentials": [c.to_json() for c in credentials]},
+            operation="credentials",
+            retry_hint=_ROTATION_RETRY,
+        )
+        if resp.status_code != 200:
+            raise self._refused(f"update the credentials of device {device_id}", resp)
+        return self._credentials(resp)
+
+    def modify_config(self, device_id: str, data: bytes) -> int:
+        """``modifyCloudToDeviceConfig`` (no version check): the registry delivers it to the
+        device on its config topic. Returns the new config version (the demo sets one)."""
+        import base64
+
+        resp = self._send(
+            "POST",
+            f"/devices/{quote(device_id, safe='')}:modifyCloudToDeviceConfig",
+            {"versionToUpdate": "0", "binaryData": base64.b64encode(data).decode()},
+            operation="config",
+            retry_hint="try again when it answers",
+        )
+        if resp.status_code != 200:
+            raise self._refused(f"set the config of device {device_id}", resp)
+        try:
+            return int(resp.json()["version"])
+        except (ValueError, KeyError, TypeError):
+            raise RegistryError(
+                f"registry {self.base_url} answered modifyCloudToDeviceConfig with a body that "
+                "is not a Cloud IoT DeviceConfig"
+            ) from None
+
     # --- lifecycle --------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -124,29 +222,35 @@ class CloudIotRegistry(Closeable):
 
     # --- plumbing ---------------------------------------------------------------------------
 
-    def _send(self, method: str, path: str, json: Any = None) -> httpx.Response:
+    def _send(
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        *,
+        operation: str | None = None,
+        retry_hint: str = "the upload will be retried",
+    ) -> httpx.Response:
         url = f"/v1/{self.parent}{path}"
         where = f"registry {self.base_url}"
-        operation = _OPERATION.get(method, method.lower())
+        operation = operation or _OPERATION.get(method, method.lower())
         try:
             resp = self._http.request(method, url, json=json)
         except httpx.TimeoutException:
             record.registry_call("cloudiot", operation, None)
             raise RegistryUnavailableError(
-                f"{where} did not answer within {self.timeout_s:g} s; the upload will be "
-                "retried (raise registry.timeout_s if it is merely slow)"
+                f"{where} did not answer within {self.timeout_s:g} s; {retry_hint} "
+                "(raise registry.timeout_s if it is merely slow)"
             ) from None
         except httpx.TransportError as exc:
             record.registry_call("cloudiot", operation, None)
             raise RegistryUnavailableError(
-                f"{where} is unreachable ({type(exc).__name__}); the upload will be retried: "
+                f"{where} is unreachable ({type(exc).__name__}); {retry_hint}: "
                 "is the registry running?"
             ) from None
         record.registry_call("cloudiot", operation, resp.status_code)
         if resp.status_code == 429 or resp.status_code >= 500:
-            raise RegistryUnavailableError(
-                f"{where} answered {_describe(resp)}; the upload will be retried"
-            )
+            raise RegistryUnavailableError(f"{where} answered {_describe(resp)}; {retry_hint}")
         return resp
 
     def _refused(self, what: str, resp: httpx.Response) -> RegistryError:
@@ -154,6 +258,17 @@ class CloudIotRegistry(Closeable):
         if resp.status_code in (401, 403):
             hint = ": check that registry.token_file holds this registry's upload token"
         return RegistryError(f"registry {self.base_url} refused to {what}: {_describe(resp)}{hint}")
+
+    def _credentials(self, resp: httpx.Response) -> tuple[DeviceCredential, ...]:
+        try:
+            return tuple(
+                DeviceCredential.from_json(c) for c in resp.json().get("credentials") or []
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise RegistryError(
+                f"registry {self.base_url} answered {resp.request.method} "
+                f"{resp.request.url.path} with credentials that are not Cloud IoT's"
+            ) from None
 
     def _device(self, resp: httpx.Response) -> RegistryDevice:
         try:
@@ -171,6 +286,9 @@ class CloudIotRegistry(Closeable):
                 f"registry {self.base_url} answered {resp.request.method} "
                 f"{resp.request.url.path} with a body that is not a Cloud IoT Device"
             ) from None
+
+
+_ROTATION_RETRY = "run the rotation again when it answers (it resumes where it stopped)"
 
 
 def _describe(resp: httpx.Response) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,14 +30,20 @@ class Registry:
     db_url: str
 
 
-def make_registry(tmp: Path) -> Registry:
+def make_registry(
+    tmp: Path,
+    bridge_token_hash: str | None = None,
+    hook_allow: Sequence[str] = ("127.0.0.1/32", "::1/128"),
+) -> Registry:
     """An app on a fresh SQLite database holding the empty registry ``REGISTRY``, with one
-    token per role (``TOKENS``)."""
+    token per role (``TOKENS``) and, if given, the bridge token's hash (the MQTT plugin's
+    routes, and the token EMQX may send to the hooks)."""
     db_url = f"sqlite:///{tmp / 'registry.db'}"
     engine = store.open_store(db_url)
     store.ensure_registry(engine, PROJECT, LOCATION, REGISTRY)
     engine.dispose()
-    return Registry(create_app(db_url, {token_hash(t): r for r, t in TOKENS.items()}), db_url)
+    roles = {token_hash(t): r for r, t in TOKENS.items()}
+    return Registry(create_app(db_url, roles, bridge_token_hash, hook_allow), db_url)
 
 
 @contextmanager

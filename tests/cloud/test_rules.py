@@ -298,12 +298,16 @@ def test_patch_registry(client: TestClient) -> None:
     reg = f"{PARENT}/registries/reg-p"
     out = call(client, "PATCH", reg, params={"updateMask": "logLevel"}, json={"logLevel": 20})
     assert out.status_code == 200 and out.json()["logLevel"] == "ERROR"
-    assert_error(
-        call(client, "PATCH", reg, params={"updateMask": "mqttConfig"}, json={}),
-        501,
-        "UNIMPLEMENTED",
-        "mqtt_config",
+    out = call(
+        client,
+        "PATCH",
+        reg,
+        params={"updateMask": "mqttConfig"},
+        json={"mqttConfig": {"mqttEnabledState": "MQTT_DISABLED"}},
     )
+    assert out.status_code == 200, out.text
+    assert out.json()["mqttConfig"] == {"mqttEnabledState": "MQTT_DISABLED"}
+    assert out.json()["logLevel"] == "ERROR"  # fields outside the mask are kept
     assert_error(
         call(client, "PATCH", reg, params={"updateMask": "id"}, json={}), 400, "INVALID_ARGUMENT"
     )
