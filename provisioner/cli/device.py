@@ -86,11 +86,11 @@ def rotate_key(
         help="How long the registry keeps accepting the old key after the switch (e.g. 90s, "
         "15m, 1h, 2d).",
     ),
-    key_lifetime: str | None = typer.Option(
-        None,
+    key_lifetime: str = typer.Option(
+        "365d",
         "--key-lifetime",
-        help="Give the new key's credential this expiration (e.g. 365d); default: none, the "
-        "key is valid until the next rotation retires it.",
+        help="The new key's credential expires this long from now (Cloud IoT's credential "
+        "expirationTime), unless a later rotation retires it first; 'none' for no expiry.",
     ),
 ) -> None:
     """Move the device at LOCATOR to a fresh key made inside its chip (admin).
@@ -105,7 +105,7 @@ def rotate_key(
     c = ctx_of(ctx)
     c.require("device.rotate_key")
     grace_s = rotation.parse_duration(grace)
-    lifetime_s = rotation.parse_duration(key_lifetime) if key_lifetime else None
+    lifetime_s = None if key_lifetime.lower() == "none" else rotation.parse_duration(key_lifetime)
     done = rotation.rotate_key(
         c.settings, c.engine, c.actor, locator, grace_s=grace_s, key_lifetime_s=lifetime_s
     )

@@ -4,6 +4,7 @@ is refused and the refusal audited), connect names an empty socket."""
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,15 @@ def test_rotate_key_needs_an_admin(line: Line, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert f"device {line.device_id}: now signs with slot 2" in res.output
     assert "until" in res.output and "2 credentials" in res.output
+    # the new key's credential expires too (365 days by default), the old one after the grace
+    creds = line.registry.device_credentials(line.device_id)
+    assert creds is not None and len(creds) == 2
+    left = sorted(
+        (datetime.fromisoformat(c.expiration_time.replace("Z", "+00:00")) - datetime.now(UTC))
+        for c in creds
+    )
+    assert timedelta(0) < left[0] <= timedelta(minutes=1)  # the old key: --grace 1m
+    assert timedelta(days=364) < left[1] <= timedelta(days=365)  # the new key: --key-lifetime
 
 
 def test_connect_names_an_empty_socket(tmp_path: Path) -> None:
