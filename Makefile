@@ -28,12 +28,15 @@ lint: install
 	$(BIN)/ruff format --no-cache --check .
 	$(BIN)/mypy
 
+# Two lanes (pytest-xdist): the tests that start a whole line (tests/e2e, tests/web) run one
+# after another in one lane, because each already keeps several processes busy; everything
+# else shares both lanes. A line test leaves most of a core idle while its workers wait.
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadgroup
 
 # Everything except the slow fault/load tests.
 test-fast: install
-	$(BIN)/pytest -m 'not slow'
+	$(BIN)/pytest -n 2 --dist loadgroup -m 'not slow'
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache

@@ -188,3 +188,16 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, A
         "jig": Connector(settings).jig("line1"),
     }
     ca.close()
+
+
+# Tests that start a whole line (services, Celery workers, Redis, a browser): with
+# `pytest -n 2 --dist loadgroup` (make test) they share one lane, one after another, and the
+# rest of the suite runs beside them. Without xdist the mark does nothing.
+_ONE_LANE = ("e2e", "web")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if "tests" in parts and parts[parts.index("tests") + 1] in _ONE_LANE:
+            item.add_marker(pytest.mark.xdist_group("line"))

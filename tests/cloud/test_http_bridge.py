@@ -11,7 +11,7 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -389,12 +389,14 @@ def test_no_jwt_is_unauthenticated(bridge: Bridge, dev: Device) -> None:
         assert error_of(r)["status"] == "UNAUTHENTICATED"
 
 
-JWT_RULES: dict[str, dict[str, Any]] = {
-    "exp": {"iat": time.time() - 700, "exp": time.time() - 5},  # expired
-    "iat": {"iat": time.time() + 900},  # more than 10 minutes ahead
-    "lifetime": {"lifetime": 24 * 3600 + 601 + 60},  # over 24 h + the skew
-    "aud": {"aud": "someone-elses-project"},
-    "alg": {"alg": "none"},
+# Times are taken when the test runs, not when the module is collected (a suite can take
+# longer than the 10-minute skew between the two).
+JWT_RULES: dict[str, Callable[[], dict[str, Any]]] = {
+    "exp": lambda: {"iat": time.time() - 700, "exp": time.time() - 5},  # expired
+    "iat": lambda: {"iat": time.time() + 900},  # more than 10 minutes ahead
+    "lifetime": lambda: {"lifetime": 24 * 3600 + 601 + 60},  # over 24 h + the skew
+    "aud": lambda: {"aud": "someone-elses-project"},
+    "alg": lambda: {"alg": "none"},
 }
 
 
@@ -405,7 +407,7 @@ def test_each_jwt_rule_is_refused_and_named(bridge: Bridge, dev: Device, rule: s
     elif rule == "signature":
         token, expected = mint(ec.generate_private_key(ec.SECP256R1())), "signature"
     else:
-        token, expected = dev.jwt(**JWT_RULES[rule]), rule
+        token, expected = dev.jwt(**JWT_RULES[rule]()), rule
     for r in (
         bridge.client.post(
             f"{dev.path}:publishEvent", json={"binaryData": "aGk="}, headers=bearer(token)

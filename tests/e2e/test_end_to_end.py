@@ -74,7 +74,7 @@ def _registry_devices(st: Station) -> dict[str, dict]:
         f"{st.settings.registry_url}/v1/projects/{r.project}/locations/{r.location}"
         f"/registries/{r.registry}/devices",
         headers={"Authorization": f"Bearer {token}"},
-        params={"pageSize": 1000},
+        params={"pageSize": 1000, "fieldMask": "credentials"},
         timeout=10,
     )
     resp.raise_for_status()
