@@ -16,9 +16,7 @@ opens no token.
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,14 +28,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from provisioner.ca.issuer import key_usage, random_serial_number
-from provisioner.errors import InvalidInputError, PolicyViolationError
+from provisioner.ca.names import general_names
+from provisioner.errors import PolicyViolationError
 from provisioner.settings import Settings
 
 VALIDITY = timedelta(days=365)
 BACKDATE = timedelta(minutes=5)
 RENEW_BEFORE = timedelta(days=30)
 COMMON_NAME = "mqtt bridge"
-_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
 def key_path(settings: Settings) -> Path:
@@ -53,24 +51,12 @@ def root_path(settings: Settings) -> Path:
 
 
 def san_entries(names: Sequence[str]) -> list[x509.GeneralName]:
-    """SubjectAltName entries for ``names``: IP addresses where they parse as one, else DNS
-    names (lower-cased, without a trailing dot), without repeats."""
-    if not names:
-        raise InvalidInputError("bridge.names is empty: the server certificate needs a name")
-    out: list[x509.GeneralName] = []
-    for name in names:
-        try:
-            out.append(x509.IPAddress(ipaddress.ip_address(name)))
-            continue
-        except ValueError:
-            pass
-        labels = name.rstrip(".").split(".")
-        if len(name) > 253 or not all(_DNS_LABEL.match(label) for label in labels):
-            raise InvalidInputError(
-                f"bridge.names: {name!r} is neither an IP address nor a DNS name"
-            )
-        out.append(x509.DNSName(name.rstrip(".").lower()))
-    return list(dict.fromkeys(out))
+    """SubjectAltName entries for ``names`` (:func:`provisioner.ca.names.general_names`)."""
+    return general_names(
+        names,
+        empty="bridge.names is empty: the server certificate needs a name",
+        where="bridge.names: ",
+    )
 
 
 def _san_set(cert: x509.Certificate) -> set[x509.GeneralName]:

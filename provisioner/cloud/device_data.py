@@ -33,6 +33,7 @@ from provisioner.cloud.store import (
     StoredDevice,
     StoredRegistry,
     get_device,
+    utc,
 )
 
 KEEP_CONFIGS = 10
@@ -60,11 +61,6 @@ class DeviceState:
     data: bytes
 
 
-def _utc(when: datetime) -> datetime:
-    # SQLite hands back naive datetimes; every stored time is UTC.
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
-
-
 def _aware(when: datetime) -> datetime:
     """A caller's time as UTC (a naive one is taken to be UTC already)."""
     return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
@@ -73,8 +69,8 @@ def _aware(when: datetime) -> datetime:
 def _config(row: DeviceConfigRow) -> DeviceConfig:
     return DeviceConfig(
         version=int(row.version),
-        cloud_update_time=_utc(row.cloud_update_time),
-        device_ack_time=None if row.device_ack_time is None else _utc(row.device_ack_time),
+        cloud_update_time=utc(row.cloud_update_time),
+        device_ack_time=None if row.device_ack_time is None else utc(row.device_ack_time),
         data=bytes(row.data),
     )
 
@@ -82,7 +78,7 @@ def _config(row: DeviceConfigRow) -> DeviceConfig:
 def _first_config(created: datetime) -> DeviceConfig:
     """Version 1, empty, from the device's creation: what every Cloud IoT device had before
     anyone configured it (not stored; see ``store.DeviceConfigRow``)."""
-    return DeviceConfig(1, _utc(created), None, b"")
+    return DeviceConfig(1, utc(created), None, b"")
 
 
 # --- configuration ---------------------------------------------------------------------------
@@ -205,7 +201,7 @@ def ack_config(engine: Engine, device_num_id: int, version: int, when: datetime)
                     DeviceConfigRow(
                         device_num_id=device_num_id,
                         version=1,
-                        cloud_update_time=_utc(dev.created),
+                        cloud_update_time=utc(dev.created),
                         device_ack_time=when,
                         data=b"",
                     )
@@ -263,7 +259,7 @@ def list_states(engine: Engine, device_num_id: int, limit: int = 10) -> list[Dev
             .order_by(col(DeviceStateRow.pk).desc())
             .limit(limit)
         ).all()
-        return [DeviceState(_utc(r.update_time), bytes(r.data)) for r in rows]
+        return [DeviceState(utc(r.update_time), bytes(r.data)) for r in rows]
 
 
 # --- device stamps ---------------------------------------------------------------------------
@@ -276,10 +272,7 @@ def touch(engine: Engine, device_num_id: int, **times: datetime) -> None:
         raise ValueError(f"not a device time field: {', '.join(sorted(unknown))}")
     if not times:
         return
-    values: dict[str, Any] = {k: _aware(v) for k, v in times.items()}
-    with Session(engine) as s:
-        s.execute(update(DeviceRow).where(col(DeviceRow.num_id) == device_num_id).values(values))
-        s.commit()
+    _set(engine, device_num_id, {k: _aware(v) for k, v in times.items()})
 
 
 def record_error(
@@ -288,13 +281,7 @@ def record_error(
     """The device's ``lastErrorStatus`` (a google.rpc.Status: code, message) and
     ``lastErrorTime``. The message is clipped: it may quote what a device sent."""
     status = {"code": int(code), "message": message[:500]}
-    with Session(engine) as s:
-        s.execute(
-            update(DeviceRow)
-            .where(col(DeviceRow.num_id) == device_num_id)
-            .values(last_error_status=status, last_error_time=_aware(when))
-        )
-        s.commit()
+    _set(engine, device_num_id, {"last_error_status": status, "last_error_time": _aware(when)})
 
 
 def record_gateway_access(
@@ -302,12 +289,17 @@ def record_gateway_access(
 ) -> None:
     """A bound device was reached through ``gateway_id`` (gatewayConfig's
     ``lastAccessedGatewayId`` / ``lastAccessedGatewayTime``)."""
+    _set(
+        engine,
+        device_num_id,
+        {"last_accessed_gateway_id": gateway_id, "last_accessed_gateway_time": _aware(when)},
+    )
+
+
+def _set(engine: Engine, device_num_id: int, values: dict[str, Any]) -> None:
+    """One UPDATE of the device's row (the plane's stamps: times, error status, gateway)."""
     with Session(engine) as s:
-        s.execute(
-            update(DeviceRow)
-            .where(col(DeviceRow.num_id) == device_num_id)
-            .values(last_accessed_gateway_id=gateway_id, last_accessed_gateway_time=_aware(when))
-        )
+        s.execute(update(DeviceRow).where(col(DeviceRow.num_id) == device_num_id).values(values))
         s.commit()
 
 

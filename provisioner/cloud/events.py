@@ -59,6 +59,7 @@ from provisioner.cloud.store import (
     RegistryRow,
     RegistryTable,
     StoredRegistry,
+    utc,
 )
 
 # Retention: the newest MAX_EVENTS per registry are kept; the check runs each time the
@@ -149,7 +150,7 @@ class StoredEvent:
 
 def rfc3339(when: datetime) -> str:
     """``2026-12-01T20:43:47.123456Z``: UTC, microseconds, as Cloud IoT printed times."""
-    return _utc(when).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return utc(when).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def short_topic(topic: str) -> str:
@@ -182,12 +183,6 @@ def ensure_events_table(engine: Engine) -> None:
 
 
 # --- writes ----------------------------------------------------------------------------------
-
-
-def _utc(when: datetime) -> datetime:
-    # SQLite hands back naive datetimes; every stored time is UTC. A naive time handed in
-    # is taken as UTC too (the plane stamps with datetime.now(UTC)).
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def store_events(
@@ -266,7 +261,7 @@ def _row(
         "device_num_id": device_num_id,
         "subfolder": subfolder,
         "data": bytes(e.data),
-        "received": _utc(e.received),
+        "received": utc(e.received),
     }
 
 
@@ -363,5 +358,5 @@ def _event(row: RowMapping, registry: StoredRegistry | None) -> StoredEvent:
         device_num_id=int(row["device_num_id"]),
         subfolder=row["subfolder"],
         data=bytes(row["data"]),
-        received=_utc(row["received"]),
+        received=utc(row["received"]),
     )

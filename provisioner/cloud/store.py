@@ -337,13 +337,15 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _utc(when: datetime) -> datetime:
-    # SQLite hands back naive datetimes; every stored time is UTC.
+def utc(when: datetime) -> datetime:
+    """A stored time as an aware UTC time: SQLite hands back naive datetimes, and every time
+    this store keeps is UTC (the device plane and the event store read theirs through this
+    too)."""
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _utc_or_none(when: datetime | None) -> datetime | None:
-    return None if when is None else _utc(when)
+    return None if when is None else utc(when)
 
 
 def _event_configs(raw: list[dict[str, Any]] | None) -> tuple[EventNotificationConfig, ...]:
@@ -363,7 +365,7 @@ def _registry(row: RegistryRow) -> StoredRegistry:
         row.project,
         row.location,
         row.registry_id,
-        _utc(row.created),
+        utc(row.created),
         tuple(RegistryCertificate(c["certificate"]) for c in row.credentials),
         row.log_level or 0,
         mqtt_enabled=row.mqtt_enabled is not False,
@@ -393,7 +395,7 @@ def _device(row: DeviceRow) -> StoredDevice:
         ),
         blocked=bool(row.blocked),
         metadata=dict(row.meta),
-        created=_utc(row.created),
+        created=utc(row.created),
         log_level=row.log_level or 0,
         gateway_type=row.gateway_type or "NON_GATEWAY",
         gateway_auth_method=row.gateway_auth_method or "ASSOCIATION_ONLY",

@@ -15,8 +15,6 @@ Validity starts five minutes back, for station PCs whose clocks run a little beh
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -27,6 +25,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from provisioner.ca import names as ca_names
 from provisioner.ca.issuer import key_usage, random_serial_number
 from provisioner.errors import InvalidInputError, PolicyViolationError
 
@@ -38,7 +37,6 @@ BACKDATE = timedelta(minutes=5)
 LINE_COMMON_NAME = "line server"
 DEFAULT_LINE_NAMES = ("localhost", "127.0.0.1")
 MAX_CSR_BYTES = 16_384
-_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
 class BadCsrError(InvalidInputError):
@@ -169,23 +167,9 @@ def build_station_certificate(
 
 def general_names(names: Sequence[str]) -> list[x509.GeneralName]:
     """SAN entries: an IP address for what parses as one, else a DNS name."""
-    if not names:
-        raise InvalidInputError("the line certificate needs at least one name (--name)")
-    out: list[x509.GeneralName] = []
-    for name in names:
-        try:
-            out.append(x509.IPAddress(ipaddress.ip_address(name)))
-            continue
-        except ValueError:
-            pass
-        labels = name.rstrip(".").split(".")
-        if len(name) > 253 or not all(_DNS_LABEL.match(label) for label in labels):
-            raise InvalidInputError(
-                f"{name!r} is neither an IP address nor a DNS name (letters, digits, '-', "
-                "dots between labels)"
-            )
-        out.append(x509.DNSName(name.rstrip(".").lower()))
-    return list(dict.fromkeys(out))  # without repeats, in order
+    return ca_names.general_names(
+        names, empty="the line certificate needs at least one name (--name)"
+    )
 
 
 def san_names(cert: x509.Certificate) -> list[str]:
