@@ -395,3 +395,62 @@ class RefusalWindow(SQLModel, table=True):
     opened_ts: str = Field(index=True)  # when the window opened (RFC 3339 UTC, as ts)
     opened_seq: int  # the opening event's seq
     count: int = 1  # refusals in this window, the opening one included
+
+
+class FieldEnrollmentToken(SQLModel, table=True):
+    """An enrollment token of one registry (Thistle's ``Thistle-Device-Enrollment-Token``):
+    made by an admin, stored only as its SHA-256, spent per enrollment up to ``max_uses``,
+    dead at ``expires_at`` or as soon as it is regenerated (``replaced_at``)."""
+
+    __tablename__ = "field_enrollment_token"
+
+    id: int | None = Field(default=None, primary_key=True)
+    registry_name: str = Field(index=True, max_length=300)  # projects/p/locations/l/registries/r
+    token_hash: str = Field(unique=True, max_length=64)
+    label: str | None = Field(default=None, max_length=200)
+    max_uses: int = 1
+    uses: int = 0
+    created_by: str = Field(max_length=200)
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime = Field(index=True)
+    replaced_at: datetime | None = None  # regenerated: refused from then on
+    replaced_by: int | None = None  # the token that replaced it
+
+
+class FieldDevice(SQLModel, table=True):
+    """A device enrolled in the field (``POST /enroll``): its id in the registry and the
+    SHA-256 of its device token (the bearer credential of ``/identity``)."""
+
+    __tablename__ = "field_device"
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = Field(unique=True, max_length=128)  # the registry's device id
+    registry_name: str = Field(index=True, max_length=300)
+    label: str | None = Field(default=None, max_length=200)
+    token_hash: str = Field(unique=True, max_length=64)
+    enrollment_token_id: int = Field(foreign_key="field_enrollment_token.id")
+    created_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = None  # the device is deny-listed: no identity, no renewal
+    revoked_by: str | None = Field(default=None, max_length=200)
+
+
+class IdentityCertificate(SQLModel, table=True):
+    """An identity certificate of a field device (enrollment or renewal), issued by the
+    HSM intermediate. Revocation is recorded on the row (``revoked_at``/``reason``), and the
+    CRLs and the OCSP responder read it beside the line's device certificates."""
+
+    __tablename__ = "identity_certificate"
+
+    id: int | None = Field(default=None, primary_key=True)
+    field_device_id: int = Field(foreign_key="field_device.id", index=True)
+    serial_number: str = Field(unique=True)  # hex, as certificate.serial_number
+    fingerprint_sha256: str = Field(unique=True, max_length=64)
+    der: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    not_before: datetime
+    not_after: datetime
+    issuer_fingerprint_sha256: str = Field(max_length=64, index=True)
+    key_source: str = Field(max_length=16)  # "csr" (the device's key) or "server"
+    created_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = Field(default=None, index=True)
+    reason: str | None = Field(default=None, max_length=32)  # a revocation.REASONS key
+    revoked_by: str | None = Field(default=None, max_length=200)

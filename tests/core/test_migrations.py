@@ -79,7 +79,7 @@ def _assert_append_only(engine: Engine) -> None:
 def test_head_constant_is_the_newest_revision_file() -> None:
     assert migrate.head() == migrate.HEAD
     revs = {s.revision: s.down_revision for s in migrate.scripts().walk_revisions()}
-    assert revs == {"0001": None, "0002": "0001", "0003": "0002", "0004": "0003"}
+    assert revs == {"0001": None, "0002": "0001", "0003": "0002", "0004": "0003", "0005": "0004"}
 
 
 def test_empty_database_upgraded_to_head_equals_the_models(db_url: str) -> None:
@@ -130,6 +130,16 @@ def test_revision_0001_is_the_frozen_schema(db_url: str) -> None:
         # 0004
         ("add_table", "refusal_window"),
         ("add_index", "ix_refusal_window_opened_ts"),
+        # 0005
+        ("add_table", "field_enrollment_token"),
+        ("add_index", "ix_field_enrollment_token_registry_name"),
+        ("add_index", "ix_field_enrollment_token_expires_at"),
+        ("add_table", "field_device"),
+        ("add_index", "ix_field_device_registry_name"),
+        ("add_table", "identity_certificate"),
+        ("add_index", "ix_identity_certificate_field_device_id"),
+        ("add_index", "ix_identity_certificate_issuer_fingerprint_sha256"),
+        ("add_index", "ix_identity_certificate_revoked_at"),
     }
     _assert_append_only(engine)
 
