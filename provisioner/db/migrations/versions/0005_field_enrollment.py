@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-import sqlmodel
 from alembic import op
 
 revision: str = "0005"
@@ -21,7 +20,7 @@ down_revision: str | Sequence[str] | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-_S = sqlmodel.sql.sqltypes.AutoString
+_S = sa.String
 
 
 def upgrade() -> None:
