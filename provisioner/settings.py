@@ -299,6 +299,10 @@ class BridgeSettings(_Section):
     mqtt_port: int = Field(default=8883, ge=1, le=65535)  # MQTT over TLS
     alt_port: int | None = Field(default=None, ge=1, le=65535)  # e.g. 443 (needs privileges)
     wss_port: int | None = Field(default=8884, ge=1, le=65535)  # MQTT over secure WebSockets
+    # MQTT over TLS with a client certificate from the product's CA (mTLS) instead of a JWT
+    # password: a listener of its own, since mosquitto asks for client certificates per
+    # listener (a JWT device on 8883 is never asked for one). None: no mTLS listener.
+    mtls_port: int | None = Field(default=8885, ge=1, le=65535)
     mosquitto: Path = Path("/usr/sbin/mosquitto")
     # default: <sys.prefix>/lib/provisioner/provisioner_plugin.so (deploy/install.sh builds it)
     plugin: Path | None = None
@@ -313,6 +317,46 @@ class BridgeSettings(_Section):
         import sys
 
         return self.plugin or Path(sys.prefix) / "lib" / "provisioner" / "provisioner_plugin.so"
+
+
+class FleetSettings(_Section):
+    """Enrollment in the field (``POST /enroll``, ``/identity``, renewal): the policy of
+    the identity certificates the HSM CA issues to devices that never passed the line."""
+
+    # Identity certificates: lifetime, and how long before expiry a device may renew.
+    identity_validity_days: int = Field(default=365, ge=1, le=3650)
+    renew_window_days: int = Field(default=30, ge=1, le=3650)
+    # Enrollment tokens: default lifetime and uses when an admin makes one.
+    token_ttl_days: int = Field(default=30, ge=1, le=3650)
+    token_max_uses: int = Field(default=1, ge=1)
+    # The document's compatibility mode: the server generates the device's key for one
+    # answer of ``GET /identity`` (never stored). Off: only ``POST /identity`` with a CSR.
+    allow_server_keys: bool = True
+    # Requests per minute per client address on the device endpoints (tokens guessed or
+    # replayed are refused before the database is asked).
+    rate_per_minute: int = Field(default=60, ge=1)
+
+
+class DevicesSettings(_Section):
+    """The device-facing HTTPS listener of the line server (enrollment, identity, renewal
+    over mTLS): TLS with a P-256 server certificate from the product's CA; a client
+    certificate is asked for but optional (renewal needs one, enrollment does not)."""
+
+    enabled: bool = True  # `services run` starts it
+    listen_host: str = "127.0.0.1"
+    port: int = Field(default=8714, ge=1, le=65535)
+    names: list[str] = Field(default_factory=lambda: ["localhost", "127.0.0.1"])  # cert SANs
+    # How devices reach it (goes into nothing signed); unset: https://<listen_host>:<port>.
+    public_url: str | None = None
+
+
+class CrlSettings(_Section):
+    """When the CRLs are signed again without a revocation (each revocation publishes at
+    once): every ``refresh_s``, so a relying party never holds a CRL past its nextUpdate."""
+
+    refresh_s: int = Field(default=3600, ge=10)
+    next_update_days: int = Field(default=7, ge=1, le=365)  # intermediates' CRLs
+    root_next_update_days: int = Field(default=365, ge=1, le=3650)  # the root's CRL
 
 
 class CelerySettings(_Section):
@@ -361,6 +405,9 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     web: WebSettings = WebSettings()
     bridge: BridgeSettings = BridgeSettings()
+    fleet: FleetSettings = FleetSettings()
+    devices: DevicesSettings = DevicesSettings()
+    crl: CrlSettings = CrlSettings()
     stations: dict[str, StationSettings] = Field(
         default_factory=lambda: {"line1": StationSettings()}
     )
@@ -485,6 +532,11 @@ class Settings(BaseSettings):
         """The MQTT bridge's files: server.pem, server.key (0600), ca.pem (the root devices
         pin) and mosquitto.conf."""
         return self.var / "bridge"
+
+    @property
+    def devices_dir(self) -> Path:
+        """The device-facing HTTPS listener's files: server.pem, server.key (0600), ca.pem."""
+        return self.var / "devices"
 
     @property
     def bridge_token_file(self) -> Path:
