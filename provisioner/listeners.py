@@ -21,7 +21,7 @@ from provisioner.settings import Settings
 class Listener:
     """One listening service: its settings section and its address."""
 
-    component: str  # "registry", "api", "bridge": the settings section and the child's name
+    component: str  # "registry", "api", "bridge", "devices": the section and the child's name
     host: str
     port: int
     url_pinned: bool  # the section's URL is set explicitly, so it would not follow a move
@@ -51,7 +51,18 @@ def listeners(settings: Settings) -> list[Listener]:
             settings.api.public_url is not None,
         ),
         *bridge_listeners(settings),
+        *devices_listeners(settings),
     ]
+
+
+def devices_listeners(settings: Settings) -> list[Listener]:
+    """The device-facing HTTPS listener (when it runs). Like the bridge's, its port may be
+    moved by the demo: devices reach it by the names in its certificate; but not when
+    ``devices.public_url`` pins the address devices are told."""
+    d = settings.devices
+    if not d.enabled:
+        return []
+    return [Listener("devices", d.listen_host, d.port, d.public_url is not None, "port")]
 
 
 def bridge_listeners(settings: Settings) -> list[Listener]:
@@ -66,6 +77,8 @@ def bridge_listeners(settings: Settings) -> list[Listener]:
             ("mqtt_port", b.mqtt_port),
             ("alt_port", b.alt_port),
             ("wss_port", b.wss_port),
+            ("mtls_port", b.mtls_port),
+            ("https_port", b.https_port),  # served by the registry process
         )
         if port is not None
     ]

@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -100,26 +101,47 @@ class ProfileSettings(_Section):
     validity_years: int = Field(default=15, ge=0, le=31)
     ca_common_name: str = "Factory Intermediate CA"
     root_common_name: str = "Factory Root CA"
-    # Optional CRL distribution point put in every device certificate. ``{ca}`` stands for
-    # the issuing intermediate's name (its key label), so each intermediate keeps its own
-    # stable URL across rotations; `provisioner services run` serves the CRLs at
-    # http://<api.listen_host>:<api.listen_port>/crl/<name>.crl.
+    # The CRL distribution point put in every device certificate. ``{ca}`` stands for the
+    # issuing intermediate's name (its key label), so each intermediate keeps its own
+    # stable URL across rotations. Unset (the default): this line's API,
+    # ``<api.public_url>/crl/{ca}.crl`` (filled in when the settings load, so the stations
+    # receive the same URL with the chain material). ``""``: no distribution point.
     crl_url: str | None = Field(default=None, max_length=200)
+    # The OCSP responder named in every device certificate's authorityInfoAccess. Unset
+    # (the default): ``<api.public_url>/ocsp``. ``""``: no authorityInfoAccess.
+    ocsp_url: str | None = Field(default=None, max_length=200)
 
-    @field_validator("crl_url")
+    @field_validator("crl_url", "ocsp_url")
     @classmethod
-    def _crl_url(cls, url: str | None) -> str | None:
-        if url is None:
+    def _revocation_url(cls, url: str | None, info: ValidationInfo) -> str | None:
+        if not url:  # unset (derived from [api]) or "" (none)
             return url
+        name = info.field_name
         if not url.isascii() or not url.startswith(("http://", "https://")):
-            raise ValueError(f"crl_url must be an ASCII http:// or https:// URL, got {url!r}")
-        if any(ch.isspace() for ch in url) or "{" in url.replace("{ca}", ""):
-            raise ValueError(f"crl_url: no spaces, and {{ca}} is the only placeholder: {url!r}")
+            raise ValueError(f"{name} must be an ASCII http:// or https:// URL, got {url!r}")
+        allowed = "{ca}" if name == "crl_url" else ""
+        if any(ch.isspace() for ch in url) or "{" in (url.replace(allowed, "") if allowed else url):
+            what = "{ca} is the only placeholder" if allowed else "no placeholders"
+            raise ValueError(f"{name}: no spaces, and {what}: {url!r}")
         return url
 
     def crl_url_for(self, ca_name: str) -> str | None:
         """The distribution point of certificates issued by the intermediate ``ca_name``."""
         return self.crl_url.replace("{ca}", ca_name) if self.crl_url else None
+
+    def with_default_urls(self, api_url: str) -> ProfileSettings:
+        """This profile with the unset revocation URLs pointing at the API at ``api_url``
+        (device certificates carry a CRL distribution point and an OCSP URL unless the
+        profile turns them off with ``""``)."""
+        base = api_url.rstrip("/")
+        update = {}
+        if self.crl_url is None:
+            update["crl_url"] = base + "/crl/{ca}.crl"
+        if self.ocsp_url is None:
+            update["ocsp_url"] = base + "/ocsp"
+        if not update:
+            return self
+        return ProfileSettings.model_validate({**self.model_dump(), **update})
 
     @field_validator("validity_years")
     @classmethod
@@ -303,6 +325,11 @@ class BridgeSettings(_Section):
     # password: a listener of its own, since mosquitto asks for client certificates per
     # listener (a JWT device on 8883 is never asked for one). None: no mTLS listener.
     mtls_port: int | None = Field(default=8885, ge=1, le=65535)
+    # The HTTP device bridge (publishEvent, setState, config) over TLS with an optional
+    # client certificate instead of the JWT, served by the registry process with the
+    # bridge's certificate. None (default): only the plain registry port (put a proxy in
+    # front of it: docs/field.md).
+    https_port: int | None = Field(default=None, ge=1, le=65535)
     mosquitto: Path = Path("/usr/sbin/mosquitto")
     # default: <sys.prefix>/lib/provisioner/provisioner_plugin.so (deploy/install.sh builds it)
     plugin: Path | None = None
@@ -419,6 +446,15 @@ class Settings(BaseSettings):
             if not sid.replace("-", "").replace("_", "").isalnum():
                 raise ValueError(f"station id {sid!r} must be letters, digits, - or _")
         return v
+
+    @model_validator(mode="after")
+    def _default_revocation_urls(self) -> Settings:
+        """Unset profile CRL/OCSP URLs point at this line's API (see ProfileSettings); set
+        here, once, so every certificate and template built from these settings agrees."""
+        profile = self.profile.with_default_urls(self.api.effective_url)
+        if profile is not self.profile:
+            object.__setattr__(self, "profile", profile)  # frozen: set during validation only
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -1,6 +1,6 @@
 """Starts, watches and stops the station's services as child processes: Redis, the
-registry, the MQTT bridge (mosquitto with the product's plugin), the API and the Celery
-workers.
+registry, the MQTT bridge (mosquitto with the product's plugin), the API, the device-facing
+HTTPS listener and the Celery workers.
 
 Used by ``provisioner services run``, ``provisioner demo`` and the end-to-end tests, so all
 three run the same real processes.
@@ -67,6 +67,7 @@ log = logging.getLogger("provisioner.supervisor")
 
 REDIS, REGISTRY, API, WORKER = "redis", "registry", "api", "worker"
 BRIDGE = "bridge"
+DEVICES = "devices"  # the device-facing HTTPS listener (enrollment, identity, renewal)
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -110,7 +111,7 @@ def _stop_phase(c: Child) -> int:
         return 1
     if c.kind == WORKER:
         return 0 if c.role == "station" else 1
-    return 2 if c.kind in (REGISTRY, API) else 3
+    return 2 if c.kind in (REGISTRY, API, DEVICES) else 3
 
 
 class _Stopping(Exception):
@@ -282,6 +283,12 @@ class Supervisor:
         self._wait_ready(self.spawn("redis", argv, REDIS), self._check_alive)
 
     def start_registry(self) -> None:
+        b = self.settings.bridge
+        if b.enabled and b.https_port is not None:
+            # The registry serves the HTTP bridge over TLS with the bridge's certificate.
+            from provisioner.ca.bridge_cert import ensure_bridge_certificate
+
+            ensure_bridge_certificate(self.settings)
         child = self.spawn("registry", [sys.executable, "-m", "provisioner.cloud"], REGISTRY)
         self._wait_ready(child, self._check_alive)
 
@@ -312,6 +319,24 @@ class Supervisor:
         """The HTTP API (public PKI files; audit, batches and users by role)."""
         child = self.spawn("api", [sys.executable, "-m", "provisioner.api"], API)
         self._wait_ready(child, self._check_alive)
+
+    def start_devices(self) -> None:
+        """The device-facing HTTPS listener, when ``devices.enabled``: its server
+        certificate ensured (issued by the HSM intermediate when missing, expiring within 30
+        days, renamed or after a rotation: :mod:`provisioner.api.devices_server`), then
+        started after the API and probed by ``GET /healthz`` over TLS against the root it
+        pins."""
+        if not self.settings.devices.enabled:
+            return
+        from provisioner.api.devices_server import ensure_devices_certificate
+
+        if ensure_devices_certificate(self.settings):
+            log.info(
+                "issued the device listener's server certificate for %s",
+                self.settings.devices.names,
+            )
+        argv = [sys.executable, "-m", "provisioner.api.devices_server"]
+        self._wait_ready(self.spawn("devices", argv, DEVICES), self._check_alive)
 
     def start_line_workers(self) -> None:
         """The signer (``hsm``) and the uploader (``registry``), in the line's namespace."""
@@ -460,9 +485,24 @@ class Supervisor:
             from provisioner.cloud.mosquitto import probe
 
             return lambda: probe(self.settings)
+        if kind == DEVICES:
+            return self._probe_devices()
         section = self.settings.registry if kind == REGISTRY else self.settings.api
         url = local_url(section.listen_host, section.listen_port) + "/healthz"
         return lambda: httpx.get(url, timeout=1).is_success
+
+    def _probe_devices(self) -> Callable[[], bool]:
+        """``GET /healthz`` over TLS, the server checked against the pinned root (not its
+        name: the probe goes to the listen address, which ``devices.names`` need not hold)."""
+        import ssl
+
+        from provisioner.api.devices_server import devices_files
+
+        d = self.settings.devices
+        ctx = ssl.create_default_context(cafile=devices_files(self.settings).root_path)
+        ctx.check_hostname = False
+        url = local_url(d.listen_host, d.port).replace("http://", "https://", 1) + "/healthz"
+        return lambda: httpx.get(url, timeout=1, verify=ctx).is_success
 
     def _check_alive(self) -> None:
         """While starting: a child that exits is fatal (a port in use, a bad config)."""
@@ -867,8 +907,9 @@ def running_services(
     PC, and watch it; stop it all on exit (also on Ctrl-C, SIGTERM or SIGHUP).
 
     - ``line``: Redis (TLS or unix socket, with ACL users), the registry, the MQTT bridge
-      (``bridge.enabled``), the API, the signer and uploader workers, and a gateway worker
-      per enrolled station (stations enrolled later get theirs within seconds);
+      (``bridge.enabled``), the API, the device-facing HTTPS listener (``devices.enabled``),
+      the signer and uploader workers, and a gateway worker per enrolled station
+      (stations enrolled later get theirs within seconds);
     - ``station``: this PC's station worker (``settings.station_id``) only;
     - ``all`` (the demo): both, the ``stations`` enrolled locally first.
 
@@ -902,6 +943,7 @@ def running_services(
             sup.start_registry()
             sup.start_bridge()
             sup.start_api()
+            sup.start_devices()
             sup.start_line_workers()
             if role == "all":
                 sup.start_local_stations(stations)

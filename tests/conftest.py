@@ -112,6 +112,8 @@ def make_station(
         # these lines test the line, and the bridge has its own supervised tests
         # (tests/cloud/bridge, the demo). Its ports are free ones all the same.
         + ("" if "[bridge]" in extra else bridge)
+        # The device-facing HTTPS listener likewise (tests/devices starts it).
+        + ("" if "[devices]" in extra else f"[devices]\nenabled = false\nport = {free_port()}\n")
         # ``extra`` may continue this table (``feed = "manual"``), so it comes last
         + f"[stations.line1]\nsockets = {sockets}\n"
         + extra

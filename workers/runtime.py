@@ -43,6 +43,7 @@ class WorkerRuntime:
     socket: int | None = None
     signer: Any = None  # provisioner.issuance.IssuanceService on the hsm worker
     checkpointer: Any = None  # provisioner.audit.checkpointer.Checkpointer, hsm worker too
+    crl_schedule: Any = None  # provisioner.ca.crl_schedule.CrlSchedule, hsm worker child 0
     registry: Any = None  # a RegistryBackend on the registry worker
     forwarder: Any = None  # provisioner.uploads.forwarder.Forwarder, registry worker
     records: Any = None  # provisioner.link.remote.RemoteRecords on a station worker
@@ -163,6 +164,11 @@ def _open_line(settings: Settings, queues: frozenset[str], index: int) -> Worker
         rt.signer = IssuanceService.open(engine, settings)
         rt.checkpointer = Checkpointer.for_provider(engine, settings, rt.signer.ca.pool)
         rt.checkpointer.start()
+        if index == 0:  # one CRL schedule per hsm worker, not one per child
+            from provisioner.ca.crl_schedule import CrlSchedule
+
+            rt.crl_schedule = CrlSchedule(settings, engine, rt.signer.ca)
+            rt.crl_schedule.start()
     if REGISTRY_QUEUE in queues:
         from provisioner.uploads.backends import open_backend
         from provisioner.uploads.forwarder import Forwarder
@@ -205,6 +211,8 @@ def _process_shutdown(**_: Any) -> None:
             rt.registry.close()
         if rt.checkpointer is not None:
             rt.checkpointer.stop()
+        if rt.crl_schedule is not None:
+            rt.crl_schedule.stop()
         if rt.signer is not None:
             rt.signer.close()
         if rt.line_app is not None:

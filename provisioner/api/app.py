@@ -28,6 +28,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from provisioner.api.fleet import fleet_admin_router
 from provisioner.api.problems import clip, validation_message, with_error_shape
 from provisioner.api.routes import audit_router, ops_router
 from provisioner.api.security import ApiProblem, Guard
@@ -90,6 +91,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(ops_router(engine, settings, guard))
     app.include_router(metrics_router(engine, settings, guard))  # GET /metrics (metrics.read)
     app.include_router(stations_router(engine, settings))  # public: the token is the credential
+    app.include_router(fleet_admin_router(engine, settings, guard))  # /fleet (fleet.*)
+    from provisioner.api.ocsp import ocsp_router
+
+    app.include_router(ocsp_router(settings, engine))  # public: POST /ocsp, GET /ocsp/{req}
     if settings.web.enabled:
         from provisioner.web.app import mount
 

@@ -73,6 +73,11 @@ ACTIONS: dict[str, frozenset[Role]] = {
     "station.manage": _ADMIN,
     "station.identities": _AUDIT,
     "line.identity": _ADMIN,
+    # admins: devices enrolled in the field (enrollment tokens per registry, revocation);
+    # auditors may read the tokens' and devices' state (never a token)
+    "fleet.manage": _ADMIN,
+    "fleet.read": _AUDIT,
+    "fleet.revoke": _ADMIN,
 }
 
 

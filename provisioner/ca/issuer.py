@@ -17,7 +17,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from provisioner.ca.tbs_template import DeviceTbsTemplate, encode_validity
 from provisioner.chips.certdef import NO_EXPIRY
@@ -134,10 +134,14 @@ def _device_builder(
     profile: ProfileSettings,
     serial_number: int,
     validity: tuple[datetime, datetime],
-    crl_url: str | None,
+    ca_name: str,
 ) -> x509.CertificateBuilder:
     """Every device certificate, and the compressed-format template, come from here: one
-    layout, so the template's offsets fit each issued certificate."""
+    layout, so the template's offsets fit each issued certificate.
+
+    The revocation pointers (the issuing intermediate's CRL, the OCSP responder) are fixed
+    per CA and profile, so they sit in the template like the issuer name: the chip's
+    compressed certificate still rebuilds byte for byte."""
     attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, profile.organization)]
     if profile.organizational_unit:
         attrs.append(
@@ -162,7 +166,8 @@ def _device_builder(
             critical=False,
         )
     )
-    if crl_url is not None:
+    crl_url = profile.crl_url_for(ca_name)
+    if crl_url:
         point = x509.DistributionPoint(
             full_name=[x509.UniformResourceIdentifier(crl_url)],
             relative_name=None,
@@ -170,6 +175,11 @@ def _device_builder(
             crl_issuer=None,
         )
         builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
+    if profile.ocsp_url:
+        ocsp = x509.AccessDescription(
+            AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(profile.ocsp_url)
+        )
+        builder = builder.add_extension(x509.AuthorityInformationAccess([ocsp]), critical=False)
     return builder
 
 
@@ -187,7 +197,7 @@ def device_template(issuer: x509.Certificate, profile: ProfileSettings, ca_name:
         profile,
         1 << (8 * SERIAL_BYTES - 8),
         device_validity(datetime(2000, 1, 1, tzinfo=UTC), profile.validity_years),
-        profile.crl_url_for(ca_name),
+        ca_name,
     )
     return builder.sign(placeholder, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
@@ -210,7 +220,7 @@ def build_device_certificate(
         profile,
         serial_number,
         validity,
-        profile.crl_url_for(ca.name),
+        ca.name,
     ).sign(ca.key, hashes.SHA256())
     # The issuer name and algorithm are ours by construction; what a faulty token could get
     # wrong is the signature, so check exactly that against the intermediate certificate's
@@ -303,7 +313,7 @@ class DeviceIssuer:
                 self.profile,
                 serial,
                 validity,
-                self.profile.crl_url_for(ca_name),
+                ca_name,
             )
 
         self._template = DeviceTbsTemplate.make(

@@ -87,8 +87,11 @@ class BlockOutcome:
     detail: str
 
 
-def queue_block(settings: Settings, done: revocation.Revoked) -> BlockOutcome:
-    """Queue the registry block the revocation recorded (uploads.blocking applies it)."""
+def queue_block(
+    settings: Settings, done: revocation.Revoked, redis_up: bool = True
+) -> BlockOutcome:
+    """Queue the registry block the revocation recorded (uploads.blocking applies it);
+    ``redis_up=False``: Redis is known to be down, leave the block to the sync."""
     from provisioner.dispatch import send_block
 
     state = done.registry_block
@@ -99,7 +102,7 @@ def queue_block(settings: Settings, done: revocation.Revoked) -> BlockOutcome:
         detail = "not blocked: the registry holds another certificate under its id"
     else:
         assert done.device_id is not None
-        queued = send_block(settings, done.device_id)
+        queued = redis_up and send_block(settings, done.device_id)
         detail = (
             "block queued for the registry worker"
             if queued
@@ -138,6 +141,37 @@ def revoke(
     done = revocation.revoke(engine, target, reason, actor)
     block = queue_block(settings, done)
     return RevokeOutcome(done, block, publish_crls(settings, engine, actor))
+
+
+@dataclass(frozen=True)
+class BatchRevokeOutcome:
+    revoked: list[revocation.Revoked]
+    blocks: list[BlockOutcome]
+    crls: list[revocation.PublishedCrl]
+
+
+def revoke_batch(
+    settings: Settings,
+    engine: Engine,
+    batch_id: int,
+    reason: str,
+    actor: str,
+    pin_source: str | None = None,
+) -> BatchRevokeOutcome:
+    """``ca revoke --batch``: every certificate of the batch revoked and its registry block
+    recorded (one transaction, each audited), the blocks queued for the registry worker,
+    then the CRLs published once."""
+    from provisioner.errors import ServiceUnavailableError
+    from provisioner.preflight import check_redis
+
+    done = revocation.revoke_batch(engine, batch_id, reason, actor)
+    try:  # once for the batch: a Redis that is down takes seconds to say so
+        check_redis(settings)
+        redis_up = True
+    except ServiceUnavailableError:
+        redis_up = False
+    blocks = [queue_block(settings, d, redis_up) for d in done]
+    return BatchRevokeOutcome(done, blocks, publish_crls(settings, engine, actor, pin_source))
 
 
 @dataclass(frozen=True)

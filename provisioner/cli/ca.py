@@ -15,6 +15,7 @@ import typer
 from provisioner.audit import chain
 from provisioner.cli.context import CliContext, ctx_of
 from provisioner.db.engine import transaction
+from provisioner.errors import InvalidInputError
 
 app = typer.Typer(
     help="The factory CA: its keys are generated in, and stay in, the PKCS#11 token.\n\n"
@@ -51,6 +52,7 @@ def init(
     c = ctx_of(ctx)
     c.require("ca.init")
     info = init_ca(c.settings, force=force)
+    crl_note = None
     if info.created:
         with transaction(c.engine) as s:
             chain.append(
@@ -66,6 +68,7 @@ def init(
                     "kept_keys": list(info.kept_keys),
                 },
             )
+        crl_note = _first_crls(c)
     if as_json:
         typer.echo(
             json.dumps(
@@ -85,6 +88,8 @@ def init(
     typer.echo(f"                SHA-256 {info.root_fingerprint_sha256}")
     typer.echo(f"  intermediate  {info.intermediate_subject}")
     typer.echo(f"                SHA-256 {info.intermediate_fingerprint_sha256}")
+    if crl_note:
+        typer.echo(f"  CRLs          {crl_note}")
     if info.kept_keys:
         typer.echo(
             f"  kept          {', '.join(info.kept_keys)}: the old keys cannot be destroyed "
@@ -235,27 +240,39 @@ def _print_protection(report: dict[str, Any]) -> None:
 @app.command("revoke")
 def revoke(
     ctx: typer.Context,
-    target: str = typer.Argument(
-        ..., help="Device id, chip serial (18 hex digits) or certificate serial number (hex)."
+    target: str | None = typer.Argument(
+        None, help="Device id, chip serial (18 hex digits) or certificate serial number (hex)."
     ),
-    reason: str = typer.Option(
-        ...,
+    reason: str | None = typer.Option(
+        None,
         "--reason",
         help="unspecified, key_compromise, affiliation_changed, superseded, "
-        "cessation_of_operation, certificate_hold or privilege_withdrawn.",
+        "cessation_of_operation, certificate_hold or privilege_withdrawn (required for one "
+        "certificate; default for --batch: unspecified).",
+    ),
+    batch: int | None = typer.Option(
+        None, "--batch", help="Revoke every certificate this (ended) batch issued."
     ),
     pin_source: str | None = typer.Option(None, "--pin-source", help=PIN_SOURCE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
-    """Revoke a device certificate, block the device in the registry (queued on the
-    registry worker, retried, parked and synced like an upload) and publish the new CRLs at
-    once (signed in the token).
+    """Revoke a device certificate (or a whole batch's with --batch), block the device(s)
+    in the registry (queued on the registry worker, retried, parked and synced like an
+    upload) and publish the new CRLs at once (signed in the token).
 
     Idempotent: a certificate already revoked is reported, not revoked twice."""
     from provisioner.ca import operations, revocation
 
     c = ctx_of(ctx)
     c.require("ca.revoke")
+    if (target is None) == (batch is None):
+        raise InvalidInputError("give either a device/certificate to revoke or --batch N")
+    if batch is not None:
+        _revoke_batch(c, batch, reason or "unspecified", pin_source, as_json)
+        return
+    assert target is not None
+    if reason is None:
+        raise InvalidInputError("--reason is required to revoke one certificate")
     done = revocation.revoke(c.engine, target, reason, c.admin)
     # Before the CRLs: a PIN problem must not hold the block back.
     block = asdict(operations.queue_block(c.settings, done))
@@ -285,19 +302,104 @@ def revoke(
 def crl(
     ctx: typer.Context,
     pin_source: str | None = typer.Option(None, "--pin-source", help=PIN_SOURCE_HELP),
+    import_root: Path | None = typer.Option(
+        None,
+        "--import-root",
+        help="Install the root's CRL signed elsewhere (root kept offline), DER or PEM: "
+        "checked against root.pem (signature, CRL number, nextUpdate).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Sign and publish the CRL of every intermediate (current and rotated ones) in the
-    token; the API serves them at /crl/<name>.crl. Run it before nextUpdate (7 days)."""
+    token, and the root's CRL with the root key when it is on this machine; the API serves
+    them at /crl/<name>.crl and /crl/root.crl. The line's hsm worker re-signs them on a
+    schedule ([crl] refresh_s); run this after a manual change or without the services.
+
+    With the root offline, the root's CRL is signed at the root and installed with
+    --import-root FILE (nothing else is signed then)."""
     c = ctx_of(ctx)
     c.require("ca.crl")
-    from provisioner.ca import operations
+    from provisioner.ca import operations, root_crl
 
-    published = operations.publish_crls(c.settings, c.engine, c.admin, pin_source)
+    if import_root is not None:
+        published = [root_crl.import_root(c.settings, c.engine, import_root, c.admin)]
+        note = None
+    else:
+        published = operations.publish_crls(c.settings, c.engine, c.admin, pin_source)
+        root, note = _publish_root(c)
+        published += root
     if as_json:
         typer.echo(json.dumps([_crl_json(c, p) for p in published]))
         return
     _print_crls(c, published)
+    if note:
+        typer.echo(note)
+
+
+def _publish_root(c: CliContext) -> tuple[list[Any], str | None]:
+    """The root's CRL signed here, or (root offline) what to do instead."""
+    from provisioner.ca import root_crl
+
+    try:
+        return [root_crl.publish_root(c.settings, c.engine, c.admin)], None
+    except root_crl.OfflineRootError as exc:
+        return [], f"root CRL not signed: {exc}"
+
+
+def _first_crls(c: CliContext) -> str:
+    """After `ca init`: the first CRLs, so chains verify with -crl_check_all at once."""
+    from provisioner.ca import operations
+    from provisioner.errors import ProvisionerError
+
+    try:
+        published = operations.publish_crls(c.settings, c.engine, c.admin)
+        root, note = _publish_root(c)
+    except ProvisionerError as exc:
+        return f"not published ({exc}): run `provisioner ca crl`"
+    names = ", ".join(p.name for p in published + root)
+    return f"published {names}" + (f"; {note}" if note else "")
+
+
+def _revoke_batch(
+    c: CliContext, batch: int, reason: str, pin_source: str | None, as_json: bool
+) -> None:
+    from provisioner.ca import operations
+
+    out = operations.revoke_batch(c.settings, c.engine, batch, reason, c.admin, pin_source)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "batch_id": batch,
+                    "reason": reason,
+                    "revoked": [
+                        {
+                            "serial_number": d.serial_number,
+                            "chip_serial": d.chip_serial,
+                            "device_id": d.device_id,
+                            "reason": d.reason,
+                            "already_revoked": d.already,
+                            "registry_block": asdict(b),
+                        }
+                        for d, b in zip(out.revoked, out.blocks, strict=True)
+                    ],
+                    "crls": [_crl_json(c, p) for p in out.crls],
+                }
+            )
+        )
+        return
+    new = sum(not d.already for d in out.revoked)
+    typer.echo(
+        f"batch {batch}: {new} certificate(s) revoked ({reason}), "
+        f"{len(out.revoked) - new} already revoked"
+    )
+    queued = sum(b.queued for b in out.blocks)
+    typer.echo(f"registry: {queued} block(s) queued for the registry worker")
+    for b in out.blocks:
+        if not b.queued and b.state not in ("done",):
+            typer.echo(f"  {b.detail}")
+            break
+    _print_crls(c, out.crls)
 
 
 def _crl_json(c: CliContext, p: Any) -> dict[str, Any]:

@@ -19,9 +19,11 @@ from provisioner.cli import (
     db,
     device,
     events,
+    fleet,
     line,
     logs,
     manifest,
+    ocsp,
     registry,
     report,
     services,
@@ -77,6 +79,8 @@ app.add_typer(logs.app, name="logs")
 app.add_typer(report.app, name="report")
 app.add_typer(events.app, name="events")
 app.add_typer(device.app, name="device")
+app.add_typer(fleet.app, name="fleet")
+app.add_typer(ocsp.app, name="ocsp")
 app.command("demo")(services.demo)
 
 

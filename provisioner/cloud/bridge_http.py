@@ -5,7 +5,11 @@ Three routes, each authenticated by the device's own JWT in ``Authorization: Bea
 session: every request carries a token, as Cloud IoT required), checked by
 ``DevicePlane.authenticate_http`` with the same rules as an MQTT connect (alg, aud, iat, exp,
 lifetime, signature against an unexpired credential of *this* device, blocked device,
-registry ``httpConfig`` disabled):
+registry ``httpConfig`` disabled). On the bridge's HTTPS listener (``[bridge] https_port``,
+:mod:`provisioner.cloud.server`) a request without ``Authorization`` may instead come over a
+connection with a TLS client certificate of the product's CA that is one of the device's
+current credentials (mTLS, as on the MQTT bridge's mTLS listener); the plain listener never
+has one, so a proxy cannot make one up:
 
 - ``POST /v1/{device}:publishEvent`` ``{binaryData, subFolder}`` -> ``{}``: telemetry into the
   event store, routed like an MQTT ``/devices/{d}/events[/subFolder]`` publish;
@@ -48,10 +52,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from cryptography import x509
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from provisioner.asgi_tls import client_certificate
 from provisioner.cloud import device_data, resources, service, store
 from provisioner.cloud.auth import bearer_token
 from provisioner.cloud.status import ApiError, Code
@@ -68,7 +75,7 @@ MAX_SUBFOLDER = 256
 _B64 = re.compile(r"[A-Za-z0-9+/\-_]*={0,2}")
 MISSING_JWT = (
     "Request had invalid authentication credentials. Expected a device JWT in "
-    "'Authorization: Bearer <JWT>'."
+    "'Authorization: Bearer <JWT>' (or a TLS client certificate on the HTTPS listener)."
 )
 
 
@@ -205,6 +212,33 @@ def _local_version(request: Request) -> int:
     return int(raw)
 
 
+# What the HTTPS listener serves (docs/field.md's nginx rule, plus the health check).
+DEVICE_PATH = re.compile(
+    r"/v1/projects/[^/]+/locations/[^/]+/registries/[^/]+/devices/[^/:]+"
+    r"(:publishEvent|:setState|/config)"
+)
+
+
+def device_paths_only(app: ASGIApp) -> ASGIApp:
+    """``app`` answering only the device bridge's paths and ``/healthz`` (404 otherwise):
+    the face the registry process shows on the bridge's HTTPS listener, where devices, not
+    admins or brokers, connect."""
+
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not (
+            scope["path"] == "/healthz" or DEVICE_PATH.fullmatch(scope["path"])
+        ):
+            response = JSONResponse(
+                {"error": {"code": 404, "message": "Not found.", "status": "NOT_FOUND"}},
+                status_code=404,
+            )
+            await response(scope, receive, send)
+            return
+        await app(scope, receive, send)
+
+    return guarded
+
+
 def device_router(plane: DevicePlane) -> APIRouter:
     """The device bridge's routes. They are let past the service-account check by
     :func:`provisioner.cloud.auth.self_authenticated` and authenticate the device here."""
@@ -216,12 +250,13 @@ def device_router(plane: DevicePlane) -> APIRouter:
         location: str,
         registry: str,
         device: str,
-        jwt: str,
+        jwt: str | x509.Certificate,
         via: GatewayInfo | None = None,
     ) -> tuple[store.StoredRegistry, store.StoredDevice]:
-        """The registry and the device a request acts on, once its JWT proves it is the
-        device in the path (and, through a gateway, once the binding allows it). Blocks
-        (database, signature check): call from a worker thread."""
+        """The registry and the device a request acts on, once its JWT (or TLS client
+        certificate) proves it is the device in the path (and, through a gateway, once the
+        binding allows it). Blocks (database, signature check): call from a worker
+        thread."""
         ident = resources.check_device_ident(device)
         reg = service.registry_or_404(engine, project, location, registry)
         found = store.get_device(engine, reg, ident)
@@ -263,11 +298,16 @@ def device_router(plane: DevicePlane) -> APIRouter:
         )
         return reg, child
 
-    def device_jwt(request: Request) -> str:
-        token = bearer_token(request.headers.get("authorization"))
-        if token is None:
+    def device_jwt(request: Request) -> str | x509.Certificate:
+        """The bearer JWT; without one, the connection's client certificate, if any."""
+        header = request.headers.get("authorization")
+        token = bearer_token(header)
+        if token is not None:
+            return token
+        cert = client_certificate(request.scope) if header is None else None
+        if cert is None:
             raise ApiError(Code.UNAUTHENTICATED, MISSING_JWT)
-        return token
+        return cert
 
     @router.post("/{device}:publishEvent")
     async def publish_event(

@@ -8,20 +8,34 @@ uvicorn's own access log is off (our :class:`~provisioner.logs.access.AccessLogM
 writes one line per request without headers, so never a token) and its error log goes
 through our handler (``log_config=None``). The tokens this process holds are registered
 with the log redaction.
+
+With ``[bridge] https_port`` the same process also serves the HTTP device bridge over TLS
+(the MQTT bridge's certificate; a client certificate of the product's CA asked for but
+optional, put in each request's scope by :class:`~provisioner.asgi_tls.TlsScopeH11Protocol`)
+so a device may authenticate with its certificate instead of a JWT. That listener answers
+only the three device paths and ``/healthz``: the registry API, the plugin's ``/bridge/``
+and the brokers' ``/hooks/`` stay on the plain port.
 """
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
+import ssl
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
 import uvicorn
 
+from provisioner.asgi_tls import TlsScopeH11Protocol
 from provisioner.cloud import store
 from provisioner.cloud.app import create_app
+from provisioner.cloud.bridge_http import device_paths_only
+from provisioner.cloud.mosquitto.config import bridge_files
 from provisioner.cloud.tokens import (
     Role,
     admin_token_file,
@@ -68,7 +82,30 @@ def bridge_token_hash(settings: Settings) -> str | None:
     return token_hash(token)
 
 
-def prepare(settings: Settings) -> uvicorn.Server:
+class _Leader(uvicorn.Server):
+    """The plain server: a SIGTERM/SIGINT it receives stops the HTTPS one too (one process,
+    one set of signal handlers)."""
+
+    def __init__(self, config: uvicorn.Config, app: AccessLogMiddleware) -> None:
+        super().__init__(config)
+        self.app = app
+        self.followers: list[uvicorn.Server] = []
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        for f in self.followers:
+            f.should_exit = True
+
+
+class _Follower(uvicorn.Server):
+    """The HTTPS server: installs no signal handlers (the leader's stop it)."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def prepare(settings: Settings) -> _Leader:
     """Ensure the token files, the database and the configured registry; build the server."""
     roles = token_roles(settings)
     bridge_hash = bridge_token_hash(settings)
@@ -95,10 +132,49 @@ def prepare(settings: Settings) -> uvicorn.Server:
         lifespan="on",
         timeout_graceful_shutdown=5,
     )
-    return uvicorn.Server(config)
+    return _Leader(config, app)
 
 
-def bind(host: str, port: int) -> socket.socket:
+def prepare_https(settings: Settings, leader: _Leader) -> uvicorn.Server | None:
+    """The HTTPS device bridge's server (module docstring), serving the leader's app; None
+    unless ``bridge.https_port`` is set (and the bridge enabled)."""
+    b = settings.bridge
+    if not b.enabled or b.https_port is None:
+        return None
+    files = bridge_files(settings)
+    for path in (files.cert_chain, files.key, files.client_ca):
+        if not path.is_file():
+            raise ServiceUnavailableError(
+                f"bridge.https_port is set but {path} is missing: `provisioner services run` "
+                "issues the bridge's certificate before it starts the registry"
+            )
+    config = uvicorn.Config(
+        device_paths_only(leader.app),
+        ssl_certfile=str(files.cert_chain),
+        ssl_keyfile=str(files.key),
+        ssl_ca_certs=str(files.client_ca),
+        ssl_cert_reqs=ssl.CERT_OPTIONAL,
+        http=TlsScopeH11Protocol,
+        log_config=None,
+        log_level=None,
+        access_log=False,
+        server_header=False,
+        lifespan="off",  # the app's lifespan is the leader's
+        timeout_graceful_shutdown=5,
+    )
+    try:
+        config.load()  # the TLS context now: a bad file is a start-up error, not a dead task
+    except (OSError, ssl.SSLError) as exc:
+        raise ServiceUnavailableError(
+            f"the HTTPS device bridge cannot use {files.cert_chain} / {files.key} / "
+            f"{files.client_ca}: {exc}"
+        ) from None
+    server = _Follower(config)
+    leader.followers.append(server)
+    return server
+
+
+def bind(host: str, port: int, setting: str = "registry.listen_port") -> socket.socket:
     """The listening socket, bound here so "port in use" is a clear error, not a traceback.
 
     Made with ``proto=IPPROTO_TCP``: asyncio sets TCP_NODELAY only on sockets whose proto says
@@ -113,7 +189,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise ServiceUnavailableError(
             f"the registry cannot listen on {host}:{port} ({exc.strerror}): is another "
-            "registry already running? Stop it or set registry.listen_port"
+            f"registry already running? Stop it or set {setting}"
         ) from None
     sock.set_inheritable(True)
     return sock
@@ -133,21 +209,47 @@ def serve(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_cleanly)
     configure(settings, "registry")
+    sockets: list[socket.socket] = []
     try:
         check_database(settings.registry_db_url, settings.var)
         server = prepare(settings)
-        sock = bind(settings.registry.listen_host, settings.registry.listen_port)
+        https = prepare_https(settings, server)
+        sockets.append(bind(settings.registry.listen_host, settings.registry.listen_port))
+        if https is not None:
+            assert settings.bridge.https_port is not None
+            sockets.append(
+                bind(settings.bridge.host, settings.bridge.https_port, "bridge.https_port")
+            )
     except ProvisionerError as exc:
+        for sock in sockets:
+            sock.close()
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     try:
-        server.run(sockets=[sock])
+        if https is None:
+            server.run(sockets=sockets)
+        else:
+            asyncio.run(_serve_both(server, https, sockets))
     except SystemExit as exc:
         if exc.code not in (0, None):
             raise
     finally:
-        sock.close()
+        for sock in sockets:
+            sock.close()
     return 0 if server.started else 1
+
+
+async def _serve_both(
+    leader: uvicorn.Server, follower: uvicorn.Server, sockets: list[socket.socket]
+) -> None:
+    """Both servers in one event loop; the follower is stopped and awaited when the leader
+    ends (its signal handling re-raises the signal after that, as :func:`serve` expects)."""
+    task = asyncio.create_task(follower.serve(sockets=[sockets[1]]))
+    try:
+        await leader.serve(sockets=[sockets[0]])
+    finally:
+        follower.should_exit = True
+        await task
 
 
 def main(config: Path | None = None) -> int:

@@ -50,8 +50,14 @@ ENDPOINTS: list[tuple[str, str, dict | None, str]] = [
     ("POST", "/users/nobody/revoke", None, "users.manage"),
     ("POST", "/users/nobody/role", {"role": "operator"}, "users.manage"),
     ("GET", "/metrics", None, "metrics.read"),
+    ("POST", "/fleet/tokens", {"label": "x"}, "fleet.manage"),
+    ("GET", "/fleet/tokens", None, "fleet.read"),
+    ("POST", "/fleet/tokens/1/regenerate", None, "fleet.manage"),
+    ("GET", "/fleet/devices", None, "fleet.read"),
+    ("POST", "/fleet/devices/fd-x/revoke", None, "fleet.revoke"),
 ]
 PUBLIC = {"/healthz", "/crl/{filename}", "/ca/{filename}", "/stations/enroll"}
+PUBLIC |= {"/ocsp", "/ocsp/{encoded}"}  # the OCSP responder: signed answers, no token
 
 
 @pytest.fixture
@@ -85,6 +91,8 @@ def test_every_api_endpoint_is_in_the_matrix(setup: tuple[Settings, Engine, dict
         "/batches/{batch_id}/quota",
         "/users/{name}/revoke",
         "/users/{name}/role",
+        "/fleet/tokens/{token_id}/regenerate",
+        "/fleet/devices/{device_id}/revoke",
     }
     concrete = {
         "/audit/proof/0123AAAAAAAAAAAAEE",
@@ -92,6 +100,8 @@ def test_every_api_endpoint_is_in_the_matrix(setup: tuple[Settings, Engine, dict
         *(f"/batches/1/{a}" for a in ("pause", "resume", "cancel", "close", "retry", "quota")),
         "/users/nobody/revoke",
         "/users/nobody/role",
+        "/fleet/tokens/1/regenerate",
+        "/fleet/devices/fd-x/revoke",
     }
     assert paths - PUBLIC == (listed - concrete) | templated
 

@@ -21,6 +21,7 @@ CLOUD_MAY_USE = (
     "provisioner.db.engine",
     "provisioner.metrics",
     "provisioner.ports",
+    "provisioner.asgi_tls",  # the client certificate of the HTTPS device bridge
 )
 
 

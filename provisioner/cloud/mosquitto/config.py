@@ -13,7 +13,16 @@ Why these settings:
   the key and token under the var dir (0600, ours).
 - logs to stdout: the supervisor captures them in ``<var>/log/bridge.out``.
 - TLS 1.2 at least, the P-256 certificate of :mod:`provisioner.ca.bridge_cert`;
-  ``require_certificate false`` (device auth is the JWT; mTLS comes later).
+  ``require_certificate false`` on 8883/443/WebSockets (device auth is the JWT: a device
+  there is never asked for a certificate it may not have).
+- the mTLS listener (``bridge.mtls_port``): ``require_certificate true`` against
+  ``clients.pem`` (the product's root and every intermediate, current and archived, written
+  by the bridge certificate code), so a certificate of another CA fails the handshake;
+  ``use_identity_as_username false``: the plugin still asks the device plane, which admits
+  the certificate only if it is a current registry credential of the device it names (the
+  registry's blocked flag and credentials are the deny-list, read on every connect).
+  No ``crlfile``: mosquitto reads one when it sets up the listener, and the registry's
+  answer is current.
 """
 
 from __future__ import annotations
@@ -42,11 +51,14 @@ class BridgeFiles:
     cert_chain: Path  # server certificate + intermediate
     key: Path  # 0600
     root: Path  # the root devices pin
+    client_ca: Path  # root + intermediates: what the mTLS listener verifies clients with
 
 
 def bridge_files(settings: Settings) -> BridgeFiles:
     d = settings.bridge_dir
-    return BridgeFiles(d, d / CONF_NAME, d / "server.pem", d / "server.key", d / "ca.pem")
+    return BridgeFiles(
+        d, d / CONF_NAME, d / "server.pem", d / "server.key", d / "ca.pem", d / "clients.pem"
+    )
 
 
 def _quote_ok(value: str, what: str) -> str:
@@ -97,6 +109,14 @@ def render_config(settings: Settings, *, timeout_ms: int = DEFAULT_TIMEOUT_MS) -
             lines += ["", f"listener {port} {host}", "protocol mqtt", *tls]
     if b.wss_port is not None:
         lines += ["", f"listener {b.wss_port} {host}", "protocol websockets", *tls]
+    if b.mtls_port is not None:
+        mtls = [
+            *tls[:-1],
+            "require_certificate true",
+            f"cafile {_quote_ok(str(files.client_ca), 'the client CA path')}",
+            "use_identity_as_username false",
+        ]
+        lines += ["", f"listener {b.mtls_port} {host}", "protocol mqtt", *mtls]
     return "\n".join(lines) + "\n"
 
 

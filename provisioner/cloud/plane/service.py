@@ -7,11 +7,13 @@ messages to deliver. The HTTP bridge and the external brokers' hooks call the sa
 one set of rules (:mod:`provisioner.cloud.devauth`) governs every way in.
 
 What it enforces is Cloud IoT's device plane: a device connects with a JWT as its password
-and is disconnected when the JWT expires or when it is deleted, blocked, loses the
-credential that verified its JWT, or its registry disables MQTT; it publishes only to its own
-``events`` and ``state`` topics and receives only its own ``config`` (the latest version on
-subscribe) and ``commands`` (only while connected and subscribed); a gateway also speaks for
-the devices it attached, as its ``gatewayAuthMethod`` allows.
+(or, on the bridge's mTLS listener, with a client certificate that is one of its registry
+credentials, no JWT needed) and is disconnected when the JWT (the certificate) expires or
+when it is deleted, blocked, loses the credential it connected with, or its registry
+disables MQTT; it publishes only to its own ``events`` and ``state`` topics and receives only
+its own ``config`` (the latest version on subscribe) and ``commands`` (only while connected
+and subscribed); a gateway also speaks for the devices it attached, as its
+``gatewayAuthMethod`` allows.
 
 One instance per registry server process (``app.state.plane``). Connected sessions are kept
 in memory (:mod:`.sessions`); everything durable goes to the registry's database. Methods
@@ -29,8 +31,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import col
@@ -38,11 +38,16 @@ from sqlmodel import col
 from provisioner.cloud import device_data, events, store
 from provisioner.cloud.credentials import NO_EXPIRY, Credential
 from provisioner.cloud.devauth import topics
+from provisioner.cloud.devauth.client_cert import (
+    CertificateRefused,
+    load_client_certificate,
+    matching_credential,
+    named_device,
+)
 from provisioner.cloud.devauth.jwt import (
     DeviceClaims,
     JwtRefused,
     credential_expired,
-    public_key_of,
     verify_device_jwt,
     verify_with_credential,
 )
@@ -74,7 +79,8 @@ GATEWAY_ATTACHMENT_ERROR = "GATEWAY_ATTACHMENT_ERROR"
 @dataclass(frozen=True)
 class Admission:
     """An accepted connect: the topic patterns the broker lets the client use and when to
-    disconnect it (the JWT's ``exp``). ``session`` is 0 for a stateless check
+    disconnect it (the JWT's ``exp``; for a certificate-only connect, the certificate's
+    notAfter, and ``claims`` is None). ``session`` is 0 for a stateless check
     (:meth:`DevicePlane.check_mqtt`)."""
 
     session: int
@@ -84,11 +90,25 @@ class Admission:
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
     expires_at: int
-    claims: DeviceClaims
+    claims: DeviceClaims | None
+    method: str = "jwt"  # or "certificate" (mTLS without a JWT)
 
     @property
     def allow(self) -> bool:
         return True
+
+
+@dataclass(frozen=True)
+class _Admitted:
+    """What :meth:`DevicePlane._admit` found: the credential that authenticated the connect
+    (it is watched: removed or expired, the session ends) and until when."""
+
+    registry: StoredRegistry
+    device: StoredDevice
+    credential: Credential
+    claims: DeviceClaims | None
+    expires_at: int
+    method: str
 
 
 @dataclass(frozen=True)
@@ -191,8 +211,18 @@ class DevicePlane:
         """Whether the device has a live MQTT session (its own connection or a gateway's)."""
         return bool(self._sessions.receivers(reg.pk, device_id))
 
-    def _lookup(self, client_id: str) -> tuple[StoredRegistry, StoredDevice] | Refusal:
+    def _lookup(
+        self, client_id: str, named: tuple[str, str, str, str] | None = None
+    ) -> tuple[StoredRegistry, StoredDevice] | Refusal:
+        """The registry and device a connect is for: ``named`` (from the client
+        certificate) when given, else the client id, which must then be a device path."""
         parts = topics.parse_client_id(client_id) if isinstance(client_id, str) else None
+        if named is not None:
+            if parts is not None and parts != named:
+                return _refusal(
+                    "client_id", "the client id names another device than the certificate"
+                )
+            parts = named
         if parts is None:
             return _refusal(
                 "client_id",
@@ -209,9 +239,23 @@ class DevicePlane:
 
     def _admit(
         self, client_id: str, password: str | None, cert_pem: str | None, now: float
-    ) -> tuple[StoredRegistry, StoredDevice, DeviceClaims, Credential] | Refusal:
-        """The checks of an MQTT connect, in Cloud IoT's order; no state changes."""
-        found = self._lookup(client_id)
+    ) -> _Admitted | Refusal:
+        """The checks of an MQTT connect, in Cloud IoT's order; no state changes.
+
+        With a password it is a JWT connect (a client certificate, if the listener asked
+        for one, must be a credential of the same device too). Without one, a TLS client
+        certificate alone admits it when it is a current credential of the device it names
+        (:mod:`provisioner.cloud.devauth.client_cert`). The device's ``blocked`` flag is
+        the deny-list: read from the registry on every connect either way."""
+        cert: x509.Certificate | None = None
+        named: tuple[str, str, str, str] | None = None
+        if cert_pem:
+            try:
+                cert = load_client_certificate(cert_pem)
+                named = named_device(cert)
+            except CertificateRefused as exc:
+                return _refusal("certificate", str(exc))
+        found = self._lookup(client_id, named)
         if isinstance(found, Refusal):
             return found
         reg, device = found
@@ -219,43 +263,28 @@ class DevicePlane:
             return _refusal("mqtt", "the MQTT bridge is disabled for the registry")
         if device.blocked:
             return _refusal("blocked", "the device is blocked")
-        if not password:
+        if not password and cert is None:
             return _refusal("jwt format", "no password (the device JWT) was given")
-        try:
-            claims, credential = verify_with_credential(
-                password, project=reg.project, credentials=device.credentials, now=now
-            )
-        except JwtRefused as exc:
-            return Refusal(f"jwt {exc.rule}", f"jwt {exc}")
-        if cert_pem and not self._certificate_matches(cert_pem, device, now):
+        held = matching_credential(cert, device.credentials, now) if cert is not None else None
+        if cert is not None and held is None:
             return _refusal(
                 "certificate",
-                "the TLS client certificate holds no current credential of the device",
+                "the TLS client certificate is no current credential of the device",
             )
-        return reg, device, claims, credential
-
-    def _certificate_matches(self, cert_pem: str, device: StoredDevice, now: float) -> bool:
-        """Whether a TLS client certificate carries the public key of one of the device's
-        unexpired credentials (mTLS binds the connection to the device's key as well)."""
-        try:
-            presented = x509.load_pem_x509_certificate(cert_pem.encode()).public_key()
-            spki = presented.public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-        except (ValueError, TypeError, UnicodeEncodeError, UnsupportedAlgorithm):
-            return False
-        for credential in device.credentials:
-            key = public_key_of(credential)
-            if key is None or credential_expired(credential, now):
-                continue
-            if (
-                key.public_bytes(
-                    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        if password:
+            try:
+                claims, credential = verify_with_credential(
+                    password, project=reg.project, credentials=device.credentials, now=now
                 )
-                == spki
-            ):
-                return True
-        return False
+            except JwtRefused as exc:
+                return Refusal(f"jwt {exc.rule}", f"jwt {exc}")
+            return _Admitted(reg, device, credential, claims, claims.exp, "jwt")
+        assert cert is not None and held is not None
+        if not cert.not_valid_before_utc.timestamp() <= now < cert.not_valid_after_utc.timestamp():
+            return _refusal("certificate", "the TLS client certificate is not valid now")
+        return _Admitted(
+            reg, device, held, None, int(cert.not_valid_after_utc.timestamp()), "certificate"
+        )
 
     # --- MQTT: connect -------------------------------------------------------------------
 
@@ -279,16 +308,16 @@ class DevicePlane:
                 found.reason,
             )
             return found
-        reg, device, claims, credential = found
-        deadline = _credential_deadline(credential)
+        reg, device = found.registry, found.device
         session = Session(
             id=self._sessions.next_id(),
             client_id=client_id,
             registry_pk=reg.pk,
             device=device,
-            credential=credential,
-            expires_at=claims.exp,
-            credential_expires=deadline,
+            credential=found.credential,
+            expires_at=found.expires_at,
+            credential_expires=_credential_deadline(found.credential),
+            method=found.method,
         )
         with self._sessions.locked():
             self._registries[reg.pk] = reg
@@ -297,8 +326,8 @@ class DevicePlane:
             "device plane: %s connected (session %d, %s, until %d)",
             _shown(client_id),
             session.id,
-            claims.alg,
-            claims.exp,
+            found.claims.alg if found.claims is not None else "client certificate",
+            found.expires_at,
         )
         return Admission(
             session.id,
@@ -307,8 +336,9 @@ class DevicePlane:
             device,
             tuple(session.publish),
             tuple(session.subscribe),
-            claims.exp,
-            claims,
+            found.expires_at,
+            found.claims,
+            found.method,
         )
 
     def check_mqtt(
@@ -322,16 +352,17 @@ class DevicePlane:
         if isinstance(found, Refusal):
             log.info("device plane: refused %s (hook): %s", _shown(client_id), found.reason)
             return found
-        reg, device, claims, _ = found
+        device = found.device
         return Admission(
             0,
             client_id,
-            reg,
+            found.registry,
             device,
             tuple(topics.own_publish(device.device_id, gateway=device.is_gateway)),
             tuple(topics.own_subscribe(device.device_id, gateway=device.is_gateway)),
-            claims.exp,
-            claims,
+            found.expires_at,
+            found.claims,
+            found.method,
         )
 
     # --- MQTT: subscribe -----------------------------------------------------------------
@@ -547,7 +578,11 @@ class DevicePlane:
             for s in self._sessions.all():
                 if s.kick_reason is None:
                     if s.expires_at <= now:
-                        s.kick_reason = "jwt exp: the token expired"
+                        s.kick_reason = (
+                            "certificate: the client certificate expired"
+                            if s.method == "certificate"
+                            else "jwt exp: the token expired"
+                        )
                     elif s.credential_expires is not None and s.credential_expires <= now:
                         s.kick_reason = "credential: the credential expired"
                     else:
@@ -675,9 +710,9 @@ class DevicePlane:
             return "blocked: the device was blocked"
         current = [c for c in device.credentials if _same_key(c, credential)]
         if not current:
-            return "credential: the credential that verified the JWT was removed"
+            return "credential: the credential the device connected with was removed"
         if all(credential_expired(c, now) for c in current):
-            return "credential: the credential that verified the JWT expired"
+            return "credential: the credential the device connected with expired"
         registry = self._registries.get(reg.pk, reg)
         if not registry.mqtt_enabled:
             return "mqtt: the MQTT bridge is disabled for the registry"
@@ -724,11 +759,14 @@ class DevicePlane:
     # --- HTTP bridge and external brokers ------------------------------------------------
 
     def authenticate_http(
-        self, reg: StoredRegistry, device: StoredDevice, bearer_jwt: str
-    ) -> DeviceClaims:
-        """The HTTP bridge's check of a request's JWT for ``device``: ApiError
-        PERMISSION_DENIED when HTTP is disabled or the device blocked, UNAUTHENTICATED when
-        the JWT is refused (the message names the rule)."""
+        self, reg: StoredRegistry, device: StoredDevice, proof: str | x509.Certificate
+    ) -> DeviceClaims | None:
+        """The HTTP bridge's check of a request for ``device``: ``proof`` is the bearer JWT,
+        or the TLS client certificate (the bridge's HTTPS listener; the chain was checked
+        there) which must name no other device and be one of the device's current
+        credentials, as at an MQTT connect. ApiError PERMISSION_DENIED when HTTP is
+        disabled or the device blocked, UNAUTHENTICATED when the proof is refused (the
+        message names the rule). The JWT's claims, or None for a certificate."""
         if not reg.http_enabled:
             log.info("device plane: refused HTTP for %s: HTTP disabled", device.device_id)
             raise ApiError(
@@ -738,15 +776,43 @@ class DevicePlane:
         if device.blocked:
             log.info("device plane: refused HTTP for %s: blocked", device.device_id)
             raise ApiError(Code.PERMISSION_DENIED, f"The device `{device.device_id}` is blocked.")
+        if isinstance(proof, x509.Certificate):
+            self._certificate_for_http(reg, device, proof)
+            return None
         try:
             return verify_device_jwt(
-                bearer_jwt, project=reg.project, credentials=device.credentials, now=self._now()
+                proof, project=reg.project, credentials=device.credentials, now=self._now()
             )
         except JwtRefused as exc:
             log.info("device plane: refused HTTP for %s: jwt %s", device.device_id, exc)
             raise ApiError(
                 Code.UNAUTHENTICATED, f"The device JWT was refused (jwt {exc})."
             ) from None
+
+    def _certificate_for_http(
+        self, reg: StoredRegistry, device: StoredDevice, cert: x509.Certificate
+    ) -> None:
+        now = self._now()
+        why = None
+        try:
+            named = named_device(cert)
+        except CertificateRefused as exc:
+            why = str(exc)
+        else:
+            path = (reg.project, reg.location, reg.registry_id, device.device_id)
+            if named is not None and named != path:
+                why = "the certificate names another device"
+            elif (
+                not cert.not_valid_before_utc.timestamp()
+                <= now
+                < (cert.not_valid_after_utc.timestamp())
+            ):
+                why = "the certificate is not valid now"
+            elif matching_credential(cert, device.credentials, now) is None:
+                why = "the certificate is no current credential of the device"
+        if why is not None:
+            log.info("device plane: refused HTTP for %s: certificate: %s", device.device_id, why)
+            raise ApiError(Code.UNAUTHENTICATED, f"The TLS client certificate was refused ({why}).")
 
     def may(self, client_id: str, topic: str, action: str) -> bool:
         """Whether the device of ``client_id`` may ``action`` ("publish", "subscribe" or

@@ -48,7 +48,8 @@ class Delivery:
 @dataclass
 class Session:
     """One admitted connection. ``device`` and the attached children are refreshed when the
-    registry reports a change; ``credential`` is the one that verified the connect JWT."""
+        registry reports a change; ``credential`` is the one that verified the connect JWT (or
+    that the mTLS client certificate is)."""
 
     id: int
     client_id: str
@@ -58,6 +59,8 @@ class Session:
     expires_at: int
     # When the verifying credential's expirationTime passes (None: never): also a kick.
     credential_expires: float | None = None
+    # "jwt" (expires_at is the JWT's exp) or "certificate" (mTLS: the certificate's notAfter)
+    method: str = "jwt"
     attached: dict[str, StoredDevice] = field(default_factory=dict)
     # Subscribed filters and their QoS (the plane's view: Cloud IoT delivered commands
     # and configs only to devices subscribed to them). Unsubscribes are not reported.

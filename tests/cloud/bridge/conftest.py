@@ -67,7 +67,7 @@ class MqttDevice:
     def __init__(
         self,
         client_id: str,
-        password: str,
+        password: str | None,
         *,
         host: str,
         port: int,
@@ -81,6 +81,7 @@ class MqttDevice:
         self.subacks: dict[int, list[int]] = {}
         self.connack: ReasonCode | None = None
         self.disconnect_rc: ReasonCode | None = None
+        self.disconnected_at: float | None = None  # time.time() of the disconnect
         self._connected = threading.Event()
         self._disconnected = threading.Event()
         self._suback = threading.Condition()
@@ -96,7 +97,8 @@ class MqttDevice:
             keyfile=str(keyfile) if keyfile else None,
             tls_version=ssl.PROTOCOL_TLS_CLIENT,
         )
-        c.username_pw_set("unused", password)
+        if password is not None:  # None: no username nor password (mTLS only)
+            c.username_pw_set("unused", password)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
@@ -112,6 +114,7 @@ class MqttDevice:
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
         self.disconnect_rc = rc
+        self.disconnected_at = time.time()
         self._disconnected.set()
         self._connected.set()  # a refused or cut connection also ends the wait
 
@@ -275,17 +278,21 @@ class Bridge:
     def device(
         self,
         device_id: str,
-        password: str,
+        password: str | None,
         *,
         registry: str | None = None,
         client_id: str | None = None,
         transport: str = "tcp",
         connect: bool = True,
+        cert: tuple[Path, Path] | None = None,
     ) -> MqttDevice:
         """A paho client for ``device_id`` (connected unless ``connect=False``), closed at
-        the end of the module."""
+        the end of the module. With ``cert`` (certificate file, key file) it goes to the
+        mTLS listener and presents that client certificate."""
         b = self.settings.bridge
         port = b.wss_port if transport == "websockets" else b.mqtt_port
+        if cert is not None:
+            port = b.mtls_port
         assert port is not None
         d = MqttDevice(
             client_id or self.client_id(device_id, registry),
@@ -294,6 +301,8 @@ class Bridge:
             port=port,
             ca_pem=self.ca_pem,
             transport=transport,
+            certfile=cert[0] if cert else None,
+            keyfile=cert[1] if cert else None,
         )
         self.devices.append(d)
         if connect:
@@ -344,12 +353,14 @@ def bridge(tmp_path_factory: pytest.TempPathFactory, plugin_so: Path) -> Iterato
     root = tmp_path_factory.mktemp("bridge") / "station"
     root.mkdir()
     port, api_port, mqtt_port, wss_port = free_port(), free_port(), free_port(), free_port()
+    mtls_port, https_port = free_port(), free_port()
     config = root / "provisioner.toml"
     config.write_text(
         f'var_dir = "{root / "var"}"\n'
         f'[registry]\nurl = "http://127.0.0.1:{port}"\nlisten_port = {port}\n'
         f"[api]\nlisten_port = {api_port}\n"
         f'[bridge]\nhost = "127.0.0.1"\nmqtt_port = {mqtt_port}\nwss_port = {wss_port}\n'
+        f"mtls_port = {mtls_port}\nhttps_port = {https_port}\n"
         f'plugin = "{plugin_so}"\n'
     )
     station = Station(root, config, load_settings(config))

@@ -39,7 +39,9 @@ def test_config_has_one_listener_per_port_and_no_secret(tmp_path: Path) -> None:
     s = Settings(
         var_dir=tmp_path / "var",
         registry=RegistrySettings(listen_port=18711),
-        bridge=BridgeSettings(host="0.0.0.0", mqtt_port=18883, alt_port=18443, wss_port=18884),
+        bridge=BridgeSettings(
+            host="0.0.0.0", mqtt_port=18883, alt_port=18443, wss_port=18884, mtls_port=18885
+        ),
     )
     conf = render_config(s)
     blocks = conf.split("\nlistener ")[1:]
@@ -47,11 +49,18 @@ def test_config_has_one_listener_per_port_and_no_secret(tmp_path: Path) -> None:
         "18883 0.0.0.0",
         "18443 0.0.0.0",
         "18884 0.0.0.0",
+        "18885 0.0.0.0",
     ]
-    assert ["protocol websockets" in b for b in blocks] == [False, False, True]
-    for block in blocks:
+    assert ["protocol websockets" in b for b in blocks] == [False, False, True, False]
+    for block in blocks[:3]:  # JWT only: a device is never asked for a certificate
         assert "tls_version tlsv1.2" in block and "require_certificate false" in block
+        assert "cafile" not in block
+    for block in blocks:
         assert f"certfile {s.bridge_dir / 'server.pem'}" in block
+    mtls = blocks[3]  # the client certificate is required and checked against our CA
+    assert "require_certificate true" in mtls and "require_certificate false" not in mtls
+    assert f"cafile {s.bridge_dir / 'clients.pem'}\n" in mtls
+    assert "use_identity_as_username false" in mtls and "tls_version tlsv1.2" in mtls
     for line in (
         "allow_anonymous false",
         "per_listener_settings false",
@@ -64,8 +73,11 @@ def test_config_has_one_listener_per_port_and_no_secret(tmp_path: Path) -> None:
         assert line + "\n" in conf
     assert "\nuser " in conf
 
-    no_wss = render_config(Settings(var_dir=tmp_path / "v2", bridge=BridgeSettings(wss_port=None)))
+    no_wss = render_config(
+        Settings(var_dir=tmp_path / "v2", bridge=BridgeSettings(wss_port=None, mtls_port=None))
+    )
     assert "websockets" not in no_wss and no_wss.count("\nlistener ") == 1
+    assert "require_certificate true" not in no_wss
 
 
 def test_a_value_with_a_line_break_cannot_inject_a_directive(tmp_path: Path) -> None:

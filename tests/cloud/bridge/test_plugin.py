@@ -178,7 +178,11 @@ def stub(tmp_path_factory: pytest.TempPathFactory, plugin_so: Path) -> Iterator[
         var_dir=root / "var",
         registry=RegistrySettings(listen_port=plane_port),
         bridge=BridgeSettings(
-            mqtt_port=free_port(), wss_port=None, plugin=plugin_so, token_file=token_file
+            mqtt_port=free_port(),
+            wss_port=None,
+            mtls_port=None,
+            plugin=plugin_so,
+            token_file=token_file,
         ),
     )
     _self_signed(settings.bridge_dir)
