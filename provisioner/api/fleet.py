@@ -157,6 +157,10 @@ async def _csr(request: Request) -> bytes | None:
     """The CSR of an identity or renewal request, as PEM: a ``csr`` field (form, JSON), or
     the body itself (PEM, or DER as ``application/pkcs10``); None for an empty body."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "application/x-www-form-urlencoded" and (await _body(request)).lstrip().startswith(
+        b"-----BEGIN"
+    ):
+        ctype = ""  # a PEM body under curl's default --data content type: the body is the CSR
     if ctype in ("application/x-www-form-urlencoded", "multipart/form-data") or (
         ctype == "application/json" or ctype.endswith("+json")
     ):

@@ -161,6 +161,9 @@ def line(tmp_path: Path, postgres_url: str) -> Iterator[dict[str, Any]]:
         f'[broker]\nmode = "tls"\nhost = "127.0.0.1"\nlisten_host = "127.0.0.1"\nport = {broker}\n'
         f"[api]\nlisten_port = {api}\n"
         f"[registry]\nlisten_port = {registry}\n"
+        f"[devices]\nport = {free_port()}\n"
+        f"[bridge]\nmqtt_port = {free_port()}\nwss_port = {free_port()}\n"
+        f"mtls_port = {free_port()}\n"
         + "".join(f"[stations.{s}]\nsockets = {SOCKETS}\n" for s in STATIONS)
     )
     server = Pc("line", root, cfg)

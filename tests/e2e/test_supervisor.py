@@ -296,7 +296,9 @@ def test_moving_a_listener_by_its_port_setting_alone(tmp_path: Path) -> None:
         api_port = squatter.getsockname()[1]
         cfg.write_text(
             f'var_dir = "{root / "var"}"\n[registry]\nlisten_port = {reg_port}\n'
-            f"[api]\nlisten_port = {api_port}\n[stations.line1]\nsockets = 2\n"
+            f"[api]\nlisten_port = {api_port}\n[devices]\nport = {free_port()}\n"
+            f"[bridge]\nmqtt_port = {free_port()}\nwss_port = {free_port()}\n"
+            f"mtls_port = {free_port()}\n[stations.line1]\nsockets = 2\n"
         )
         st = make_station_from(root, cfg)
         demo = cli(st, "demo", "--count", "2", check=False)

@@ -176,8 +176,17 @@ def test_bad_csrs_and_device_tokens_are_refused_and_audited(make_fleet: MakeFlee
     reasons = [e["reason"] for e in events(fleet.engine, "fleet.identity_refused")]
     assert reasons == ["unknown_device_token", "bad_csr"]  # the 2nd bad CSR: counted in the 1st
     assert device_token not in everything_stored(fleet)
-    # nothing was issued, and the device may still get its identity
-    r = device.identity_csr(device_token, csr_for(ec.generate_private_key(ec.SECP256R1())))
+    # nothing was issued, and the device may still get its identity: here a PEM body sent
+    # as `curl --data-binary @dev.csr` sends it, under the form content type
+    with device._http() as c:
+        r = c.post(
+            "/identity",
+            content=csr_for(ec.generate_private_key(ec.SECP256R1())).encode(),
+            headers={
+                "Authorization": f"Bearer {device_token}",
+                "Content-Type": "application/x-www-form-urlencoded",
+            },
+        )
     assert r.status_code == 200, r.text
 
 
