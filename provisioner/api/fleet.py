@@ -40,6 +40,7 @@ from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
 from provisioner.api.security import ApiProblem, Guard
+from provisioner.api.security import problem_of as security_problem_of
 from provisioner.asgi_tls import client_certificate
 from provisioner.auth import users
 from provisioner.enrollment.certs import MAX_CSR_BYTES, BadCsrError
@@ -47,14 +48,10 @@ from provisioner.errors import (
     AuthenticationError,
     CaNotInitialisedError,
     ConfigError,
-    ConflictError,
     HsmError,
-    InvalidInputError,
-    NotFoundError,
     PolicyViolationError,
     ProvisionerError,
     RegistryError,
-    ServiceUnavailableError,
 )
 from provisioner.fleet import service, tokens
 from provisioner.fleet.ratelimit import RateLimiter
@@ -87,20 +84,11 @@ def problem_of(exc: ProvisionerError) -> ApiProblem:
         return ApiProblem(401, "UNAUTHENTICATED", str(exc))
     if isinstance(exc, BadCsrError):
         return ApiProblem(422, "INVALID_ARGUMENT", str(exc))
-    if isinstance(exc, InvalidInputError):
-        return ApiProblem(400, "INVALID_ARGUMENT", str(exc))
     if isinstance(exc, PolicyViolationError):
         return ApiProblem(403, "PERMISSION_DENIED", str(exc))
-    if isinstance(exc, ConflictError):
-        return ApiProblem(409, "FAILED_PRECONDITION", str(exc))
-    if isinstance(exc, NotFoundError):
-        return ApiProblem(404, "NOT_FOUND", str(exc))
-    if isinstance(
-        exc,
-        (ServiceUnavailableError, HsmError, CaNotInitialisedError, RegistryError, ConfigError),
-    ):
+    if isinstance(exc, HsmError | CaNotInitialisedError | RegistryError | ConfigError):
         return ApiProblem(503, "UNAVAILABLE", str(exc))
-    return ApiProblem(400, "FAILED_PRECONDITION", str(exc))
+    return security_problem_of(exc)
 
 
 Handler = Callable[..., Awaitable[JSONResponse]]

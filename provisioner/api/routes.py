@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from provisioner import batches, dispatch
-from provisioner.api.security import ApiProblem, Guard
+from provisioner.api.security import Guard, problem_of
 from provisioner.audit import proofs, query
 from provisioner.audit.checkpointer import load_audit_key
 from provisioner.audit.verify import verify_log
@@ -23,11 +23,7 @@ from provisioner.auth import users
 from provisioner.db.engine import transaction
 from provisioner.db.models import MAX_ID, AuditCheckpoint
 from provisioner.errors import (
-    ConflictError,
-    InvalidInputError,
-    NotFoundError,
     ProvisionerError,
-    ServiceUnavailableError,
 )
 from provisioner.settings import Settings
 
@@ -43,16 +39,7 @@ TEXT_MAX = 255  # actors, event types, time stamps, formats: longer can match no
 UserName = Annotated[str, Path(max_length=NAME_MAX)]
 
 
-def _problem(exc: ProvisionerError) -> ApiProblem:
-    if isinstance(exc, NotFoundError):
-        return ApiProblem(404, "NOT_FOUND", str(exc))
-    if isinstance(exc, InvalidInputError):
-        return ApiProblem(400, "INVALID_ARGUMENT", str(exc))
-    if isinstance(exc, ConflictError):
-        return ApiProblem(409, "FAILED_PRECONDITION", str(exc))
-    if isinstance(exc, ServiceUnavailableError):
-        return ApiProblem(503, "UNAVAILABLE", str(exc))
-    return ApiProblem(400, "FAILED_PRECONDITION", str(exc))
+_problem = problem_of
 
 
 def event_filter(

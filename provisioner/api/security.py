@@ -22,7 +22,15 @@ from starlette.concurrency import run_in_threadpool
 from provisioner.api.problems import clip
 from provisioner.auth import users
 from provisioner.auth.roles import ACTIONS
-from provisioner.errors import AuthenticationError, PermissionDeniedError
+from provisioner.errors import (
+    AuthenticationError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProvisionerError,
+    ServiceUnavailableError,
+)
 
 
 class ApiProblem(Exception):
@@ -37,6 +45,20 @@ class ApiProblem(Exception):
         headers = {"WWW-Authenticate": "Bearer"} if self.code == 401 else None
         body = {"error": {"code": self.code, "status": self.status, "message": self.message}}
         return JSONResponse(body, self.code, headers=headers)
+
+
+def problem_of(exc: ProvisionerError) -> ApiProblem:
+    """The HTTP answer to a domain error raised by an action (routes with more specific
+    errors check those first and fall back on this)."""
+    if isinstance(exc, NotFoundError):
+        return ApiProblem(404, "NOT_FOUND", str(exc))
+    if isinstance(exc, InvalidInputError):
+        return ApiProblem(400, "INVALID_ARGUMENT", str(exc))
+    if isinstance(exc, ConflictError):
+        return ApiProblem(409, "FAILED_PRECONDITION", str(exc))
+    if isinstance(exc, ServiceUnavailableError):
+        return ApiProblem(503, "UNAVAILABLE", str(exc))
+    return ApiProblem(400, "FAILED_PRECONDITION", str(exc))
 
 
 # Declares the bearer scheme in the OpenAPI document (so clients and fuzzers know to send a
