@@ -50,6 +50,7 @@ from sqlmodel import Session
 from provisioner.ca.ocsp_responder_cert import Responder, ensure_responder
 from provisioner.ca.status import CertStatus, certificate_status
 from provisioner.ca.store import fingerprint
+from provisioner.db.engine import reader_of
 from provisioner.errors import CaNotInitialisedError, HsmError, ServiceUnavailableError
 from provisioner.settings import Settings
 
@@ -153,6 +154,7 @@ class OcspResponder:
             hsm_lock = HSM_LOCK
         self._settings = settings
         self._engine = engine
+        self._status_engine = reader_of(engine)  # never takes SQLite's write lock
         self._hsm_lock = hsm_lock
         self._actor = actor
         self.validity = timedelta(seconds=settings.crl.refresh_s)
@@ -173,6 +175,8 @@ class OcspResponder:
                 self._ca.close()
                 self._ca = None
             self._responders.clear()
+        if self._status_engine is not self._engine:
+            self._status_engine.dispose()
 
     # --- issuers ------------------------------------------------------------------------
 
@@ -268,7 +272,7 @@ class OcspResponder:
         issuer = self.issuers().get((algorithm.name, req.issuer_name_hash, req.issuer_key_hash))
         if issuer is None:
             return _unsuccessful(UNAUTHORIZED, "unauthorized")
-        with Session(self._engine) as s:
+        with Session(self._status_engine) as s:
             status = certificate_status(
                 s, issuer.fingerprint_sha256, req.serial_number, issuer=issuer.certificate
             )

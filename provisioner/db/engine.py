@@ -33,6 +33,32 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+def reader_of(engine: Engine) -> Engine:
+    """An engine for reads that must never wait behind the line's writes, nor make them
+    wait: public, unauthenticated lookups such as an OCSP status. On SQLite every
+    transaction of :func:`make_engine` starts ``BEGIN IMMEDIATE`` (it takes the write lock,
+    reads included), so a flood of such lookups would queue the line's writers; this one
+    begins deferred (WAL readers see the last commit and take no lock) and is
+    ``query_only``. On PostgreSQL reads never block writes: the engine itself is returned."""
+    if engine.dialect.name != "sqlite":
+        return engine
+    reader = create_engine(engine.url, connect_args={"timeout": _BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(reader, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA query_only=ON")
+        cur.close()
+
+    @event.listens_for(reader, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    return reader
+
+
 def _sqlite_locking(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:

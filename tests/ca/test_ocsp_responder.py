@@ -310,3 +310,32 @@ def test_the_responder_renews_its_certificate_by_itself(
             select(AuditEvent).where(AuditEvent.event_type == "ca.ocsp_responder_issued")
         ).all()
     assert len(issued) == 2
+
+
+def test_status_reads_never_wait_for_the_lines_writers(
+    setup: tuple[Settings, Engine, OcspResponder],
+) -> None:
+    """On SQLite the line's transactions begin IMMEDIATE (the write lock). The responder's
+    status read must go through while one is open, and must not take that lock itself:
+    an unauthenticated OCSP flood would otherwise queue every write of the line."""
+    settings, engine, responder = setup
+    if engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL reads never wait for writers")
+    issuer = store_of(settings).intermediate()
+    responder.respond(_request(issuer, 0x1234, nonce=os.urandom(16)))  # token open, cert made
+    import time
+
+    with transaction(engine) as s:  # a writer of the line holds the write lock meanwhile
+        s.exec(select(AuditEvent)).first()
+        start = time.monotonic()
+        answer = responder.respond(_request(issuer, 0x1234))
+        waited = time.monotonic() - start
+    single = _verified(answer, issuer).responses
+    assert next(iter(single)).certificate_status == ocsp.OCSPCertStatus.UNKNOWN
+    assert waited < 5.0, f"the status read waited {waited:.1f} s for the writer"
+    from sqlalchemy.exc import OperationalError
+
+    from provisioner.db.engine import reader_of
+
+    with pytest.raises(OperationalError, match="readonly"), Session(reader_of(engine)) as s:
+        s.connection().exec_driver_sql("DELETE FROM crl_number")
