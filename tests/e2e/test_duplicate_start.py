@@ -96,7 +96,11 @@ def test_a_batch_started_twice_while_queued_issues_one_certificate_per_chip(
         json.loads(p)["devices_queued"]
         for (p,) in _rows(st, "SELECT payload FROM audit_event WHERE event_type = 'batch.started'")
     ]
-    assert len(queued) == 4 and all(queued) and queued[2:] == [COUNT, COUNT], queued
+    # The second start of batch 2 queues every device again except those a socket task
+    # already claimed in the milliseconds between the two starts (at most one per socket):
+    # at least COUNT - 2 duplicates are in the queue, and still one certificate per chip.
+    assert len(queued) == 4 and all(queued) and queued[2] == COUNT, queued
+    assert COUNT - 2 <= queued[3] <= COUNT, queued
     once = Counter((kind, dev) for kind, dev in events if kind in DEVICE_EVENTS)
     assert len(once) == len(DEVICE_EVENTS) * 2 * COUNT and set(once.values()) == {1}, once
     assert not [k for k in kinds if k.startswith(("incident.", "sign.refused"))], kinds
