@@ -166,7 +166,15 @@ def _device_builder(
             critical=False,
         )
     )
-    crl_url = profile.crl_url_for(ca_name)
+    return with_revocation_urls(builder, profile.crl_url_for(ca_name), profile.ocsp_url)
+
+
+def with_revocation_urls(
+    builder: x509.CertificateBuilder, crl_url: str | None, ocsp_url: str | None
+) -> x509.CertificateBuilder:
+    """Where relying parties check the certificate: a CRL distribution point and an OCSP
+    responder (authority information access), each only when given, in that order (the
+    device template depends on it)."""
     if crl_url:
         point = x509.DistributionPoint(
             full_name=[x509.UniformResourceIdentifier(crl_url)],
@@ -175,9 +183,9 @@ def _device_builder(
             crl_issuer=None,
         )
         builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
-    if profile.ocsp_url:
+    if ocsp_url:
         ocsp = x509.AccessDescription(
-            AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(profile.ocsp_url)
+            AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url)
         )
         builder = builder.add_extension(x509.AuthorityInformationAccess([ocsp]), critical=False)
     return builder

@@ -31,23 +31,22 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from sqlalchemy.engine import Engine
 
 from hsm.keys import KeyAlgorithm, KeyRef, generate, key_labels
 from hsm.signer import HsmEcPrivateKey, SessionProvider
 from provisioner.audit import chain
-from provisioner.ca.issuer import random_serial_number
+from provisioner.ca.leaf import leaf_builder, signed
 from provisioner.ca.store import fingerprint
 from provisioner.db.engine import transaction
-from provisioner.errors import HsmKeyNotFoundError, PolicyViolationError
+from provisioner.errors import HsmKeyNotFoundError
 from provisioner.settings import Settings
 
 VALIDITY = timedelta(days=30)
 RENEW_BEFORE = timedelta(days=10)
-BACKDATE = timedelta(minutes=5)
 LABEL_PREFIX = "ocsp-"
 
 
@@ -104,41 +103,19 @@ def build_responder_certificate(
     """The delegated responder certificate for ``issuer``: EKU OCSPSigning only,
     ocsp-nocheck, :data:`VALIDITY` (never past the issuer's own expiry). Checked against
     ``issuer`` before it is released."""
-    issuer_ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    not_after = min(now + VALIDITY, issuer.not_valid_after_utc)
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
-            x509.NameAttribute(NameOID.COMMON_NAME, _common_name(ca_name)),
-        ]
+    builder = leaf_builder(
+        issuer,
+        public_key,
+        organization=organization,
+        common_name=_common_name(ca_name),
+        usages=[ExtendedKeyUsageOID.OCSP_SIGNING],
+        now=now,
+        not_after=min(now + VALIDITY, issuer.not_valid_after_utc),
+        usage=_key_usage(),
+    ).add_extension(x509.OCSPNoCheck(), critical=False)
+    return signed(
+        builder, issuer_key, issuer, what="the OCSP responder certificate", against=repr(ca_name)
     )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer.subject)
-        .public_key(public_key)
-        .serial_number(random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]), critical=False)
-        .add_extension(x509.OCSPNoCheck(), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski),
-            critical=False,
-        )
-        .sign(issuer_key, hashes.SHA256())
-    )
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (InvalidSignature, ValueError, TypeError) as exc:
-        raise PolicyViolationError(
-            f"the OCSP responder certificate does not verify with {ca_name!r} "
-            f"({type(exc).__name__}); not released"
-        ) from None
-    return cert
 
 
 def load_current(

@@ -30,17 +30,15 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from provisioner.ca.issuer import key_usage, random_serial_number
+from provisioner.ca.leaf import leaf_builder, signed
 from provisioner.ca.names import general_names
-from provisioner.errors import PolicyViolationError
 from provisioner.settings import Settings
 
 VALIDITY = timedelta(days=365)
-BACKDATE = timedelta(minutes=5)
 RENEW_BEFORE = timedelta(days=30)
 
 
@@ -166,40 +164,16 @@ def build_server_certificate(
     """A server certificate: EKU serverAuth only, the SANs of ``files``, one year.
     ``sign_key`` is the intermediate's (an HSM key object); the result is checked against
     ``issuer`` before it is released."""
-    issuer_ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
-            x509.NameAttribute(NameOID.COMMON_NAME, files.common_name),
-        ]
-    )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer.subject)
-        .public_key(public_key)
-        .serial_number(random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(key_usage(ca=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski),
-            critical=False,
-        )
-        .add_extension(x509.SubjectAlternativeName(files.san_entries()), critical=False)
-        .sign(sign_key, hashes.SHA256())
-    )
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (InvalidSignature, ValueError, TypeError) as exc:
-        raise PolicyViolationError(
-            f"the {files.common_name} certificate does not verify with the CA key "
-            f"({type(exc).__name__}); not released"
-        ) from None
-    return cert
+    builder = leaf_builder(
+        issuer,
+        public_key,
+        organization=organization,
+        common_name=files.common_name,
+        usages=[ExtendedKeyUsageOID.SERVER_AUTH],
+        now=now,
+        not_after=now + VALIDITY,
+    ).add_extension(x509.SubjectAlternativeName(files.san_entries()), critical=False)
+    return signed(builder, sign_key, issuer, what=f"the {files.common_name} certificate")
 
 
 def _ensure_folder(folder: Path) -> None:

@@ -21,19 +21,17 @@ from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from provisioner.ca import names as ca_names
-from provisioner.ca.issuer import key_usage, random_serial_number
-from provisioner.errors import InvalidInputError, PolicyViolationError
+from provisioner.ca.leaf import leaf_builder, signed
+from provisioner.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from provisioner.ca.ceremony import LoadedCa
 
 VALIDITY = timedelta(days=365)
-BACKDATE = timedelta(minutes=5)
 LINE_COMMON_NAME = "line server"
 DEFAULT_LINE_NAMES = ("localhost", "127.0.0.1")
 MAX_CSR_BYTES = 16_384
@@ -102,45 +100,19 @@ def _builder(
     usages: list[x509.ObjectIdentifier],
     now: datetime,
 ) -> x509.CertificateBuilder:
-    issuer = ca.intermediate_cert
-    issuer_ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer.subject)
-        .public_key(public_key)
-        .serial_number(random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(key_usage(ca=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski),
-            critical=False,
-        )
+    return leaf_builder(
+        ca.intermediate_cert,
+        public_key,
+        organization=organization,
+        common_name=common_name,
+        usages=usages,
+        now=now,
+        not_after=now + VALIDITY,
     )
 
 
 def _signed(ca: LoadedCa, builder: x509.CertificateBuilder) -> x509.Certificate:
-    """Sign in the token and check the signature against the intermediate certificate
-    before anything is released (a faulty token must not hand out a bad certificate)."""
-    cert = builder.sign(ca.key, hashes.SHA256())
-    try:
-        cert.verify_directly_issued_by(ca.intermediate_cert)
-    except (InvalidSignature, ValueError, TypeError) as exc:
-        raise PolicyViolationError(
-            f"the new certificate does not verify with the CA key ({type(exc).__name__}); "
-            "not released"
-        ) from None
-    return cert
+    return signed(builder, ca.key, ca.intermediate_cert, what="the new certificate")
 
 
 def build_station_certificate(

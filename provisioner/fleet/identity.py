@@ -24,20 +24,18 @@ from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from provisioner.ca.issuer import key_usage, random_serial_number
+from provisioner.ca.issuer import with_revocation_urls
+from provisioner.ca.leaf import leaf_builder, signed
 from provisioner.enrollment.certs import BadCsrError, load_csr
-from provisioner.errors import PolicyViolationError
 from provisioner.settings import Settings
 
 if TYPE_CHECKING:
     from provisioner.ca.ceremony import LoadedCa
 
 URI_PREFIX = "urn:x-provisioner:device:"
-BACKDATE = timedelta(minutes=5)
 
 
 def device_name(registry: str, device_id: str) -> str:
@@ -105,68 +103,20 @@ def build_identity_certificate(
 ) -> x509.Certificate:
     """Sign the identity certificate in the token and check it against the intermediate
     before anything is released (a faulty token must not hand out a bad certificate)."""
-    issuer = ca.intermediate_cert
-    issuer_ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, settings.profile.organization),
-            x509.NameAttribute(NameOID.COMMON_NAME, device_id),
-        ]
-    )
     validity = timedelta(days=settings.fleet.identity_validity_days)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer.subject)
-        .public_key(public_key)
-        .serial_number(random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + validity)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(key_usage(ca=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.UniformResourceIdentifier(device_uri(registry, device_id))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski),
-            critical=False,
-        )
-        .add_extension(
-            x509.CRLDistributionPoints(
-                [
-                    x509.DistributionPoint(
-                        full_name=[x509.UniformResourceIdentifier(settings.api.crl_url(ca.name))],
-                        relative_name=None,
-                        reasons=None,
-                        crl_issuer=None,
-                    )
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(
-            x509.AuthorityInformationAccess(
-                [
-                    x509.AccessDescription(
-                        AuthorityInformationAccessOID.OCSP,
-                        x509.UniformResourceIdentifier(ocsp_url(settings)),
-                    )
-                ]
-            ),
-            critical=False,
-        )
+    builder = leaf_builder(
+        ca.intermediate_cert,
+        public_key,
+        organization=settings.profile.organization,
+        common_name=device_id,
+        usages=[ExtendedKeyUsageOID.CLIENT_AUTH],
+        now=now,
+        not_after=now + validity,
+    ).add_extension(
+        x509.SubjectAlternativeName(
+            [x509.UniformResourceIdentifier(device_uri(registry, device_id))]
+        ),
+        critical=False,
     )
-    cert = builder.sign(ca.key, hashes.SHA256())
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (InvalidSignature, ValueError, TypeError) as exc:
-        raise PolicyViolationError(
-            f"the new identity certificate does not verify with the CA key "
-            f"({type(exc).__name__}); not released"
-        ) from None
-    return cert
+    builder = with_revocation_urls(builder, settings.api.crl_url(ca.name), ocsp_url(settings))
+    return signed(builder, ca.key, ca.intermediate_cert, what="the new identity certificate")
