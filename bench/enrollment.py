@@ -41,25 +41,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from bench.procstat import cpu_seconds, free_port
+
 if TYPE_CHECKING:
     from provisioner.settings import Settings
 
 HEADER = "Thistle-Device-Enrollment-Token"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process and its reaped children (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -76,13 +63,13 @@ def field_stack(root: Path) -> Iterator[Stack]:
     from provisioner.supervisor import Supervisor
 
     config = root / "provisioner.toml"
-    reg_port = _free_port()
+    reg_port = free_port()
     config.write_text(
         f'var_dir = "{root / "var"}"\n'
         f'[registry]\nurl = "http://127.0.0.1:{reg_port}"\nlisten_port = {reg_port}\n'
-        f"[api]\nlisten_port = {_free_port()}\n"
+        f"[api]\nlisten_port = {free_port()}\n"
         "[bridge]\nenabled = false\n"
-        f"[devices]\nport = {_free_port()}\n"
+        f"[devices]\nport = {free_port()}\n"
         # One client address enrolls every device here: no rate limit in the way.
         "[fleet]\nrate_per_minute = 100000000\n"
     )
@@ -194,7 +181,7 @@ def run(args: argparse.Namespace, stack: Stack) -> None:
                 return
             enroll_one(url, tls, token, n, args.mode, t)
 
-    cpu0 = {k: _cpu_s(p) for k, p in stack.pids.items()}
+    cpu0 = {k: cpu_seconds(p) for k, p in stack.pids.items()}
     me0 = time.process_time()
     t0 = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(args.concurrency)]
@@ -203,7 +190,7 @@ def run(args: argparse.Namespace, stack: Stack) -> None:
     for th in threads:
         th.join()
     wall = time.perf_counter() - t0
-    cpu1 = {k: _cpu_s(p) for k, p in stack.pids.items()}
+    cpu1 = {k: cpu_seconds(p) for k, p in stack.pids.items()}
     me1 = time.process_time()
     done = len(t.total)
     print(

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.mqtt_wire import Device
+from bench.procstat import cpu_seconds, free_port
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
@@ -50,21 +51,6 @@ if TYPE_CHECKING:
 PROJECT = "factory"
 LOCATION = "local"
 REGISTRY = "devices"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process and its reaped children (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -81,12 +67,12 @@ def line_cloud(root: Path) -> Iterator[Stack]:
     from provisioner.supervisor import Supervisor
 
     config = root / "provisioner.toml"
-    reg_port, api_port = _free_port(), _free_port()
+    reg_port, api_port = free_port(), free_port()
     config.write_text(
         f'var_dir = "{root / "var"}"\n'
         f'[registry]\nurl = "http://127.0.0.1:{reg_port}"\nlisten_port = {reg_port}\n'
         f"[api]\nlisten_port = {api_port}\n"
-        f'[bridge]\nhost = "127.0.0.1"\nmqtt_port = {_free_port()}\nwss_port = {_free_port()}\n'
+        f'[bridge]\nhost = "127.0.0.1"\nmqtt_port = {free_port()}\nwss_port = {free_port()}\n'
     )
     settings = load_settings(config)
     os.environ["SOFTHSM2_CONF"] = "/nonexistent"  # init_ca writes the var dir's own
@@ -168,12 +154,12 @@ async def run(
             latencies.append(time.perf_counter() - t0)
             conns.append((n, d))
 
-    cpu0 = {k: _cpu_s(p) for k, p in stack.pids.items()}
+    cpu0 = {k: cpu_seconds(p) for k, p in stack.pids.items()}
     me0 = time.process_time()
     t0 = time.perf_counter()
     await asyncio.gather(*(one(n) for n in range(len(devices))))
     connect_s = time.perf_counter() - t0
-    cpu1 = {k: _cpu_s(p) for k, p in stack.pids.items()}
+    cpu1 = {k: cpu_seconds(p) for k, p in stack.pids.items()}
     me1 = time.process_time()
     n = len(conns)
     print(f"devices connected at once      {n}")
@@ -205,7 +191,7 @@ async def run(
         await asyncio.sleep(0.05)
     stored_s = time.perf_counter() - t0
     stored = stored_events(settings) - before
-    cpu2 = {k: _cpu_s(p) for k, p in stack.pids.items()}
+    cpu2 = {k: cpu_seconds(p) for k, p in stack.pids.items()}
     me2 = time.process_time()
     print(f"telemetry messages/s (PUBACKed) {total / acked_s:9.1f}   ({total} messages)")
     print(

@@ -25,7 +25,6 @@ import asyncio
 import base64
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,18 +39,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from bench.ca_throughput import _ready_requests
+from bench.procstat import cpu_seconds, free_port
 from provisioner.ca import revocation
 from provisioner.ca.ceremony import init_ca, store_of
 from provisioner.ca.ocsp import OcspResponder
 from provisioner.db.engine import create_schema, make_engine
 from provisioner.issuance import IssuanceService
 from provisioner.settings import load_settings
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _requests(certs: list[x509.Certificate], issuer: x509.Certificate, nonce: bool) -> list[bytes]:
@@ -62,11 +56,6 @@ def _requests(certs: list[x509.Certificate], issuer: x509.Certificate, nonce: bo
             b = b.add_extension(x509.OCSPNonce(os.urandom(16)), critical=False)
         out.append(b.build().public_bytes(serialization.Encoding.DER))
     return out
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _in_process(
@@ -132,9 +121,9 @@ async def _over_http(
             await _http_run(client, send, pool, min(1.0, args.seconds / 3), args.concurrency)
         for _ in range(args.repeat):
             for name, (send, pool) in reqs.items():
-                cpu0, t0 = _cpu_s(pid), time.perf_counter()
+                cpu0, t0 = cpu_seconds(pid, children=False), time.perf_counter()
                 n = await _http_run(client, send, pool, args.seconds, args.concurrency)
-                elapsed, cpu = time.perf_counter() - t0, _cpu_s(pid) - cpu0
+                elapsed, cpu = time.perf_counter() - t0, cpu_seconds(pid, children=False) - cpu0
                 rates[name].append(n / elapsed)
                 cpu_ms[name].append(1000 * cpu / n)
     return rates, cpu_ms
@@ -162,7 +151,7 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="bench-ocsp-"))
     os.environ["SOFTHSM2_CONF"] = "/nonexistent"  # init_ca points it at the private token dir
-    port = _free_port()
+    port = free_port()
     config = root / "provisioner.toml"
     config.write_text(
         f'var_dir = "{root / "var"}"\n[api]\nlisten_port = {port}\n'

@@ -21,7 +21,6 @@ import argparse
 import collections
 import multiprocessing as mp
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,15 +31,10 @@ from typing import Any
 
 import httpx
 
+from bench.procstat import free_port
 from tests.cloud.helpers import certificate_pem
 
 PROJECT, LOCATION, REGISTRY, TOKEN = "bench", "local", "devices", "bench-writer-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- the rate-enforcing registry (its own process) -----------------------------------------
