@@ -17,7 +17,10 @@ from cryptography.exceptions import InvalidSignature
 
 from provisioner.chips.connector import Connector
 from provisioner.chips.emulator import chip as emulator
+from provisioner.chips.emulator import wire
+from provisioner.chips.emulator.commands import HANDLERS
 from provisioner.chips.emulator.tray import provisioned_elsewhere
+from provisioner.chips.emulator.wire import OP_SIGN
 from provisioner.chips.profile import ChipProfile
 from provisioner.errors import ChipCommandError
 from provisioner.field.jwt import mint_jwt
@@ -38,13 +41,13 @@ def settings(tmp_path: Path) -> Settings:
 def signs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The slot of every Sign command the emulated silicon executes."""
     seen: list[int] = []
-    real = emulator._HANDLERS[emulator.OP_SIGN]
+    real = HANDLERS[OP_SIGN]
 
     def counting(chip: emulator.EmulatedChip, mode: int, slot: int, data: bytes) -> Any:
         seen.append(slot)
         return real(chip, mode, slot, data)
 
-    monkeypatch.setitem(emulator._HANDLERS, emulator.OP_SIGN, counting)
+    monkeypatch.setitem(HANDLERS, OP_SIGN, counting)
     return seen
 
 
@@ -119,18 +122,18 @@ def test_the_emulator_enforces_the_rotation_slot_rules() -> None:
     profile = ChipProfile()
     chip = provisioned_elsewhere(profile.config_template())
     packet = emulator.command_packet
-    resp, _ = chip.execute(packet(emulator.OP_GENKEY, 0x04, 2))
+    resp, _ = chip.execute(packet(wire.OP_GENKEY, 0x04, 2))
     assert len(resp) == 67  # 64-byte public key
     cfg = bytearray(chip.config)
     cfg[20 + 2 * 3 : 22 + 2 * 3] = (0x0085).to_bytes(2, "little")  # slot 3 without GenKey
     cfg[20 + 2 * 4 : 22 + 2 * 4] = (0x2084).to_bytes(2, "little")  # slot 4 without ext. Sign
     chip.config = cfg
-    resp, _ = chip.execute(packet(emulator.OP_GENKEY, 0x04, 3))
+    resp, _ = chip.execute(packet(wire.OP_GENKEY, 0x04, 3))
     assert resp[1] == emulator.EXECUTION_ERROR
-    resp, _ = chip.execute(packet(emulator.OP_GENKEY, 0x04, 4))
+    resp, _ = chip.execute(packet(wire.OP_GENKEY, 0x04, 4))
     assert len(resp) == 67
-    chip.execute(packet(emulator.OP_NONCE, 0x03 | 0x40, 0, bytes(32)))
-    resp, _ = chip.execute(packet(emulator.OP_SIGN, 0x80 | 0x20, 4))
+    chip.execute(packet(wire.OP_NONCE, 0x03 | 0x40, 0, bytes(32)))
+    resp, _ = chip.execute(packet(wire.OP_SIGN, 0x80 | 0x20, 4))
     assert resp[1] == emulator.EXECUTION_ERROR
 
 

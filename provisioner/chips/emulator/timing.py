@@ -1,13 +1,22 @@
 """Command execution times, by the chip's clock divider (ChipMode bits 3-7).
 
-Milliseconds for the ATECC608 at M0 / M1 / M2 (cryptoauthlib's no-poll table, research
-notes); commands whose time does not depend on the divider have one figure for all three.
+Milliseconds for the ATECC608 at M0 / M1 / M2 (cryptoauthlib's no-poll table in
+lib/calib/calib_execution.c, research notes); commands whose time does not depend on
+the divider have one figure for all three.
 """
 
 from __future__ import annotations
 
 # opcode: (M0, M1, M2)
 EXEC_MS: dict[int, tuple[float, float, float]] = {
+    0x08: (55, 55, 55),  # MAC
+    0x15: (25, 35, 35),  # GenDig
+    0x1C: (50, 50, 50),  # DeriveKey
+    0x28: (40, 40, 40),  # CheckMac
+    0x46: (50, 50, 50),  # PrivWrite
+    0x51: (27, 27, 27),  # AES
+    0x56: (165, 165, 165),  # KDF
+    0x80: (80, 160, 480),  # SecureBoot
     0x02: (5, 5, 5),  # Read
     0x12: (45, 45, 45),  # Write
     0x16: (20, 20, 20),  # Nonce

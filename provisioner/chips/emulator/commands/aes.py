@@ -1,0 +1,8 @@
+"""AES (0x51): not implemented yet; the opcode answers a parse error."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+HANDLERS: dict[int, Callable[..., Any]] = {}
