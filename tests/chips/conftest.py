@@ -142,3 +142,54 @@ def issue_for(chip: CryptoAuthChip, ca: SoftwareCa, settings: Settings) -> bytes
 def settings_with_ca(tmp_path: Path, **overrides: object) -> tuple[Settings, SoftwareCa]:
     settings = Settings(var_dir=tmp_path, **overrides)  # type: ignore[arg-type]
     return settings, software_ca(settings)
+
+
+def declared(name: str, argtypes: list[Any], restype: Any = c_int) -> Any:
+    """A function of the wheel's shared library with its prototype declared (a test module
+    declares what it calls; ``atcah_*`` host functions are the independent references)."""
+    fn = getattr(cryptoauth(), name)
+    fn.restype, fn.argtypes = restype, argtypes
+    return fn
+
+
+def config_with(
+    base: bytes,
+    *,
+    slot_config: dict[int, int] | None = None,
+    key_config: dict[int, int] | None = None,
+    set_bytes: dict[int, int] | None = None,
+) -> bytes:
+    """``base`` (128 bytes) with SlotConfig / KeyConfig words and single bytes replaced."""
+    cfg = bytearray(base)
+    for slot, value in (slot_config or {}).items():
+        cfg[20 + 2 * slot : 22 + 2 * slot] = value.to_bytes(2, "little")
+    for slot, value in (key_config or {}).items():
+        cfg[96 + 2 * slot : 98 + 2 * slot] = value.to_bytes(2, "little")
+    for offset, value in (set_bytes or {}).items():
+        cfg[offset] = value
+    return bytes(cfg)
+
+
+def personalise(
+    chip: CryptoAuthChip,
+    config: bytes,
+    *,
+    slots: dict[int, bytes] | None = None,
+    genkey: tuple[int, ...] = (),
+    lock_data: bool = True,
+) -> None:
+    """Bring a blank emulated chip to ``config`` through the library, as a customer's
+    personalisation would: write and lock the config (CRC checked), GenKey in ``genkey``,
+    write ``slots`` in clear (before the data lock, 32-byte blocks, zero-padded), then lock
+    the data zone unless told not to."""
+    from provisioner.chips.crc import crc16
+
+    chip.write_config(config)
+    chip.lock_config(int.from_bytes(crc16(chip.read_config()), "little"))
+    for slot in genkey:
+        chip.genkey(slot)
+    for slot, content in (slots or {}).items():
+        padded = content + bytes(-len(content) % 32)
+        chip.write_zone(2, slot, 0, padded)
+    if lock_data:
+        chip.lock_data_zone()
