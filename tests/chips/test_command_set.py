@@ -49,17 +49,23 @@ def test_sha256_matches_hashlib(lib: Any, station: Any, size: int) -> None:
     assert bytes(digest) == hashlib.sha256(message).digest()
 
 
-def test_sha_refuses_update_without_start_and_short_updates(lib: Any, station: Any) -> None:
+def test_sha_refuses_update_without_start_and_bad_lengths(lib: Any, station: Any) -> None:
     _, _, chip = station
-    out, size = buf(64), c_uint16(64)
+    out, size = buf(65), c_uint16(65)
     update = 0x01
     status = call(chip, "calib_sha_base", update, 64, buf(bytes(64)), out, byref(size))
     assert status == ATCA_EXECUTION_ERROR  # no context
     assert call(chip, "calib_sha_base", 0x00, 0, None, out, byref(size)) == 0  # start
-    status = call(chip, "calib_sha_base", update, 10, buf(bytes(10)), out, byref(size))
-    assert status == ATCA_PARSE_ERROR  # updates are whole 64-byte blocks
-    hmac_start = 0x04
-    assert call(chip, "calib_sha_base", hmac_start, 0, None, out, byref(size)) == (ATCA_PARSE_ERROR)
+    # the 608 takes 1 to 64 bytes per Update (datasheet "SHA - SHA256 Digest")
+    assert call(chip, "calib_sha_base", update, 10, buf(bytes(10)), out, byref(size)) == 0
+    for length in (0, 65):
+        data = buf(bytes(length)) if length else None
+        status = call(chip, "calib_sha_base", update, length, data, out, byref(size))
+        assert status == ATCA_PARSE_ERROR, length
+    hmac_end_508 = 0x05  # no 608 mode (its HMAC ends with mode 2)
+    assert call(chip, "calib_sha_base", hmac_end_508, 0, None, out, byref(size)) == (
+        ATCA_PARSE_ERROR
+    )
 
 
 def test_counters_count_persist_and_stop_at_the_maximum(

@@ -181,16 +181,16 @@ def test_sha_refusals(configured: CryptoAuthChip) -> None:
     # no context yet: execution error
     assert call(chip, "calib_sha_update", buf(bytes(64))) == ATCA_EXECUTION_ERROR
     assert call(chip, "calib_sha_start") == ATCA_SUCCESS
-    # updates are whole 64-byte blocks
-    assert call(chip, "calib_sha_base", 0x01, 10, buf(bytes(10)), out, byref(size)) == (
-        ATCA_PARSE_ERROR
-    )
+    # an Update takes 1 to 64 bytes (the 608 buffers a partial block): 0 is a parse error
+    assert call(chip, "calib_sha_base", 0x01, 0, None, out, byref(size)) == ATCA_PARSE_ERROR
     # bits 6-7 = 0b10 is no target
     end_reserved = SHA_END | SHA_TARGET_RESERVED
     status = call(chip, "calib_sha_base", end_reserved, 0, None, out, byref(size))
     assert status == ATCA_PARSE_ERROR
-    # HMAC start (4), context read (6) and write (7) are not implemented: refused
-    for mode, data in ((0x04, None), (0x06, None), (0x07, buf(bytes(40)))):
+    # mode 5 (the 508's HMAC end) is no 608 mode; a context whose length disagrees with
+    # its byte count (40 bytes, count 0: 36 expected) is refused (tests/chips/test_sha_hmac.py
+    # covers HMAC and context read/restore)
+    for mode, data in ((0x05, None), (0x07, buf(bytes(40)))):
         length = 40 if data is not None else 0
         size.value = 64
         assert call(chip, "calib_sha_base", mode, length, data, out, byref(size)) == (
