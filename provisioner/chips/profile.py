@@ -35,6 +35,7 @@ KEY_CONFIG_DATA = 0x003C  # KeyType "not ECC" | Lockable
 KEY_CONFIG_P256_PUBLIC = 0x0030  # KeyType P-256 | Lockable: a public key Verify can use
 
 SLOT_SIZES = (36,) * 8 + (416,) + (72,) * 7
+COUNTER_ZERO = bytes.fromhex("ffffffff00000000")  # a monotonic counter's encoded 0
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,9 @@ class ChipProfile:
         cfg = bytearray(128)
         cfg[14] = 0x01  # I2C_Enable
         cfg[16] = 0xC0  # I2C address
+        # Counter0/1 (bytes 52-67): the encoding of 0, as shipped and as the library's
+        # calib_write_config_counter writes it; all-zero bytes encode no value at all.
+        cfg[52:68] = COUNTER_ZERO * 2
         for slot in range(16):
             slot_cfg, key_cfg = SLOT_CONFIG_CERT, KEY_CONFIG_DATA
             if slot == self.key_slot:
