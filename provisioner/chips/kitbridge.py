@@ -3,7 +3,10 @@
 cryptoauthlib (unmodified) frames every chip transaction as a kit-bridge packet
 ``[version 2, command | interface << 4, identity, ...]`` and hands it to the ``send`` and
 ``recv`` function pointers of an ``atca_hal_kit_phy_t``. Here those are ctypes callbacks
-that talk to a bus (the emulator's, or any object with the same five methods).
+that talk to a bus (the emulator's, or any object with the same five methods). Byte 2 of
+every packet is the device identity, the 8-bit I2C address the library was configured
+with; a bus that has a ``select`` method (:class:`AddressedBus`) is told it before each
+transaction, so only the chip at that address answers, as on a real I2C bus.
 
 Two rules from the library's side: every object the library points to must outlive the
 device (they are kept on this instance), and an exception escaping a callback would read as
@@ -40,6 +43,13 @@ class Bus(Protocol):
     def sleep(self) -> None: ...
     def send(self, packet: bytes) -> None: ...
     def receive(self) -> bytes | None: ...
+
+
+class AddressedBus(Bus, Protocol):
+    """A bus with several possible devices: each transaction goes to the device at the
+    address of the packet's identity byte (the library's ``atcakit.dev_identity``)."""
+
+    def select(self, address: int) -> None: ...
 
 
 class KitPhy(Structure):
@@ -92,6 +102,9 @@ class KitBridge:
             header, command = packet[:_HEADER], packet[1] & 0x0F
             status = 0
             body = b""
+            select = getattr(self.bus, "select", None)
+            if select is not None:  # byte 2: the I2C address the library talks to
+                select(packet[2])
             if command == KIT_WAKE:
                 self.bus.wake()
             elif command == KIT_IDLE:

@@ -1,9 +1,21 @@
-"""The wire between the kit-bridge HAL and one socket's chip.
+"""The I2C bus of one jig socket: the wire between the kit-bridge HAL and the chip(s) on it.
 
-Implements what the HAL's phy callbacks need: wake, idle, sleep, send a command packet,
-receive the response (``None`` while the chip is still executing, so the library polls).
-The chip is loaded from its file at wake (it may have been swapped in the jig meanwhile)
-and saved after every command that changed persistent state.
+Implements what the HAL's phy callbacks need: select the device address, wake, idle,
+sleep, send a command packet, receive the response (``None`` while the chip is still
+executing, so the library polls). A chip is loaded from its file when it first appears on
+the bus (it may have been swapped in the jig meanwhile: a power-up) and saved after every
+command that changed persistent state.
+
+Addresses: every transaction goes to the address the library put in
+the kit packet (:meth:`EmulatedBus.select`); only a chip that has taken that address
+answers, anything else reads as silicon's missing ACK (:class:`NoAcknowledge`, the
+library's wake failure). A chip takes its address from its config zone at power-up and
+when it wakes from sleep (the sleep command or watchdog expiry), never on a wake from
+idle: a new address written and locked in mid-session takes effect at the next sleep or
+power cycle. A socket may hold a board with several chips (:meth:`.StationJig.insert_board`):
+the wake pulse (SDA held low) reaches all of them, every other transaction only the chip
+addressed. A bus never told an address (tests driving it directly) talks to the socket's
+first chip.
 
 Watchdog: it starts when the chip wakes from idle or sleep and only idle/sleep stop it; a
 wake token sent to a chip that is already awake does not restart it. So a host that wakes
@@ -15,6 +27,7 @@ idles after every command, so only an explicit ``calib_wakeup`` left standing ca
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from provisioner.chips.emulator.chip import ECC_FAULT, WATCHDOG_S, EmulatedChip, status_packet
@@ -22,9 +35,79 @@ from provisioner.chips.emulator.faults import FaultPlan
 from provisioner.chips.emulator.jig import StationJig
 from provisioner.chips.emulator.timing import execution_ms
 
+I2C_ENABLE, I2C_ADDRESS, CHIP_MODE, USER_EXTRA_ADD = 14, 16, 19, 85
+
+
+def answering_address(config: bytes | bytearray) -> int | None:
+    """The 8-bit I2C address a chip with this config zone answers at (None: none).
+
+    - I2C_Enable (byte 14) bit 0 clear: the part is in single-wire mode and answers on no
+      I2C address at all.
+    - ChipMode (byte 19) bit 0 set and UserExtraAdd (byte 85) non-zero: byte 85, the
+      address UpdateExtra can write once after the config lock.
+    - otherwise I2C_Address (byte 16). Only bits 7..1 are compared with the host's.
+    """
+    if not config[I2C_ENABLE] & 0x01:
+        return None
+    if config[CHIP_MODE] & 0x01 and config[USER_EXTRA_ADD]:
+        return config[USER_EXTRA_ADD] & 0xFE
+    return config[I2C_ADDRESS] & 0xFE
+
 
 class NoChip(Exception):
     """The socket is empty (or the chip was removed)."""
+
+
+class NoAcknowledge(NoChip):
+    """Chips are on the bus, but none answers at the address the host used."""
+
+
+class BusCollision(Exception):
+    """Several chips answer at one address: on silicon both drive SDA (wired-AND) and the
+    host reads a mix of their replies. The kit bridge reports a communication failure."""
+
+
+@dataclass
+class _Device:
+    """One chip on the bus and the state of its I/O block (what survives between
+    transactions: awake or not, its latched address, the response waiting to be read)."""
+
+    path: Path
+    chip: EmulatedChip
+    faults: FaultPlan
+    faults_stamp: int | None
+    address: int | None  # the address it answers at, latched at power-up / wake from sleep
+    asleep: bool = True  # powered up or put to sleep: the next wake resets the I/O block
+    awake: bool = False  # woken and not yet idled or put to sleep: the watchdog runs
+    awake_since: float = 0.0
+    response: bytes | None = None
+    ready_at: float = 0.0
+
+    @classmethod
+    def power_up(cls, path: Path) -> _Device:
+        chip = EmulatedChip.load(path)
+        return cls(
+            path,
+            chip,
+            FaultPlan.load(path),
+            FaultPlan.stamp(path),
+            answering_address(chip.config),
+        )
+
+    def fall_asleep(self) -> None:
+        """Sleep (command or watchdog): volatile state gone; the next wake re-reads the
+        address from the config zone."""
+        self.chip.sleep()
+        self.awake, self.asleep = False, True
+
+    def wake_pulse(self, now: float) -> None:
+        if self.awake and now - self.awake_since > WATCHDOG_S:
+            self.fall_asleep()  # it fell asleep by itself meanwhile: this wake starts afresh
+        if self.asleep:
+            self.address = answering_address(self.chip.config)
+            self.asleep = False
+        if not self.awake:  # an awake chip ignores the wake token: the watchdog runs on
+            self.awake, self.awake_since = True, now
 
 
 class EmulatedBus:
@@ -32,78 +115,96 @@ class EmulatedBus:
         self.jig = jig
         self.socket = socket
         self.zero_delay = zero_delay
-        self._chip: EmulatedChip | None = None
-        self._path: Path | None = None
-        self._response: bytes | None = None
-        self._ready_at = 0.0
-        self._awake_since = 0.0
-        self._awake = False  # woken and not yet idled or put to sleep: the watchdog runs
-        self._faults = FaultPlan()
-        self._faults_stamp: int | None = None
+        self.address: int | None = None  # the address of the current transaction
+        self._devices: dict[Path, _Device] = {}
 
-    def _present(self) -> EmulatedChip:
-        path = self.jig.chip_path(self.socket)
-        if path is None or not path.exists():
-            self._chip = None
+    def select(self, address: int) -> None:
+        """The next transactions go to the chip at this 8-bit address."""
+        self.address = address
+
+    def _on_bus(self) -> list[_Device]:
+        """The chips in the socket now: new ones power up, removed ones are forgotten;
+        a fault plan laid (or lifted) while a chip sits in the socket applies from the
+        next command on, as a fault that develops mid-run would."""
+        paths = [p for p in self.jig.chip_paths(self.socket) if p.exists()]
+        if not paths:
+            self._devices.clear()
             raise NoChip(f"socket {self.socket} of {self.jig.station_id} is empty")
-        if self._chip is None or path != self._path:
-            self._chip, self._path = EmulatedChip.load(path), path
-            self._awake = False  # another chip (or the same, powered up again): asleep
-            self._faults, self._faults_stamp = FaultPlan.load(path), FaultPlan.stamp(path)
-        elif (stamp := FaultPlan.stamp(path)) != self._faults_stamp:
-            # A plan laid (or lifted) while the chip sits in the socket applies from the
-            # next command on, as a fault that develops mid-run would.
-            self._faults, self._faults_stamp = FaultPlan.load(path), stamp
-        return self._chip
+        devices = {}
+        for path in paths:
+            device = self._devices.get(path)
+            if device is None:
+                device = _Device.power_up(path)  # another chip (or the same, put back)
+            elif (stamp := FaultPlan.stamp(path)) != device.faults_stamp:
+                device.faults, device.faults_stamp = FaultPlan.load(path), stamp
+            devices[path] = device
+        self._devices = devices
+        return list(devices.values())
+
+    def _addressed(self) -> _Device:
+        """The chip the current transaction reaches (silicon compares bits 7..1 only)."""
+        devices = self._on_bus()
+        if self.address is None:
+            return devices[0]
+        matches = [
+            d for d in devices if d.address is not None and d.address & 0xFE == self.address & 0xFE
+        ]
+        if len(matches) > 1:
+            raise BusCollision(
+                f"{len(matches)} chips answer at 0x{self.address:02X} on socket {self.socket} "
+                f"of {self.jig.station_id}: their replies collide on the wire"
+            )
+        if matches:
+            return matches[0]
+        raise NoAcknowledge(
+            f"no chip answers at 0x{self.address:02X} on socket {self.socket} of "
+            f"{self.jig.station_id}"
+        )
 
     def wake(self) -> None:
-        chip = self._present()
-        self._response = None
         now = time.monotonic()
-        if self._awake and now - self._awake_since > WATCHDOG_S:
-            chip.sleep()  # it fell asleep by itself meanwhile: this wake starts afresh
-            self._awake = False
-        if not self._awake:  # an awake chip ignores the wake token: the watchdog runs on
-            self._awake, self._awake_since = True, now
+        for device in self._on_bus():  # SDA held low wakes every chip on the bus
+            device.wake_pulse(now)
+        self._addressed().response = None  # the wake reply is read at the address
 
     def idle(self) -> None:
-        self._present()  # idle keeps TempKey and the digest buffer
-        self._awake = False
+        self._addressed().awake = False  # idle keeps TempKey, the digest buffer, the address
 
     def sleep(self) -> None:
-        self._present().sleep()
-        self._awake = False
+        self._addressed().fall_asleep()
 
     def send(self, packet: bytes) -> None:
-        chip = self._present()
-        if time.monotonic() - self._awake_since > WATCHDOG_S:
-            chip.sleep()  # the watchdog expired since wake: volatile state is gone
+        device = self._addressed()
+        chip = device.chip
+        if time.monotonic() - device.awake_since > WATCHDOG_S:
+            device.fall_asleep()  # the watchdog expired since wake: volatile state is gone
+            device.asleep = False  # this transaction found it; it answers as before
         opcode = packet[1] if len(packet) > 1 else 0
-        if self._faults.ecc_fault_on == opcode:
+        if device.faults.ecc_fault_on == opcode:
             response, changed = status_packet(ECC_FAULT), False
         else:
             response, changed = chip.execute(packet)
-        if changed and self._path is not None:
-            chip.save(self._path)
-        if self._faults.remove_during == opcode and self._path is not None:
-            self._faults.fired_removal().save(self._path)
-            self.jig.remove(self.socket)  # pulled mid-command: no response will come
-            self._chip = None
+        if changed:
+            chip.save(device.path)
+        if device.faults.remove_during == opcode:
+            device.faults.fired_removal().save(device.path)
+            self.jig.remove_chip(self.socket, device.path)  # pulled mid-command: no response
+            self._devices.pop(device.path, None)
             return
-        if self._faults.crc_error_rate and self._path is not None:
-            self._faults, bit = self._faults.corrupt_bit(len(response))
-            self._faults.save(self._path)
+        if device.faults.crc_error_rate:
+            device.faults, bit = device.faults.corrupt_bit(len(response))
+            device.faults.save(device.path)
             if bit is not None:
                 flipped = bytearray(response)
                 flipped[bit // 8] ^= 1 << (bit % 8)
                 response = bytes(flipped)
-        self._response = response
+        device.response = response
         delay = 0.0 if self.zero_delay else execution_ms(opcode, chip.config[19])
-        self._ready_at = time.monotonic() + delay / 1000.0
+        device.ready_at = time.monotonic() + delay / 1000.0
 
     def receive(self) -> bytes | None:
-        self._present()
-        if time.monotonic() < self._ready_at:
+        device = self._addressed()
+        if time.monotonic() < device.ready_at:
             return None  # still executing: the chip NACKs, the library polls
-        out, self._response = self._response, None
+        out, device.response = device.response, None
         return out

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from provisioner.chips.crc import crc16
 from provisioner.chips.emulator.commands import HANDLERS
 from provisioner.chips.emulator.commands.counter import COUNTER_MAX
+from provisioner.chips.emulator.factory import Part, factory_config
 from provisioner.chips.emulator.tempkey import TempKey
 from provisioner.chips.emulator.wire import (  # re-exported: the wire's names, from here
     CRC_ERROR,
@@ -69,19 +70,10 @@ LOCKED = 0x00
 UNLOCKED = 0x55
 
 
-def blank_config(serial: bytes) -> bytearray:
-    """A blank 608A config zone: serial, revision, I2C 0xC0, everything unlocked."""
-    assert len(serial) == 9 and serial[:2] == b"\x01\x23" and serial[8] == 0xEE
-    cfg = bytearray(128)
-    cfg[0:4] = serial[0:4]
-    cfg[4:8] = REV_608A
-    cfg[8:13] = serial[4:9]
-    cfg[14] = 0x01  # I2C_Enable
-    cfg[16] = 0xC0  # I2C address
-    cfg[86] = UNLOCKED  # LockValue (data + OTP)
-    cfg[87] = UNLOCKED  # LockConfig
-    cfg[88:90] = b"\xff\xff"  # SlotLocked: 1 = unlocked
-    return cfg
+def blank_config(serial: bytes, part: Part = "608A") -> bytearray:
+    """A factory-fresh config zone of ``part`` (:mod:`.factory`): serial, revision, I2C at
+    0xC0, Microchip's default slot and key configuration, everything unlocked."""
+    return factory_config(serial, part)
 
 
 def new_serial() -> bytes:
@@ -108,8 +100,9 @@ class EmulatedChip:
     volatile: dict[str, Any] = field(default_factory=dict)  # other commands' registers
 
     @classmethod
-    def blank(cls, serial: bytes | None = None) -> EmulatedChip:
-        return cls(config=blank_config(serial or new_serial()))
+    def blank(cls, serial: bytes | None = None, part: Part = "608A") -> EmulatedChip:
+        """A factory-fresh ATECC608A or 608B (``part``), config and data unlocked."""
+        return cls(config=blank_config(serial or new_serial(), part))
 
     # --- persistence ---------------------------------------------------------------
 

@@ -5,11 +5,17 @@ small file naming the chip in it (``<chips_dir>/<station>/socket-<n>``), so ever
 of the station agrees on what is where, and a chip taken out and put back is the same chip.
 Like a physical chip, one chip is in at most one socket of the jig: inserting it in a
 socket takes it out of any other.
+
+A socket may also hold a board: several chips on the socket's one I2C bus, each at its
+own address, as on a product board (:meth:`StationJig.insert_board`; the socket file then
+names one chip per line). The bus routes each transaction by address; a socket with one
+chip, the line's case, is a board of one.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from provisioner.chips.emulator.chip import EmulatedChip
@@ -31,13 +37,28 @@ class StationJig:
         return self.pool / f"{serial_hex.upper()}.json"
 
     def chip_path(self, socket: int) -> Path | None:
-        """The chip file in ``socket``, or None if the socket is empty."""
+        """The chip file in ``socket`` (a board's first chip), or None if it is empty."""
+        paths = self.chip_paths(socket)
+        return paths[0] if paths else None
+
+    def chip_paths(self, socket: int) -> list[Path]:
+        """Every chip file on ``socket``'s bus, in the order inserted ([] if empty)."""
         f = self._socket_file(socket)
         try:
-            name = f.read_text().strip()
+            text = f.read_text()
         except FileNotFoundError:
-            return None
-        return Path(name) if name else None
+            return []
+        return [Path(line) for line in (raw.strip() for raw in text.splitlines()) if line]
+
+    def _write_socket(self, socket: int, paths: Sequence[Path]) -> None:
+        f = self._socket_file(socket)
+        if not paths:
+            f.unlink(missing_ok=True)
+            return
+        f.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = f.with_name(f.name + f".{os.getpid()}.tmp")
+        tmp.write_text("".join(f"{p}\n" for p in paths))
+        os.replace(tmp, f)
 
     def serial_in(self, socket: int) -> str | None:
         """The serial (hex) of the chip in ``socket``, from the jig alone (None: empty)."""
@@ -45,24 +66,49 @@ class StationJig:
         return path.stem if path is not None else None
 
     def insert(self, socket: int, chip_path: Path) -> None:
-        if not chip_path.exists():
-            raise FileNotFoundError(f"no emulated chip at {chip_path}")
-        target = chip_path.resolve()
+        """Put the chip at ``chip_path`` alone in ``socket`` (whatever was there goes)."""
+        self.insert_paths(socket, [chip_path])
+
+    def insert_paths(self, socket: int, chip_paths: Sequence[Path]) -> None:
+        """Put these chips together on ``socket``'s bus (a board), replacing its content;
+        each chip leaves any other socket it sat in."""
+        for path in chip_paths:
+            if not path.exists():
+                raise FileNotFoundError(f"no emulated chip at {path}")
+        targets = [p.resolve() for p in chip_paths]
+        if len(set(targets)) != len(targets):
+            raise ValueError("a chip can sit on a board only once")
+        self._socket_file(socket)  # range check before touching anything
         for other in range(self.sockets):
-            if other != socket and self.chip_path(other) == target:
-                self.remove(other)
-        f = self._socket_file(socket)
-        f.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = f.with_name(f.name + f".{os.getpid()}.tmp")
-        tmp.write_text(str(target))
-        os.replace(tmp, f)
+            if other == socket:
+                continue
+            held = self.chip_paths(other)
+            kept = [p for p in held if p not in targets]
+            if kept != held:
+                self._write_socket(other, kept)
+        self._write_socket(socket, targets)
 
     def remove(self, socket: int) -> None:
         self._socket_file(socket).unlink(missing_ok=True)
 
+    def remove_chip(self, socket: int, chip_path: Path) -> None:
+        """Take one chip off ``socket``'s board (the socket empties with its last chip)."""
+        self._write_socket(socket, [p for p in self.chip_paths(socket) if p != chip_path])
+
     def insert_blank(self, socket: int) -> Path:
         """Take a factory-fresh chip from the tray and put it in ``socket``."""
         return self.insert_chip(socket, EmulatedChip.blank())
+
+    def insert_board(self, socket: int, chips: Sequence[EmulatedChip]) -> list[Path]:
+        """Put a board holding ``chips`` (each answering at its own I2C address) in
+        ``socket``; returns their pool files in the same order."""
+        paths = []
+        for chip in chips:
+            path = self.pool_path(chip.serial.hex())
+            chip.save(path)
+            paths.append(path)
+        self.insert_paths(socket, paths)
+        return paths
 
     def insert_chip(self, socket: int, chip: EmulatedChip) -> Path:
         """Put ``chip`` (e.g. one from :mod:`provisioner.chips.emulator.tray`) in the tray's
