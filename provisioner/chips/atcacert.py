@@ -11,7 +11,7 @@ The library's reader and writer are not reentrant: ``atcacert_read_cert_ext`` an
 ``atcacert_write_cert_ext`` stage each device location in a function-level ``static``
 buffer (lib/atcacert/atcacert_client.c), so two threads reading certificates from two
 chips at once corrupt each other ("decoding error", found by bench/chip_parallel.py).
-:data:`_LIBRARY_BUFFERS` serialises those calls within a process; the station runs one
+:data:`LIBRARY_BUFFERS` serialises those calls within a process; the station runs one
 process per socket anyway.
 """
 
@@ -40,7 +40,7 @@ CERT_MEANING = {
     12: "verification failed",
 }
 
-_LIBRARY_BUFFERS = threading.Lock()  # guards the C library's static buffers, per process
+LIBRARY_BUFFERS = threading.Lock()  # guards the C library's static buffers, per process
 
 _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "atcacert_write_cert_ext": (c_int, [c_void_p, c_void_p, POINTER(c_uint8), c_size_t]),
@@ -52,7 +52,7 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
 }
 
 
-def _lib() -> Any:
+def library() -> Any:
     lib = cryptoauth()
     for name, (restype, argtypes) in _PROTOTYPES.items():
         fn = getattr(lib, name)
@@ -115,7 +115,7 @@ class NativeDefinition:
 
     def max_cert_size(self) -> int:
         size = c_size_t(0)
-        status = _lib().atcacert_max_cert_size(byref(self.struct), byref(size))
+        status = library().atcacert_max_cert_size(byref(self.struct), byref(size))
         if status:
             raise ValueError(f"atcacert_max_cert_size: {CERT_MEANING.get(status, status)}")
         return size.value
@@ -124,8 +124,8 @@ class NativeDefinition:
 def write_cert(device: c_void_p, native: NativeDefinition, der: bytes) -> int:
     """``atcacert_write_cert_ext``: the status (0 = written)."""
     data = buf(der)
-    with _LIBRARY_BUFFERS:
-        return int(_lib().atcacert_write_cert_ext(device, byref(native.struct), data, len(der)))
+    with LIBRARY_BUFFERS:
+        return int(library().atcacert_write_cert_ext(device, byref(native.struct), data, len(der)))
 
 
 def read_cert(
@@ -139,8 +139,8 @@ def read_cert(
     capacity = native.max_cert_size() + 16
     out = buf(capacity)
     size = c_size_t(capacity)
-    with _LIBRARY_BUFFERS:
-        status = _lib().atcacert_read_cert_ext(
+    with LIBRARY_BUFFERS:
+        status = library().atcacert_read_cert_ext(
             device, byref(native.struct), byref(key_buf), out, byref(size)
         )
     del key  # kept alive until here: key_buf points into it

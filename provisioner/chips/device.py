@@ -11,6 +11,7 @@ from collections.abc import Callable
 from ctypes import byref, c_bool, c_void_p
 from typing import Any
 
+from provisioner.chips import tng
 from provisioner.chips.atcacert import CERT_MEANING, NativeDefinition, read_cert, write_cert
 from provisioner.chips.certdef import COMP_CERT_SIZE, ChipCertChain
 from provisioner.chips.crc import crc16
@@ -317,6 +318,46 @@ class CryptoAuthChip:
         """The signer (intermediate CA) certificate, rebuilt from slots 11 and 12."""
         chain, _, signer = self._definitions()
         return self._read_cert(signer, chain.root_public_key, "read signer certificate")
+
+    # --- pre-provisioned parts (Trust&GO, TrustFLEX) ---------------------------------
+
+    def read_factory_certificates(self, root_public_key: bytes) -> tng.FactoryCertificates:
+        """The device and signer certificates a pre-provisioned part carries, rebuilt by the
+        library from its TNG definitions: the OTP code picks the device definition
+        (``tng_get_device_cert_def_ext``), its ``ca_cert_def`` is the signer's. The signer
+        certificate's authority key ID comes from ``root_public_key`` (X||Y, the root this
+        line trusts), the device certificate's from the signer certificate's key.
+
+        Nothing is verified here: the caller verifies the chain and proof of possession.
+        Raises :class:`ChipStateError` for a chip without a TNG code or certificates
+        (:class:`ChipAbsentError` if the chip is gone)."""
+        if len(root_public_key) != 64:
+            raise InvalidInputError("the root public key must be X||Y (64 bytes)")
+        try:
+            definition = tng.device_definition(self._dev)
+            signer_der = tng.read_cert(
+                self._dev, tng.signer_definition(definition), root_public_key
+            )
+            signer_key = tng.public_key_of(signer_der)
+            device_der = tng.read_cert(self._dev, definition, signer_key)
+            kind = tng.kind_of(definition)
+        except tng.TngError as exc:
+            if exc.status == ATCA_WAKE_FAILED or self._absent():
+                self._check(exc.status, f"read factory certificates ({exc})")  # absent
+            raise ChipStateError(
+                f"chip in {self.locator} carries no factory (TNG) certificate the library "
+                f"can read: {exc}"
+            ) from exc
+        except ValueError as exc:  # the rebuilt signer certificate does not parse
+            raise ChipStateError(
+                f"chip in {self.locator}: its signer certificate is not a certificate ({exc})"
+            ) from exc
+        return tng.FactoryCertificates(
+            device_der=device_der,
+            signer_der=signer_der,
+            kind=kind,
+            key_slot=tng.private_key_slot(definition),
+        )
 
     def close(self) -> None:
         if self._dev:
