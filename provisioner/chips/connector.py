@@ -1,6 +1,6 @@
 """Opening a chip from a locator string; the only place that knows the transports.
 
-- ``emulated:<station>/<socket>`` — the ATECC608A emulator in that socket of the station's
+- ``emulated:<station>/<socket>`` — the ATECC608A/B emulator in that socket of the station's
   jig, behind the library's kit-bridge HAL (tested here). ``emulated:<station>/<socket>@0x6A``
   (or ``Connector.open(locator, address=0x6A)``) addresses the chip at that 8-bit I2C
   address on the socket's bus: the library puts it in every kit-bridge packet (byte 2,

@@ -344,3 +344,27 @@ def test_context_refusals(fns: dict[str, Any], chip: CryptoAuthChip) -> None:
     assert _sha_base(chip, SHA_START, None)[0] == ATCA_SUCCESS
     assert call(chip, "calib_sleep") == ATCA_SUCCESS
     assert _read_context(fns, chip)[0] == ATCA_EXECUTION_ERROR
+
+
+def test_hmac_slot_keys_follow_the_symmetric_key_rules(
+    fns: dict[str, Any], tmp_path: Path, lib: Any, hmac_key: bytes
+) -> None:
+    """A slot key serves HMAC only once the data zone is locked, and never when its
+    KeyConfig asks for prior authorization (ReqAuth, not emulated), as for GenDig/MAC."""
+    connector = Connector(Settings(var_dir=tmp_path))
+    connector.jig("line1").insert_blank(0)
+    req_auth = 0x003C | 0x0080  # KeyConfig bit 7: ReqAuth
+    with connector.open("emulated:line1/0") as device:
+        config = config_with(
+            device.profile.config_template(),
+            slot_config={HMAC_SLOT: 0x0000, HMAC_SLOT + 1: 0x0000},
+            key_config={HMAC_SLOT: 0x003C, HMAC_SLOT + 1: req_auth},
+        )
+        personalise(device, config, slots={HMAC_SLOT: hmac_key}, lock_data=False)
+        status = _chip_hmac(fns, device, b"m", HMAC_SLOT, TARGET_OUT_ONLY)[0]
+        assert status == ATCA_EXECUTION_ERROR  # data zone still unlocked
+        device.lock_data_zone()
+        status, digest = _chip_hmac(fns, device, b"m", HMAC_SLOT, TARGET_OUT_ONLY)
+        assert (status, digest) == (ATCA_SUCCESS, _hmac(hmac_key, b"m"))
+        status = _chip_hmac(fns, device, b"m", HMAC_SLOT + 1, TARGET_OUT_ONLY)[0]
+        assert status == ATCA_EXECUTION_ERROR  # ReqAuth

@@ -8,7 +8,7 @@ only what every command shares: the persistent zones, the volatile registers (Te
 message-digest buffer, alternate key buffer, SHA contexts) and the config decoding. An
 opcode without a handler answers a parse error, as silicon refuses a command; nothing ever
 answers a fake success. What each command implements, and what it still refuses, is in
-its module's docstring and in the README's emulator section.
+its module's docstring and in docs/emulator.md.
 
 Volatile state is lost on sleep and watchdog expiry, kept on idle.
 """

@@ -39,6 +39,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from provisioner.chips.emulator.commands.auth import slot_secret
 from provisioner.chips.emulator.commands.keys import public_key_in
 from provisioner.chips.emulator.wire import (
     EXECUTION_ERROR,
@@ -166,9 +167,7 @@ def _hmac_key(chip: EmulatedChip, key_id: int) -> bytes:
         return bytes(chip.tempkey.value[:32])
     if key_id > 15:
         raise CommandError(PARSE_ERROR)
-    if chip.is_private(key_id):
-        raise CommandError(EXECUTION_ERROR)  # an ECC private key is never an HMAC key
-    return chip.slot_key(key_id)
+    return slot_secret(chip, key_id)  # the rules every symmetric key use shares
 
 
 def _context(chip: EmulatedChip) -> ShaContext:
