@@ -193,3 +193,30 @@ def personalise(
         chip.write_zone(2, slot, 0, padded)
     if lock_data:
         chip.lock_data_zone()
+
+
+def raw_signature_verifies(public64: bytes, signature: bytes, digest: bytes) -> bool:
+    """Whether a chip's raw R||S ``signature`` is over the 32-byte ``digest`` for the P-256
+    key X||Y ``public64``, checked by ``cryptography`` (the host's independent view)."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
+
+    der = encode_dss_signature(
+        int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+    )
+    key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + public64)
+    try:
+        key.verify(der, digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+    except InvalidSignature:
+        return False
+    return True
+
+
+def chip_signs(chip: CryptoAuthChip, mode: int, slot: int, public64: bytes, digest: bytes) -> bool:
+    """Sign (calib_sign_base ``mode``, e.g. external from TempKey 0x80 or from the digest
+    buffer 0xA0) with ``slot``; True if the signature is over ``digest``."""
+    from provisioner.chips.library import buf
+
+    signature = buf(64)
+    assert call(chip, "calib_sign_base", mode, slot, signature) == 0
+    return raw_signature_verifies(public64, bytes(signature), digest)

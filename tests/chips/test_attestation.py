@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
 
 from provisioner.chips.connector import Connector
 from provisioner.chips.device import CryptoAuthChip
@@ -38,7 +37,7 @@ from provisioner.chips.library import (
     buf,
 )
 from provisioner.settings import Settings
-from tests.chips.conftest import call, config_with, declared, personalise
+from tests.chips.conftest import call, config_with, declared, personalise, raw_signature_verifies
 
 _u8p = POINTER(c_uint8)
 ATECC608 = 3  # ATCADeviceType (cryptoauthlib/iface.py)
@@ -157,15 +156,7 @@ def state(chip: CryptoAuthChip) -> bytes:
 
 
 def verifies(public: bytes, signature: bytes, digest: bytes) -> bool:
-    der = encode_dss_signature(
-        int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-    )
-    key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + public)
-    try:
-        key.verify(der, digest, ec.ECDSA(Prehashed(hashes.SHA256())))
-    except Exception:
-        return False
-    return True
+    return raw_signature_verifies(public, signature, digest)
 
 
 def host_tempkey(nonce: bytes) -> TempKeyFlags:

@@ -32,9 +32,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import (
-    Prehashed,
     decode_dss_signature,
-    encode_dss_signature,
 )
 
 from provisioner.chips.connector import Connector
@@ -47,7 +45,7 @@ from provisioner.chips.library import (
     buf,
 )
 from provisioner.settings import Settings
-from tests.chips.conftest import call
+from tests.chips.conftest import call, chip_signs
 
 COUNTER_MAX = 2_097_151  # datasheet / calib_command.h COUNTER_MAX_VALUE
 
@@ -113,16 +111,7 @@ def _raw_signature(der: bytes) -> bytes:
 def _signs_digest(chip: CryptoAuthChip, public64: bytes, mode: int, digest: bytes) -> bool:
     """Sign (external) from TempKey or the digest buffer; True if the signature is over
     ``digest`` (checked with cryptography on the prehashed digest)."""
-    signature = buf(64)
-    assert call(chip, "calib_sign_base", mode, 0, signature) == ATCA_SUCCESS
-    key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + public64)
-    raw = bytes(signature)
-    der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
-    try:
-        key.verify(der, digest, ec.ECDSA(Prehashed(hashes.SHA256())))
-    except Exception:
-        return False
-    return True
+    return chip_signs(chip, mode, 0, public64, digest)
 
 
 # --- SHA -------------------------------------------------------------------------------

@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
 
 from provisioner.chips.connector import Connector
 from provisioner.chips.device import CryptoAuthChip
@@ -24,7 +23,7 @@ from provisioner.chips.library import (
     buf,
 )
 from provisioner.settings import Settings
-from tests.chips.conftest import call, config_with, declared, personalise
+from tests.chips.conftest import call, chip_signs, config_with, declared, personalise
 
 _u8p = POINTER(c_uint8)
 PROTOTYPES: dict[str, list[Any]] = {
@@ -163,16 +162,7 @@ def ephemeral(chip: CryptoAuthChip) -> bytes:
 
 def signs(chip: CryptoAuthChip, public: bytes, digest: bytes) -> bool:
     """Sign external over TempKey with slot 0; True if the signature is over ``digest``."""
-    sig = buf(64)
-    assert call(chip, "calib_sign_base", 0x80, ECDH_KEY, sig) == ATCA_SUCCESS
-    raw = bytes(sig)
-    der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
-    key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + public)
-    try:
-        key.verify(der, digest, ec.ECDSA(Prehashed(hashes.SHA256())))
-    except Exception:
-        return False
-    return True
+    return chip_signs(chip, 0x80, ECDH_KEY, public, digest)
 
 
 # --- output in clear ------------------------------------------------------------------

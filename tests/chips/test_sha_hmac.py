@@ -33,15 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
 
 from provisioner.chips.connector import Connector
 from provisioner.chips.device import CryptoAuthChip
 from provisioner.chips.library import ATCA_EXECUTION_ERROR, ATCA_PARSE_ERROR, ATCA_SUCCESS, buf
 from provisioner.settings import Settings
-from tests.chips.conftest import call, config_with, declared, personalise
+from tests.chips.conftest import call, chip_signs, config_with, declared, personalise
 
 _u8p = POINTER(c_uint8)
 
@@ -136,18 +133,7 @@ def _chip_hmac(
 def _signed_over(chip: CryptoAuthChip, sign_mode: int, digest: bytes) -> bool:
     """The chip signs (external, slot 0) from TempKey or the digest buffer; True if the
     signature verifies over ``digest``."""
-    signature = buf(64)
-    assert call(chip, "calib_sign_base", sign_mode, KEY_SLOT, signature) == ATCA_SUCCESS
-    public = ec.EllipticCurvePublicKey.from_encoded_point(
-        ec.SECP256R1(), b"\x04" + chip.public_key(KEY_SLOT)
-    )
-    raw = bytes(signature)
-    der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
-    try:
-        public.verify(der, digest, ec.ECDSA(Prehashed(hashes.SHA256())))
-    except Exception:
-        return False
-    return True
+    return chip_signs(chip, sign_mode, KEY_SLOT, chip.public_key(KEY_SLOT), digest)
 
 
 def _tempkey_valid(chip: CryptoAuthChip) -> bool:
