@@ -173,3 +173,18 @@ def check_start(settings: Settings) -> None:
 def check_token_file(path: Path) -> None:
     """Refuse a user token file the group or others can access (before it is read)."""
     refuse([f for f in [open_to_others(path, "token file")] if f])
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Atomically, 0600 from the first byte (a key is never briefly readable)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -43,9 +43,9 @@ from provisioner.ca.server_cert import (
     ServerCertFiles,
     client_ca_bundle,
     ensure_server_certificate,
-    write_private,
 )
 from provisioner.errors import ProvisionerError
+from provisioner.private_files import write_private
 from provisioner.settings import Settings
 
 log = logging.getLogger("provisioner.devices")

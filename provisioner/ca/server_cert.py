@@ -22,7 +22,6 @@ public material and rewritten from the CA directory on every call.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -36,6 +35,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from provisioner.ca.leaf import leaf_builder, signed
 from provisioner.ca.names import general_names
+from provisioner.private_files import write_private
 from provisioner.settings import Settings
 
 VALIDITY = timedelta(days=365)
@@ -86,21 +86,6 @@ def san_set(cert: x509.Certificate) -> set[x509.GeneralName]:
 
 def pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Atomically, 0600 from the first byte (a key is never briefly readable)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def load_key(path: Path) -> ec.EllipticCurvePrivateKey | None:
