@@ -10,22 +10,26 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
+from cryptography import x509
 from sqlalchemy import or_, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from provisioner.audit import chain
 from provisioner.ca.issuer import verify_proof_of_possession
+from provisioner.ca.manufacturer_chain import ManufacturerChainError, VerifiedChain, verify_chain
 from provisioner.db.engine import transaction
 from provisioner.db.models import (
     Batch,
+    BatchMode,
     BatchState,
     Certificate,
     Device,
+    FactoryCertificate,
     PartAction,
     RegistryUpload,
     Step,
@@ -43,7 +47,16 @@ from provisioner.ports import IssuedCertificate
 
 # What a station may report as an incident with a failure (``incident.<name>``): it saw
 # something only it can see (a certificate its pinned CA chain does not vouch for).
-STATION_INCIDENTS = frozenset({"forged_certificate"})
+# A pre-provisioned part whose chain does not verify against the manufacturer root is an
+# incident too (``untrusted_part``): a part of another manufacturer, or a forgery.
+STATION_INCIDENTS = frozenset({"forged_certificate", "untrusted_part"})
+
+# The certificate kinds a pre-provisioned part may carry (chips.tng.FactoryCertificates).
+FACTORY_KINDS = frozenset({"tngtls", "tflxtls"})
+
+ManufacturerRoot = Callable[[], x509.Certificate]
+"""Reads the trusted manufacturer root when a part is judged (so `manufacturer trust`
+takes effect without a restart); raises ConfigError when none is installed."""
 
 
 def registry_device_id(chip_serial_hex: str) -> str:
@@ -101,22 +114,35 @@ class DeviceLedger:
         socket: int | None = None,
         *,
         registry: str | None = None,
+        manufacturer_root: ManufacturerRoot | None = None,
     ) -> None:
         self.engine = engine
         self.actor = actor
         self.station_id = station_id
         self.socket = socket  # the jig socket a station worker serves
         self.registry = registry  # where verified devices are uploaded (registry path)
+        # Pre-provisioned parts' trusted root, read when a part is judged.
+        self.manufacturer_root_source = manufacturer_root
 
     def load(self, device_id: int) -> Device:
         with transaction(self.engine) as s:
             return get_device(s, device_id)
 
     def certificate(self, device_id: int) -> IssuedCertificate:
-        """The certificate the signer recorded for the device."""
+        """The certificate the signer recorded for the device; for a pre-provisioned part,
+        the one it came with (recorded once its chain verified)."""
         with transaction(self.engine) as s:
             row = s.exec(select(Certificate).where(Certificate.device_id == device_id)).first()
             if row is None:
+                factory = s.exec(
+                    select(FactoryCertificate).where(FactoryCertificate.device_id == device_id)
+                ).first()
+                if factory is not None:
+                    return IssuedCertificate(
+                        der=factory.der,
+                        serial_number=int(factory.serial_number, 16),
+                        fingerprint_sha256=factory.fingerprint_sha256,
+                    )
                 raise NotFoundError(f"device {device_id} has no certificate yet")
             return IssuedCertificate(
                 der=row.der,
@@ -287,6 +313,139 @@ class DeviceLedger:
             registry=self.registry,
             registry_device_id=registry_device_id(dev.chip_serial or ""),
             fingerprint=cert.fingerprint_sha256,
+        )
+
+    # --- pre-provisioned parts (a batch in mode ``preprovisioned``) -------------------
+
+    def batch_mode(self, device_id: int) -> tuple[BatchMode, str | None]:
+        """The mode of the device's batch and the kind of part it takes."""
+        with transaction(self.engine) as s:
+            batch = s.get(Batch, get_device(s, device_id).batch_id)
+            if batch is None:
+                raise NotFoundError(f"device {device_id} has no batch")
+            return BatchMode(batch.mode), batch.part
+
+    def _verified(self, device_der: bytes, signer_der: bytes) -> VerifiedChain:
+        """The chain verified here, on the line, against the root installed now."""
+        if self.manufacturer_root_source is None:
+            raise ConfigError("this ledger has no manufacturer root to verify parts against")
+        try:
+            return verify_chain(device_der, signer_der, self.manufacturer_root_source())
+        except ManufacturerChainError as exc:
+            raise PolicyViolationError(str(exc)) from None
+
+    def _preprovisioned(self, s: Session, dev: Device) -> Batch:
+        batch = s.get(Batch, dev.batch_id)
+        if batch is None or batch.mode != BatchMode.PREPROVISIONED:
+            raise PolicyViolationError(
+                f"device {dev.id}: its batch is in mode `issue`; a part's own certificate "
+                "is only accepted in a batch created with --mode preprovisioned"
+            )
+        return batch
+
+    def record_factory_certificates(
+        self, device_id: int, kind: str, device_der: bytes, signer_der: bytes
+    ) -> Device:
+        """The certificates a pre-provisioned part came with, verified again here against
+        the trusted manufacturer root; the device's key is the certificate's (refused if
+        another device has it: a cloned part). Records KEY_GENERATED (the key exists, made by
+        the manufacturer) with ``device.factory_certificates``."""
+        if kind not in FACTORY_KINDS:
+            raise InvalidInputError(f"unknown factory certificate kind {kind[:20]!r}")
+        with transaction(self.engine) as s:
+            self._preprovisioned(s, get_device(s, device_id))
+        verified = self._verified(device_der, signer_der)
+        point = verified.public_point
+        key_hash = hashlib.sha256(point).hexdigest()
+        with transaction(self.engine) as s:
+            dev = get_device(s, device_id)
+            self._preprovisioned(s, dev)
+            other = s.exec(
+                select(Device.id).where(Device.public_key == point.hex(), Device.id != device_id)
+            ).first()
+            if other is None:
+                existing = s.exec(
+                    select(FactoryCertificate).where(FactoryCertificate.device_id == device_id)
+                ).first()
+                if existing is not None:
+                    s.delete(existing)  # a part recorded earlier, replaced (a retried device)
+                    s.flush()
+                s.add(
+                    FactoryCertificate(
+                        device_id=device_id,
+                        kind=kind,
+                        serial_number=format(verified.device.serial_number, "x"),
+                        fingerprint_sha256=verified.fingerprint_sha256,
+                        der=verified.device_der,
+                        signer_der=signer_der,
+                        root_fingerprint_sha256=verified.root_fingerprint_sha256,
+                        not_before=verified.device.not_valid_before_utc,
+                        not_after=verified.device.not_valid_after_utc,
+                    )
+                )
+                dev.public_key = point.hex()
+                record_step(
+                    s,
+                    dev,
+                    Step.KEY_GENERATED,
+                    "device.factory_certificates",
+                    actor=self.actor,
+                    station_id=self.station_id,
+                    socket=self.socket,
+                    payload={
+                        "kind": kind,
+                        "fingerprint_sha256": verified.fingerprint_sha256,
+                        "signer_fingerprint_sha256": hashlib.sha256(signer_der).hexdigest(),
+                        "root_fingerprint_sha256": verified.root_fingerprint_sha256,
+                        "public_key_sha256": key_hash,
+                    },
+                )
+                return dev
+        with transaction(self.engine) as s:
+            dev = get_device(s, device_id)
+            chain.append(
+                s,
+                "incident.key_reused",
+                actor=self.actor,
+                station_id=self.station_id,
+                socket=self.socket,
+                batch_id=dev.batch_id,
+                device_id=device_id,
+                chip_serial=dev.chip_serial,
+                payload={"already_device": other, "public_key_sha256": key_hash},
+            )
+        raise PolicyViolationError(
+            f"part {dev.chip_serial} carries key {key_hash[:16]}…, already recorded for device "
+            f"{other}: a cloned part; remove it from the line"
+        )
+
+    def accept_factory_certificate(self, device_id: int) -> Device:
+        """The part proved possession of its certificate's key (POP_VERIFIED): its chain is
+        verified once more against the root installed now, then its certificate, as it is,
+        is queued for the registry (CERT_VERIFIED). Nothing is issued by our CA."""
+        with transaction(self.engine) as s:
+            dev = get_device(s, device_id)
+            self._preprovisioned(s, dev)
+            row = s.exec(
+                select(FactoryCertificate).where(FactoryCertificate.device_id == device_id)
+            ).first()
+        if dev.step != Step.POP_VERIFIED or row is None:
+            raise PolicyViolationError(
+                f"device {device_id}: a part's certificate is accepted only after its proof "
+                "of possession"
+            )
+        verified = self._verified(row.der, row.signer_der)
+        if verified.public_point.hex() != dev.public_key:
+            raise PolicyViolationError(
+                f"device {device_id}: the recorded key is not the certificate's"
+            )
+        if self.registry is None:
+            raise ConfigError("this ledger has no registry to queue uploads for")
+        return self.queue_upload(
+            device_id,
+            registry=self.registry,
+            registry_device_id=registry_device_id(dev.chip_serial or ""),
+            fingerprint=row.fingerprint_sha256,
         )
 
     def claim(self, device_id: int, holder: str, lease_s: float) -> bool:

@@ -9,6 +9,15 @@ Station side, :func:`provision_device`::
     against the CA chain it pins (``check``) -> write it to the chip
     -> read back and compare -> queue the registry upload
 
+Station side, :func:`provision_preprovisioned` (a batch in mode ``preprovisioned``: a part
+its manufacturer already provisioned, e.g. Trust&GO)::
+
+    read serial + revision -> read the device and signer certificates through the library's
+    TNG definitions -> verify the chain against the manufacturer root the line trusts ->
+    the key in the key slot must be the certificate's -> record (the line verifies the
+    chain again) -> proof of possession over a line challenge -> the line accepts the
+    certificate as it is and queues its upload (our CA issues nothing)
+
 Registry side, :func:`upload_device`::
 
     create the device in the registry -> on ALREADY_EXISTS compare certificates -> done
@@ -29,12 +38,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import load_der_x509_certificate, load_pem_x509_certificate
 
 from provisioner.ca.issuer import verify_proof_of_possession
+from provisioner.ca.manufacturer_chain import parse_root, root_point, verify_chain
 from provisioner.db.models import Device, Step, UploadState
 from provisioner.errors import ChipError, ChipStateError, DeviceStopped, WrongChipError
 from provisioner.ledger import DeviceLedger, registry_device_id
@@ -42,12 +52,16 @@ from provisioner.metrics import record
 from provisioner.metrics.record import StepMeter
 from provisioner.ports import (
     CertificateSigner,
+    ChipIdentity,
     DeviceAlreadyExists,
     IssuedCertificate,
     RegistryBackend,
     SecureElement,
     SigningRequest,
 )
+
+if TYPE_CHECKING:
+    from provisioner.chips.tng import FactoryCertificates
 
 
 def always(_: Step) -> bool:
@@ -151,7 +165,13 @@ def _provision(
     if dev.step < Step.KEY_GENERATED:
         boundary(Step.KEY_GENERATED)
         meter.start(Step.KEY_GENERATED)
-        chip.ensure_configured()
+        try:
+            chip.ensure_configured()
+        except ChipStateError as exc:
+            raise ChipStateError(
+                f"{exc} (this batch is in mode `issue`, for blank chips; pre-provisioned "
+                "parts such as Trust&GO go in a batch created with --mode preprovisioned)"
+            ) from exc
         if not chip.data_locked():
             point = b"\x04" + chip.generate_key()
             chip.lock_data_zone()
@@ -219,6 +239,148 @@ def _provision(
     if read_back != cert.der:
         raise ChipError(f"chip {serial}: the certificate read back differs from the one written")
     dev = ledger.record_verified(device_id, read_back)
+    meter.ok()
+    return dev
+
+
+class FactoryPart(Protocol):
+    """A pre-provisioned part as the station drives it
+    (:class:`~provisioner.chips.device.CryptoAuthChip`)."""
+
+    @property
+    def locator(self) -> str: ...
+
+    def identity(self) -> ChipIdentity: ...
+
+    def config_locked(self) -> bool: ...
+
+    def data_locked(self) -> bool: ...
+
+    def public_key(self, slot: int | None = None) -> bytes: ...
+
+    def sign_digest(self, digest: bytes, slot: int | None = None) -> bytes: ...
+
+    def read_factory_certificates(self, root_public_key: bytes) -> FactoryCertificates: ...
+
+
+class FactoryLedger(Protocol):
+    """What the pre-provisioned flow records (the line re-verifies each record)."""
+
+    def load(self, device_id: int) -> Device: ...
+
+    def identify(
+        self, device_id: int, serial_hex: str, revision_hex: str, locator: str
+    ) -> Device: ...
+
+    def manufacturer_root(self) -> bytes:
+        """The trusted manufacturer root certificate (PEM), as the line holds it."""
+        ...
+
+    def record_factory_certificates(
+        self, device_id: int, kind: str, device_der: bytes, signer_der: bytes
+    ) -> Device: ...
+
+    def challenge(self, device_id: int) -> bytes: ...
+
+    def record_pop(self, device_id: int, challenge: bytes, signature: bytes) -> Device: ...
+
+    def accept_factory_certificate(self, device_id: int) -> Device: ...
+
+
+def provision_preprovisioned(
+    device_id: int,
+    chip: FactoryPart,
+    ledger: FactoryLedger,
+    *,
+    part: str,
+    proceed: Callable[[Step], bool] = always,
+) -> Device:
+    """Run (or resume) the station part of a pre-provisioned part's device on ``chip``
+    (``part``: its kind, for messages). No signer is involved: the certificate is the
+    manufacturer's. Counted and timed like :func:`provision_device`."""
+    meter = StepMeter()
+    try:
+        return _preprovisioned(device_id, chip, ledger, part, proceed, meter)
+    except BaseException as exc:
+        meter.failed(exc)
+        raise
+
+
+def _preprovisioned(
+    device_id: int,
+    chip: FactoryPart,
+    ledger: FactoryLedger,
+    part: str,
+    proceed: Callable[[Step], bool],
+    meter: StepMeter,
+) -> Device:
+    def boundary(step: Step) -> None:
+        if not proceed(step):
+            raise DeviceStopped(f"device {device_id} stopped before {step.name}")
+
+    dev = ledger.load(device_id)
+    if dev.step >= Step.CERT_VERIFIED:
+        return dev
+
+    # 1. Identify the part; a resumed device must still be the same part.
+    if dev.step == Step.PENDING:
+        boundary(Step.IDENTIFIED)
+    meter.start(_next(dev.step))
+    ident = chip.identity()
+    serial = ident.serial_hex
+    if dev.step == Step.PENDING:
+        dev = ledger.identify(device_id, serial, ident.revision.hex(), chip.locator)
+        meter.ok()
+    elif dev.chip_serial != serial:
+        raise WrongChipError(
+            f"{chip.locator} holds chip {serial}, but device {device_id} is chip "
+            f"{dev.chip_serial}: insert that chip to resume it"
+        )
+
+    # 2. A pre-provisioned part is locked; a blank chip does not belong in this batch.
+    if not (chip.config_locked() and chip.data_locked()):
+        raise ChipStateError(
+            f"chip {serial} in {chip.locator} is not locked: a blank chip, not a pre-provisioned "
+            f"{part} part (this batch is in mode `preprovisioned`; blank chips go in an "
+            "`issue` batch)"
+        )
+
+    # 3. Its certificates, through the library, verified against the line's manufacturer
+    # root (here to refuse early; the line verifies again before it records).
+    root = parse_root(ledger.manufacturer_root(), "the line's manufacturer root")
+    certs = chip.read_factory_certificates(root_point(root))
+    verified = verify_chain(certs.device_der, certs.signer_der, root)
+    point = b"\x04" + chip.public_key(certs.key_slot)
+    if point != verified.public_point:
+        raise ChipStateError(
+            f"chip {serial}: the key in slot {certs.key_slot} is not its certificate's key"
+        )
+    if dev.step < Step.KEY_GENERATED:
+        boundary(Step.KEY_GENERATED)
+        meter.start(Step.KEY_GENERATED)
+        dev = ledger.record_factory_certificates(
+            device_id, certs.kind, certs.device_der, certs.signer_der
+        )
+        meter.ok()
+    elif dev.public_key != point.hex():
+        raise ChipStateError(
+            f"chip {serial} reports a different key than recorded for device {device_id}"
+        )
+
+    # 4. Proof of possession of the certificate's key over a challenge the line gave out.
+    if dev.step < Step.POP_VERIFIED:
+        boundary(Step.POP_VERIFIED)
+        meter.start(Step.POP_VERIFIED)
+        challenge = ledger.challenge(device_id)
+        raw_sig = chip.sign_digest(hashlib.sha256(challenge).digest(), certs.key_slot)
+        verify_proof_of_possession(point, challenge, raw_sig)
+        dev = ledger.record_pop(device_id, challenge, raw_sig)
+        meter.ok()
+
+    # 5. The line accepts the certificate as it is and queues its upload.
+    boundary(Step.CERT_VERIFIED)
+    meter.start(Step.CERT_VERIFIED)
+    dev = ledger.accept_factory_certificate(device_id)
     meter.ok()
     return dev
 

@@ -386,6 +386,14 @@ class CrlSettings(_Section):
     root_next_update_days: int = Field(default=365, ge=1, le=3650)  # the root's CRL
 
 
+class ManufacturerSettings(_Section):
+    """The manufacturer root that pre-provisioned parts' certificate chains must verify
+    against (``provisioner manufacturer trust FILE`` installs it, audited). Only the line
+    server reads it; stations are handed its public key by the line."""
+
+    root_file: Path | None = None  # default: <var>/manufacturer/root.pem
+
+
 class CelerySettings(_Section):
     sign_timeout_s: float = Field(default=60.0, gt=0)
     # How long a station waits for the line server's answer to one request (a step
@@ -435,6 +443,7 @@ class Settings(BaseSettings):
     fleet: FleetSettings = FleetSettings()
     devices: DevicesSettings = DevicesSettings()
     crl: CrlSettings = CrlSettings()
+    manufacturer: ManufacturerSettings = ManufacturerSettings()
     stations: dict[str, StationSettings] = Field(
         default_factory=lambda: {"line1": StationSettings()}
     )
@@ -503,6 +512,11 @@ class Settings(BaseSettings):
     def enroll_url(self) -> str:
         """Where `station enroll` sends its request: ``line_url``, else this PC's API."""
         return self.line_url or self.api_url
+
+    @property
+    def manufacturer_root_file(self) -> Path:
+        """The trusted manufacturer root certificate (PEM) for pre-provisioned parts."""
+        return (self.manufacturer.root_file or self.var / "manufacturer" / "root.pem").resolve()
 
     @property
     def softhsm_conf(self) -> Path:

@@ -35,15 +35,19 @@ from cryptoauthlib.status import Status
 
 from provisioner import pipeline, socket_state
 from provisioner.ca.chain import chip_chain, local_material
+from provisioner.ca.manufacturer_chain import ManufacturerChainError
 from provisioner.ca.pinned import PinnedChain
 from provisioner.chips.certdef import ChipCertChain
 from provisioner.chips.connector import Connector
-from provisioner.db.models import Device, PartAction, Step
+from provisioner.chips.device import CryptoAuthChip
+from provisioner.db.models import BatchMode, Device, PartAction, Step
 from provisioner.errors import (
     BatchNotRunningError,
     ChipAbsentError,
     ChipCommandError,
     ChipError,
+    ChipStateError,
+    ConfigError,
     DeviceStopped,
     ForgedCertificateError,
     PolicyViolationError,
@@ -251,6 +255,10 @@ class SocketRun:
             except ServiceUnavailableError as exc:
                 self._socket("busy", device_id, f"waiting: {exc}")
                 return Outcome("wait_service", device_id, str(exc), error=exc)
+            except ManufacturerChainError as exc:
+                # A part whose certificates do not chain to the trusted manufacturer root:
+                # refused, recorded as an incident, nothing uploaded.
+                return self._fail(device_id, str(exc), PartAction.REJECT, incident="untrusted_part")
             except ChipAbsentError as exc:
                 if not self.auto:  # a person feeds this socket: wait for the chip
                     return self._wait_chip(device_id, self._wanted(self.ledger.load(device_id)))
@@ -291,6 +299,9 @@ class SocketRun:
         if not self.ledger.claim(device_id, self.holder, self.lease_s):  # renew the lease
             return Outcome("skipped", device_id, "its lease ran out and another task holds it")
         dev = self.ledger.load(device_id)
+        mode, part = self.ledger.batch_mode(device_id)
+        if mode is BatchMode.PREPROVISIONED:
+            return self._attempt_part(device_id, dev, part, feed)
         if feed:
             feed_auto(self.settings, self.station_id, self.socket, dev)
         with self.connector.open(self.locator) as chip:
@@ -309,6 +320,62 @@ class SocketRun:
             "idle", device_id, "provisioned" if self.auto else "provisioned: take the chip out"
         )
         return Outcome("done", done.id or device_id)
+
+    def _attempt_part(self, device_id: int, dev: Device, part: str | None, feed: bool) -> Outcome:
+        """A device of a preprovisioned batch: the part is addressed where its kind answers
+        (Trust&GO 0x6A, TrustFLEX 0x6C) and its own certificate is taken, verified, as it is
+        (:func:`pipeline.provision_preprovisioned`)."""
+        from provisioner.chips.tng import PART_ADDRESSES
+
+        if part not in PART_ADDRESSES:
+            raise ConfigError(f"device {device_id}: its batch names no known part ({part!r})")
+        if feed:  # the emulated operator: a new part of the batch's kind, or the device's own
+            feed_auto(self.settings, self.station_id, self.socket, dev, part=part)
+        address = PART_ADDRESSES[part]
+        with self._open_part(address) as chip:
+            try:
+                chip.identity()
+            except ChipAbsentError:
+                self._refuse_other_address(part, address)
+                if dev.chip_serial is None:  # nothing in the socket yet: someone inserts
+                    return self._wait_chip(device_id, f"insert a {part} part")
+                raise
+            misplaced = self._misplaced(chip, dev)
+            if misplaced is not None:
+                return self._wait_chip(device_id, misplaced)
+            done = pipeline.provision_preprovisioned(
+                device_id,
+                chip,
+                self.ledger,
+                part=part,
+                proceed=partial(self.ledger.gate, device_id, announce=True),
+            )
+        self._socket(
+            "idle", device_id, "provisioned" if self.auto else "provisioned: take the chip out"
+        )
+        return Outcome("done", done.id or device_id)
+
+    def _open_part(self, address: int | None) -> CryptoAuthChip:
+        """The chip in this socket at ``address`` (None: where the station's locator says);
+        an I2C locator names its address, so it is rewritten for the part's."""
+        if self.locator.startswith("i2c:") and address is not None:
+            bus = self.locator.rsplit("@", 1)[0]
+            return self.connector.open(f"{bus}@0x{address:02X}")
+        return self.connector.open(self.locator, address=address)
+
+    def _refuse_other_address(self, part: str, address: int) -> None:
+        """Nothing answers at the part's address: a chip answering at the station's own
+        address (a blank chip, 0xC0) is not this batch's kind of part, refused clearly."""
+        try:
+            with self._open_part(None) as other:
+                serial = other.identity().serial_hex
+        except ChipError:
+            return  # the socket is empty: wait for the part as usual
+        raise ChipStateError(
+            f"chip {serial} in {self.locator} does not answer at 0x{address:02X}: not a "
+            f"{part} part (a blank chip?); this batch is in mode `preprovisioned`, blank "
+            "chips go in an `issue` batch"
+        )
 
     # --- the chip in the socket ------------------------------------------------------
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Engine
 
@@ -34,6 +36,9 @@ from provisioner.errors import (
 )
 from provisioner.settings import Settings
 
+if TYPE_CHECKING:
+    from provisioner.chips.emulator.chip import EmulatedChip
+
 
 def locator(settings: Settings, station_id: str, socket: int) -> str:
     st = settings.station(station_id)
@@ -52,17 +57,49 @@ def auto_fed(settings: Settings, station_id: str) -> bool:
     return st.transport == "emulated" and st.feed == "auto"
 
 
-def feed_auto(settings: Settings, station_id: str, socket: int, dev: Device) -> None:
+def feed_auto(
+    settings: Settings, station_id: str, socket: int, dev: Device, *, part: str | None = None
+) -> None:
     """The emulated operator of an auto-fed station puts the chip ``dev`` needs in
-    ``socket``: a blank one for a new device, the device's own chip for a resumed one."""
+    ``socket``: for a new device a blank one, or in a preprovisioned batch a new ``part``
+    (:func:`emulated_part`); the device's own chip for a resumed one."""
     jig = Connector(settings).jig(station_id)
     if dev.chip_serial is None:
-        jig.insert_blank(socket)
+        if part is None:
+            jig.insert_blank(socket)
+        else:
+            jig.insert_chip(socket, emulated_part(settings, part))
         return
     path = jig.pool_path(dev.chip_serial)
     if not path.exists():
         raise ChipAbsentError(f"chip {dev.chip_serial} of device {dev.id} is not in the tray")
     jig.insert(socket, path)
+
+
+def emulated_part(settings: Settings, part: str) -> EmulatedChip:
+    """A new pre-provisioned part of kind ``part`` (``trust-and-go``, ``trustflex``) from the
+    emulated line's tray: made, locked and certified by the emulated line's manufacturer
+    (``<chips_dir>/manufacturer``, not Microchip's), whose root the line verifies parts
+    against only once an admin has run ``provisioner manufacturer trust`` on it."""
+    from provisioner.chips.emulator import tray
+    from provisioner.chips.emulator.manufacturer import EmulatedManufacturer
+
+    makers = {"trust-and-go": tray.trust_and_go, "trustflex": tray.trustflex}
+    if part not in makers:
+        raise InvalidInputError(f"unknown part {part!r}: use one of {', '.join(sorted(makers))}")
+    return makers[part](EmulatedManufacturer.of_line(settings.chips_dir))
+
+
+def emulated_manufacturer_root(settings: Settings) -> Path:
+    """The root certificate of the emulated line's manufacturer (made on first use)."""
+    from provisioner.chips.emulator.manufacturer import MANUFACTURER_DIR, ROOT_FILE
+
+    emulated = Path(settings.chips_dir) / MANUFACTURER_DIR / ROOT_FILE
+    if not emulated.exists():
+        from provisioner.chips.emulator.manufacturer import EmulatedManufacturer
+
+        EmulatedManufacturer.of_line(settings.chips_dir)
+    return emulated
 
 
 # --- operator actions on an emulated jig -----------------------------------------------------
@@ -90,9 +127,13 @@ def insert_chip(
     *,
     actor: str,
     serial: str | None = None,
+    part: str | None = None,
 ) -> str:
-    """Put a chip in an empty socket of an emulated jig: a factory-fresh one, or the chip
-    ``serial`` from the tray's pool (e.g. a chip taken out earlier). Returns its serial."""
+    """Put a chip in an empty socket of an emulated jig: a factory-fresh one, a new
+    pre-provisioned ``part`` (:func:`emulated_part`), or the chip ``serial`` from the tray's
+    pool (e.g. a chip taken out earlier). Returns its serial."""
+    if serial is not None and part is not None:
+        raise InvalidInputError("--serial puts back a chip from the tray; --part makes a new one")
     jig = _emulated_jig(settings, station_id, socket)
     held = jig.serial_in(socket)
     if held is not None:
@@ -107,8 +148,11 @@ def insert_chip(
             raise InvalidInputError(f"--serial must be 18 hex digits (9 bytes), got {serial!r}")
         if not jig.pool_path(serial).exists():
             raise NotFoundError(f"no chip {serial} in the tray of emulated chips")
+    made = emulated_part(settings, part) if part is not None else None
     with transaction(engine) as s:
-        if serial is None:
+        if made is not None:
+            serial = jig.insert_chip(socket, made).stem
+        elif serial is None:
             serial = jig.insert_blank(socket).stem
         else:
             jig.insert(socket, jig.pool_path(serial))
@@ -119,7 +163,7 @@ def insert_chip(
             station_id=station_id,
             socket=socket,
             chip_serial=serial,
-            payload={"fresh": fresh},
+            payload={"fresh": fresh, "part": part} if part else {"fresh": fresh},
         )
     return serial
 

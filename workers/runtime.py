@@ -116,6 +116,7 @@ def _open_station(settings: Settings, index: int) -> WorkerRuntime:
 
 def _open_gateway(settings: Settings) -> WorkerRuntime:
     from provisioner.ca.chain import local_material
+    from provisioner.ca.manufacturer_chain import load_root
     from provisioner.dispatch import redispatch_station
     from provisioner.link.gateway import Gateway
     from provisioner.link.keys import line_key
@@ -148,6 +149,7 @@ def _open_gateway(settings: Settings) -> WorkerRuntime:
         on_verified=upload,
         on_resume=lambda: redispatch_station(engine, settings, station),
         chain_material=lambda: local_material(settings).as_json(),
+        manufacturer_root=lambda: load_root(settings.manufacturer_root_file),
     )
     return WorkerRuntime(
         settings, "gateway", engine, station_id=station, gateway=gateway, line_app=line_app

@@ -6,7 +6,7 @@ it."""
 # annotations as objects, and guard is local to the router factories.
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -65,6 +65,10 @@ class NewBatch(BaseModel):
     station: str = Field(max_length=NAME_MAX)
     count: int = Field(ge=1, le=batches.MAX_BATCH)
     quota: int | None = Field(default=None, ge=1, le=batches.MAX_BATCH)
+    # issue (default): blank chips, our CA issues; preprovisioned: the part's own
+    # certificates (``part``: trust-and-go | trustflex), verified and uploaded as they are.
+    mode: Literal["issue", "preprovisioned"] = "issue"
+    part: str | None = Field(default=None, max_length=32)
 
 
 class RetryRequest(BaseModel):
@@ -243,10 +247,13 @@ def ops_router(engine: Engine, settings: Settings, guard: Guard) -> APIRouter:
                 count=body.count,
                 actor=who.actor,
                 quota=body.quota,
+                mode=body.mode,
+                part=body.part,
             )
         except ProvisionerError as exc:
             raise _problem(exc) from None
-        return {"id": bid, "station": body.station, "count": body.count}
+        out = {"id": bid, "station": body.station, "count": body.count}
+        return {**out, "mode": body.mode, "part": body.part}
 
     @r.get("/users")
     def list_users(who: Annotated[Who, Depends(guard("users.read"))]) -> Any:

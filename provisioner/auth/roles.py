@@ -65,6 +65,9 @@ ACTIONS: dict[str, frozenset[Role]] = {
     "ca.show": _ADMIN,
     "ca.revoke": _ADMIN,
     "ca.crl": _ADMIN,
+    # the manufacturer root pre-provisioned parts must chain to (what the line trusts)
+    "manufacturer.trust": _ADMIN,
+    "manufacturer.show": _AUDIT,
     "device.rotate_key": _ADMIN,  # a field device's credentials in the registry
     "users.manage": _ADMIN,
     "users.read": _ADMIN,

@@ -26,9 +26,11 @@ from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from provisioner.audit import chain
+from provisioner.ca.manufacturer_chain import load_root
 from provisioner.db.engine import transaction
 from provisioner.db.models import (
     Batch,
+    BatchMode,
     BatchState,
     Device,
     Station,
@@ -56,14 +58,45 @@ class Transition:
 
 
 def validate_request(
-    settings: Settings, *, station_id: str, count: int, quota: int | None = None
+    settings: Settings,
+    *,
+    station_id: str,
+    count: int,
+    quota: int | None = None,
+    mode: str = "issue",
+    part: str | None = None,
 ) -> None:
-    """Reject a bad count or an unknown station before anything else is looked at."""
+    """Reject a bad count, an unknown station, or a mode without its part (and a part
+    without its mode) before anything else is looked at."""
     if count <= 0 or count > MAX_BATCH:
         raise InvalidInputError(f"--count must be between 1 and {MAX_BATCH}, got {count}")
     if quota is not None and not 1 <= quota <= count:
         raise InvalidInputError(f"--quota must be between 1 and the count ({count}), got {quota}")
+    parse_mode(mode, part)
     settings.station(station_id)  # NotFoundError for an unknown station
+
+
+def parse_mode(mode: str, part: str | None) -> tuple[BatchMode, str | None]:
+    """The batch mode and part kind, checked: ``preprovisioned`` needs one of the known
+    parts (:data:`~provisioner.chips.tng.PART_ADDRESSES`); ``issue`` takes none."""
+    from provisioner.chips.tng import PART_ADDRESSES
+
+    try:
+        chosen = BatchMode(mode)
+    except ValueError:
+        raise InvalidInputError(
+            f"--mode must be one of {', '.join(m.value for m in BatchMode)}, got {mode[:40]!r}"
+        ) from None
+    if chosen is BatchMode.ISSUE:
+        if part is not None:
+            raise InvalidInputError("--part is for a batch in mode preprovisioned")
+        return chosen, None
+    if part not in PART_ADDRESSES:
+        raise InvalidInputError(
+            f"--part must be one of {', '.join(sorted(PART_ADDRESSES))} for a "
+            f"preprovisioned batch, got {part!r}"
+        )
+    return chosen, part
 
 
 def create_batch(
@@ -74,16 +107,32 @@ def create_batch(
     count: int,
     actor: str,
     quota: int | None = None,
+    mode: str = "issue",
+    part: str | None = None,
 ) -> int:
     """Create a batch of ``count`` devices on a configured station; returns its id.
 
-    ``quota`` caps the certificates the signer issues for it (default: ``count``)."""
-    validate_request(settings, station_id=station_id, count=count, quota=quota)
+    ``quota`` caps the certificates the signer issues for it (default: ``count``).
+    ``mode``: ``issue`` (blank chips, our CA issues) or ``preprovisioned`` (``part``'s own
+    certificates, verified against the manufacturer root; our CA issues nothing)."""
+    validate_request(
+        settings, station_id=station_id, count=count, quota=quota, mode=mode, part=part
+    )
+    chosen, part = parse_mode(mode, part)
+    if chosen is BatchMode.PREPROVISIONED:  # its parts are judged against this root
+        load_root(settings.manufacturer_root_file)
     with transaction(engine) as s:
         if s.get(Station, station_id) is None:
             s.add(Station(id=station_id))
             s.flush()
-        batch = Batch(station_id=station_id, count=count, quota=quota, created_by=actor)
+        batch = Batch(
+            station_id=station_id,
+            count=count,
+            quota=quota,
+            created_by=actor,
+            mode=chosen.value,
+            part=part,
+        )
         s.add(batch)
         s.flush()
         assert batch.id is not None
@@ -94,7 +143,12 @@ def create_batch(
             actor=actor,
             station_id=station_id,
             batch_id=batch.id,
-            payload={"count": count, "quota": quota if quota is not None else count},
+            payload={
+                "count": count,
+                "quota": quota if quota is not None else count,
+                "mode": chosen.value,
+                "part": part,
+            },
         )
         return batch.id
 

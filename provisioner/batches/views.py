@@ -129,6 +129,8 @@ class BatchReport:
     sockets: tuple[dict[str, object], ...] = ()
     services: tuple[dict[str, object], ...] = ()
     devices: tuple[DeviceRow, ...] = ()
+    mode: str = "issue"  # BatchMode: issue, or preprovisioned (``part``'s own certificates)
+    part: str | None = None
 
     @property
     def remaining(self) -> int:
@@ -159,6 +161,8 @@ class BatchReport:
             "station": self.station_id,
             "count": self.count,
             "state": self.state,
+            "mode": self.mode,
+            "part": self.part,
             "created_at": self.created_at.isoformat(),
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
@@ -252,6 +256,8 @@ def _summary(s: Session, batch: Batch, *, live: bool) -> BatchReport:
         station_id=batch.station_id,
         count=batch.count,
         state=batch.state.value,
+        mode=batch.mode,
+        part=batch.part,
         created_at=batch.created_at,
         finished_at=batch.finished_at,
         started_at=batch.started_at,

@@ -40,22 +40,53 @@ def create(
         help="Most certificates the signer may issue for this batch (default: the count); "
         "enforced atomically across signer processes.",
     ),
+    mode: str = typer.Option(
+        "issue",
+        "--mode",
+        help="issue: blank chips, a key generated on each and a certificate issued by our CA "
+        "(default); preprovisioned: parts provisioned by their manufacturer (see --part), "
+        "their own certificates verified against the manufacturer root and uploaded as they "
+        "are.",
+    ),
+    part: str | None = typer.Option(
+        None,
+        "--part",
+        help="For --mode preprovisioned: trust-and-go (I2C 0x6A) or trustflex (0x6C).",
+    ),
     as_json: bool = _JSON,
 ) -> None:
     """Create a batch of COUNT devices on STATION.
 
     Checks first that the signer answers with a CA (through the services; no HSM PIN is
-    needed here)."""
+    needed here); a preprovisioned batch needs the manufacturer root installed instead
+    (`provisioner manufacturer trust FILE`)."""
     c = ctx_of(ctx)
     c.require("batch.create")
-    batches.validate_request(c.settings, station_id=station, count=count, quota=quota)
-    preflight.check_signer(c.settings)
+    batches.validate_request(
+        c.settings, station_id=station, count=count, quota=quota, mode=mode, part=part
+    )
+    if mode != "preprovisioned":  # (a preprovisioned batch needs the root instead)
+        preflight.check_signer(c.settings)
     batch_id = batches.create_batch(
-        c.engine, c.settings, station_id=station, count=count, actor=c.actor, quota=quota
+        c.engine,
+        c.settings,
+        station_id=station,
+        count=count,
+        actor=c.actor,
+        quota=quota,
+        mode=mode,
+        part=part,
     )
     limit = quota if quota is not None else count
     if as_json:
-        typer.echo(json.dumps({"id": batch_id, "station": station, "count": count, "quota": limit}))
+        out = {"id": batch_id, "station": station, "count": count, "quota": limit}
+        typer.echo(json.dumps({**out, "mode": mode, "part": part}))
+    elif mode == "preprovisioned":
+        typer.echo(
+            f"batch {batch_id} created: {count} {part} parts on station {station} (mode "
+            f"preprovisioned: their own certificates, none issued); start it with "
+            f"`provisioner batch start {batch_id}`"
+        )
     else:
         typer.echo(
             f"batch {batch_id} created: {count} chips on station {station} "

@@ -23,6 +23,7 @@ from provisioner.cli import (
     line,
     logs,
     manifest,
+    manufacturer,
     ocsp,
     registry,
     report,
@@ -81,6 +82,7 @@ app.add_typer(events.app, name="events")
 app.add_typer(device.app, name="device")
 app.add_typer(fleet.app, name="fleet")
 app.add_typer(ocsp.app, name="ocsp")
+app.add_typer(manufacturer.app, name="manufacturer")
 app.command("demo")(services.demo)
 
 

@@ -24,7 +24,7 @@ from provisioner.enrollment.service import (
 )
 from provisioner.enrollment.tokens import DEFAULT_TTL_S, add_station
 from provisioner.errors import ConfigError
-from provisioner.station import insert_chip, probe, remove_chip
+from provisioner.station import emulated_manufacturer_root, insert_chip, probe, remove_chip
 
 app = typer.Typer(
     help="A station's sockets (status, probe, insert, remove) and station PCs' identities "
@@ -135,13 +135,28 @@ def insert_cmd(
     serial: str | None = typer.Option(
         None, "--serial", help="A chip from the tray by serial (default: a factory-fresh one)."
     ),
+    part: str | None = typer.Option(
+        None,
+        "--part",
+        help="A new pre-provisioned part instead of a blank chip: trust-and-go (answers at "
+        "I2C 0x6A) or trustflex (0x6C), certified by the emulated line's manufacturer "
+        "(not Microchip's), for a batch created with --mode preprovisioned.",
+    ),
 ) -> None:
     """Put a chip in an empty socket of an emulated station (what the operator does on a
     manually fed jig). Audited."""
     c = ctx_of(ctx)
     c.require("station.feed")
-    got = insert_chip(c.engine, c.settings, station, socket, actor=c.actor, serial=serial)
-    typer.echo(f"socket {socket} of {station}: chip {got} inserted")
+    got = insert_chip(
+        c.engine, c.settings, station, socket, actor=c.actor, serial=serial, part=part
+    )
+    typer.echo(f"socket {socket} of {station}: {part or 'chip'} {got} inserted")
+    if part is not None:
+        root = emulated_manufacturer_root(c.settings)
+        typer.echo(
+            f"its manufacturer is the emulated line's (root {root}); the line accepts its "
+            f"parts once an admin ran `provisioner manufacturer trust {root}`"
+        )
 
 
 @app.command("remove")

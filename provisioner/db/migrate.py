@@ -38,7 +38,7 @@ from provisioner.errors import SchemaMismatchError, ServiceUnavailableError
 
 # The revision this software expects. A constant so the check every process makes at start
 # is one query without loading the revision files; a test holds it equal to :func:`head`.
-HEAD = "0005"
+HEAD = "0006"
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 UPGRADE_COMMAND = "provisioner db upgrade"

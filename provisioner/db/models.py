@@ -75,6 +75,15 @@ class BatchState(StrEnum):
 _ENDED = frozenset({BatchState.FINISHED, BatchState.FINISHED_WITH_FAILURES, BatchState.CANCELLED})
 
 
+class BatchMode(StrEnum):
+    """How a batch's devices get their certificate (chosen per batch, never changed)."""
+
+    ISSUE = "issue"  # a blank chip: key generated on it, certificate issued by our CA
+    # A part provisioned by its manufacturer (Trust&GO, TrustFLEX): its certificate chain is
+    # verified against the configured manufacturer root and uploaded as it is.
+    PREPROVISIONED = "preprovisioned"
+
+
 class PartAction(StrEnum):
     """What the operator must do with the physical part of a failed device."""
 
@@ -156,6 +165,13 @@ class Batch(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # A BatchMode's value (stored as text, as the migration made it).
+    mode: str = Field(
+        default=BatchMode.ISSUE.value, max_length=16, sa_column_kwargs={"server_default": "issue"}
+    )
+    # The kind of pre-provisioned part (``trust-and-go``, ``trustflex``): its I2C address
+    # and certificate definitions; None for an ``issue`` batch.
+    part: str | None = Field(default=None, max_length=32)
 
 
 class Device(SQLModel, table=True):
@@ -226,6 +242,27 @@ class Certificate(SQLModel, table=True):
     not_before: datetime
     not_after: datetime
     issuer_fingerprint_sha256: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class FactoryCertificate(SQLModel, table=True):
+    """The certificate a pre-provisioned part came with (its manufacturer issued it, not
+    our CA: it is never a :class:`Certificate` row and never counts against a quota), with
+    the signer certificate it was verified through. Written by the line server only after it
+    verified the chain against the configured manufacturer root."""
+
+    __tablename__ = "factory_certificate"
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: int = Field(foreign_key="device.id", unique=True)
+    kind: str = Field(max_length=16)  # tngtls | tflxtls
+    serial_number: str = Field(max_length=80)  # hex, as the manufacturer chose it
+    fingerprint_sha256: str = Field(unique=True, max_length=64)
+    der: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    signer_der: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    root_fingerprint_sha256: str = Field(max_length=64)
+    not_before: datetime
+    not_after: datetime
     created_at: datetime = Field(default_factory=utcnow)
 
 

@@ -31,6 +31,7 @@ from provisioner.db.engine import transaction
 from provisioner.db.models import (
     MAX_ID,
     Batch,
+    BatchMode,
     Device,
     LinkNonce,
     PartAction,
@@ -40,7 +41,7 @@ from provisioner.db.models import (
     utcnow,
 )
 from provisioner.errors import LinkRefusedError, PolicyViolationError, ProvisionerError
-from provisioner.ledger import STATION_INCIDENTS
+from provisioner.ledger import STATION_INCIDENTS, ManufacturerRoot
 from provisioner.link import wire
 from provisioner.link.envelope import CLOCK_SKEW_S, Opened, open_envelope, seal
 from provisioner.link.keys import LINE, SigningKey, station_party
@@ -84,6 +85,21 @@ _RULES: dict[str, _Rule] = {
     "certificate": _Rule(frozenset(s for s in Step if s >= Step.CERT_ISSUED)),
     "record_written": _Rule(frozenset({Step.CERT_ISSUED})),
     "record_verified": _Rule(frozenset({Step.CERT_WRITTEN})),
+    "batch_mode": _ANY,
+    "record_factory": _Rule(frozenset({Step.IDENTIFIED})),
+    "accept_factory": _Rule(frozenset({Step.POP_VERIFIED})),
+}
+
+# Which operations belong to one mode only: a station cannot have our CA issue a
+# certificate for a device of a preprovisioned batch, nor record a part's own certificate
+# for a device of an issue batch.
+_MODE_OF: dict[str, BatchMode] = {
+    "record_key": BatchMode.ISSUE,
+    "sign": BatchMode.ISSUE,
+    "record_written": BatchMode.ISSUE,
+    "record_verified": BatchMode.ISSUE,
+    "record_factory": BatchMode.PREPROVISIONED,
+    "accept_factory": BatchMode.PREPROVISIONED,
 }
 
 
@@ -101,7 +117,9 @@ class Gateway:
         on_verified: Callable[[int], None] | None = None,
         on_resume: Callable[[], int] | None = None,
         chain_material: Callable[[], dict[str, Any]] | None = None,
+        manufacturer_root: ManufacturerRoot | None = None,
     ) -> None:
+        self.manufacturer_root = manufacturer_root
         self.on_resume = on_resume
         self.chain_material = chain_material
         self.engine = engine
@@ -223,6 +241,7 @@ class Gateway:
             self.signer,
             registry=self.registry,
             on_verified=self.on_verified,
+            manufacturer_root=self.manufacturer_root,
         )
         if op in _STATION_OPS:  # about the station, not one of its devices
             return _STATION_OPS[op](self, records, args)
@@ -255,6 +274,13 @@ class Gateway:
                 "out_of_order",
                 f"request refused: {op} for device {device_id} at step {dev.step.name} "
                 "(steps are recorded in order)",
+            )
+        mode = _MODE_OF.get(op)
+        if mode is not None and batch.mode != mode:
+            raise LinkRefusedError(
+                "wrong_mode",
+                f"request refused: {op} for device {device_id}, whose batch is in mode "
+                f"`{batch.mode}`",
             )
         if rule.starts is not None and not may_start(
             batch.state, dev.cancelled_at is not None, rule.starts
@@ -412,6 +438,29 @@ def _record_verified(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any
     return wire.device_to_json(r.record_verified(_id(dev), _hex(a, "read_back")))
 
 
+def _batch_mode(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+    mode, part = r.batch_mode(_id(dev))
+    return {"mode": mode.value, "part": part}
+
+
+def _record_factory(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+    try:
+        done = r.record_factory_certificates(
+            _id(dev), _text(a, "kind"), _hex(a, "device_der"), _hex(a, "signer_der")
+        )
+    except PolicyViolationError as exc:  # the chain does not verify here: nothing recorded
+        raise LinkRefusedError("bad_certificate", f"request refused: {exc}") from None
+    return wire.device_to_json(done)
+
+
+def _accept_factory(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+    try:
+        done = r.accept_factory_certificate(_id(dev))
+    except PolicyViolationError as exc:
+        raise LinkRefusedError("bad_certificate", f"request refused: {exc}") from None
+    return wire.device_to_json(done)
+
+
 def _id(dev: Device) -> int:
     assert dev.id is not None
     return dev.id
@@ -435,6 +484,9 @@ _OPS: dict[str, _Handler] = {
     "certificate": _certificate,
     "record_written": _record_written,
     "record_verified": _record_verified,
+    "batch_mode": _batch_mode,
+    "record_factory": _record_factory,
+    "accept_factory": _accept_factory,
 }
 
 
@@ -451,4 +503,6 @@ _STATION_OPS: dict[str, _StationHandler] = {
     "chip_owner": _chip_owner,  # which device a chip in a socket is recorded for
     "resume": lambda gw, r, a: gw.resume(),  # the station (re)started: its work again
     "chip_chain": lambda gw, r, a: gw.chip_chain(),  # public CA material and profile
+    # the manufacturer root pre-provisioned parts are verified against (public)
+    "manufacturer_root": lambda gw, r, a: r.manufacturer_root().decode(),
 }

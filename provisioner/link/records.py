@@ -13,15 +13,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
 from provisioner import socket_state
 from provisioner.ca.chain import ChainMaterial
 from provisioner.db.engine import transaction
-from provisioner.db.models import Batch, BatchState, Device, PartAction, Step
-from provisioner.ledger import DeviceLedger, get_device
-from provisioner.pipeline import StationLedger
+from provisioner.db.models import Batch, BatchMode, BatchState, Device, PartAction, Step
+from provisioner.errors import ConfigError
+from provisioner.ledger import DeviceLedger, ManufacturerRoot, get_device
+from provisioner.pipeline import FactoryLedger, StationLedger
 from provisioner.ports import CertificateSigner, IssuedCertificate, SigningRequest
 
 
@@ -53,8 +55,22 @@ class ChipOwner:
     step: Step
 
 
-class StationRecords(StationLedger, CertificateSigner, Protocol):
+class StationRecords(StationLedger, FactoryLedger, CertificateSigner, Protocol):
     """Everything one socket of a station reads and records (beside the chip itself)."""
+
+    def load(self, device_id: int) -> Device: ...
+
+    def identify(
+        self, device_id: int, serial_hex: str, revision_hex: str, locator: str
+    ) -> Device: ...
+
+    def challenge(self, device_id: int) -> bytes: ...
+
+    def record_pop(self, device_id: int, challenge: bytes, signature: bytes) -> Device: ...
+
+    def batch_mode(self, device_id: int) -> tuple[BatchMode, str | None]:
+        """The device's batch's mode and the kind of part it takes."""
+        ...
 
     def claim(self, device_id: int, holder: str, lease_s: float) -> bool: ...
 
@@ -105,8 +121,16 @@ class LocalRecords(DeviceLedger):
         *,
         registry: str,
         on_verified: Callable[[int], None] | None = None,
+        manufacturer_root: ManufacturerRoot | None = None,
     ) -> None:
-        super().__init__(engine, f"station:{station_id}", station_id, socket, registry=registry)
+        super().__init__(
+            engine,
+            f"station:{station_id}",
+            station_id,
+            socket,
+            registry=registry,
+            manufacturer_root=manufacturer_root,
+        )
         self.signer = signer
         self.on_verified = on_verified
 
@@ -133,6 +157,17 @@ class LocalRecords(DeviceLedger):
         if self.on_verified is not None:
             self.on_verified(device_id)
         return dev
+
+    def accept_factory_certificate(self, device_id: int) -> Device:
+        dev = super().accept_factory_certificate(device_id)
+        if self.on_verified is not None:
+            self.on_verified(device_id)
+        return dev
+
+    def manufacturer_root(self) -> bytes:
+        if self.manufacturer_root_source is None:
+            raise ConfigError("this line server has no manufacturer root configured")
+        return self.manufacturer_root_source().public_bytes(serialization.Encoding.PEM)
 
     def fail(
         self,

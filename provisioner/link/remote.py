@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 from provisioner import socket_state
 from provisioner.ca.chain import ChainMaterial
-from provisioner.db.models import Device, PartAction, Step
+from provisioner.db.models import BatchMode, Device, PartAction, Step
 from provisioner.errors import LinkRefusedError, ServiceUnavailableError, rebuilt
 from provisioner.link import wire
 from provisioner.link.envelope import open_envelope, seal
@@ -52,6 +52,8 @@ _WHAT = {
     "record_pop": "recording the proof of possession",
     "record_written": "recording the certificate written",
     "record_verified": "recording the read-back",
+    "record_factory": "recording the part's certificates",
+    "accept_factory": "accepting the part's certificate",
 }
 
 
@@ -220,6 +222,31 @@ class RemoteRecords:
 
     def record_verified(self, device_id: int, read_back: bytes) -> Device:
         return self._device("record_verified", device_id, read_back=read_back.hex())
+
+    # --- FactoryLedger (pre-provisioned parts) ---------------------------------------
+
+    def batch_mode(self, device_id: int) -> tuple[BatchMode, str | None]:
+        out = self.call("batch_mode", {"device": device_id})
+        part = out.get("part")
+        return BatchMode(str(out["mode"])), None if part is None else str(part)
+
+    def manufacturer_root(self) -> bytes:
+        """The root the line verifies parts against (public; the line checks again)."""
+        return str(self.call("manufacturer_root", {})).encode()
+
+    def record_factory_certificates(
+        self, device_id: int, kind: str, device_der: bytes, signer_der: bytes
+    ) -> Device:
+        return self._device(
+            "record_factory",
+            device_id,
+            kind=kind,
+            device_der=device_der.hex(),
+            signer_der=signer_der.hex(),
+        )
+
+    def accept_factory_certificate(self, device_id: int) -> Device:
+        return self._device("accept_factory", device_id)
 
     # --- the socket task's ----------------------------------------------------------
 

@@ -244,12 +244,14 @@ def _check_key(n: int, payload: dict[str, Any]) -> None:
 
 
 def batch_records(engine: Any, settings: Settings, batch_id: int) -> list[ChipRecord]:
-    """Every chip of the batch that has a certificate, with the intermediate that issued it."""
+    """Every chip of the batch that has a certificate, with the intermediate that issued it;
+    a pre-provisioned part with the certificate it came with and its manufacturer's signer
+    certificate (recorded once its chain verified: :class:`FactoryCertificate`)."""
     from sqlmodel import Session, col, select
 
     from provisioner.ca.ceremony import store_of
     from provisioner.ca.store import fingerprint
-    from provisioner.db.models import Batch, Certificate, Device, Revocation
+    from provisioner.db.models import Batch, Certificate, Device, FactoryCertificate, Revocation
     from provisioner.errors import NotFoundError
 
     store = store_of(settings)
@@ -267,7 +269,22 @@ def batch_records(engine: Any, settings: Settings, batch_id: int) -> list[ChipRe
             .where(Device.batch_id == batch_id)
             .order_by(col(Device.position))
         ).all()
-    out = []
+        factory = s.exec(
+            select(Device, FactoryCertificate)
+            .join(FactoryCertificate, col(FactoryCertificate.device_id) == Device.id)
+            .where(Device.batch_id == batch_id)
+            .order_by(col(Device.position))
+        ).all()
+    out = [
+        ChipRecord(
+            serial_hex=dev.chip_serial or "",
+            revision_hex=dev.revision,
+            provisioned_at=row.created_at,
+            device_cert=x509.load_der_x509_certificate(row.der),
+            signer_cert=x509.load_der_x509_certificate(row.signer_der),
+        )
+        for dev, row in factory
+    ]
     for dev, cert, rev in rows:
         issuer = issuers.get(cert.issuer_fingerprint_sha256)
         if issuer is None:

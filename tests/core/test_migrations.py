@@ -79,7 +79,14 @@ def _assert_append_only(engine: Engine) -> None:
 def test_head_constant_is_the_newest_revision_file() -> None:
     assert migrate.head() == migrate.HEAD
     revs = {s.revision: s.down_revision for s in migrate.scripts().walk_revisions()}
-    assert revs == {"0001": None, "0002": "0001", "0003": "0002", "0004": "0003", "0005": "0004"}
+    assert revs == {
+        "0001": None,
+        "0002": "0001",
+        "0003": "0002",
+        "0004": "0003",
+        "0005": "0004",
+        "0006": "0005",
+    }
 
 
 def test_empty_database_upgraded_to_head_equals_the_models(db_url: str) -> None:
@@ -140,6 +147,10 @@ def test_revision_0001_is_the_frozen_schema(db_url: str) -> None:
         ("add_index", "ix_identity_certificate_field_device_id"),
         ("add_index", "ix_identity_certificate_issuer_fingerprint_sha256"),
         ("add_index", "ix_identity_certificate_revoked_at"),
+        # 0006
+        ("add_column", "mode"),
+        ("add_column", "part"),
+        ("add_table", "factory_certificate"),
     }
     _assert_append_only(engine)
 

@@ -22,6 +22,7 @@ is by construction what the library rebuilds from the chip.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from ctypes import (
     POINTER,
@@ -37,6 +38,7 @@ from ctypes import (
 )
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
@@ -47,6 +49,7 @@ from cryptography.x509.oid import NameOID
 
 from provisioner.chips import tng
 from provisioner.chips.library import ZONE_DATA, buf, cryptoauth
+from provisioner.private_files import write_private
 
 if TYPE_CHECKING:
     from provisioner.chips.device import CryptoAuthChip
@@ -329,3 +332,58 @@ class EmulatedManufacturer:
 
     def signer_id(self) -> bytes:
         return signer_id_of(tng.signer_definition(tng.definition_for("tngtls")), self.signer_der())
+
+    # --- the emulated line's own manufacturer (files under the chips directory) ------------
+
+    def save(self, directory: Path) -> None:
+        """Keep this manufacturer in ``directory`` (0700; keys 0600): an emulated line makes
+        every part of its trays under one manufacturer, so the line trusts one root."""
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for name, key in (("root.key", self.root_key), ("signer.key", self.signer_key)):
+            pem = key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            write_private(directory / name, pem)
+        write_private(directory / "signer.pem", self.signer_cert.public_bytes(_PEM))
+        write_private(directory / ROOT_FILE, self.root_pem())  # last: marks a whole set
+
+    @classmethod
+    def load(cls, directory: Path) -> EmulatedManufacturer:
+        def key(name: str) -> ec.EllipticCurvePrivateKey:
+            loaded = serialization.load_pem_private_key((directory / name).read_bytes(), None)
+            assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+            return loaded
+
+        return cls(
+            root_key=key("root.key"),
+            root_cert=x509.load_pem_x509_certificate((directory / ROOT_FILE).read_bytes()),
+            signer_key=key("signer.key"),
+            signer_cert=x509.load_pem_x509_certificate((directory / "signer.pem").read_bytes()),
+        )
+
+    @classmethod
+    def of_line(cls, chips_dir: Path) -> EmulatedManufacturer:
+        """The emulated line's manufacturer (``<chips_dir>/manufacturer``), made on first
+        use. Its root is not trusted by anything until an admin runs ``provisioner
+        manufacturer trust <chips_dir>/manufacturer/root.pem``."""
+        directory = chips_dir / MANUFACTURER_DIR
+        if (directory / ROOT_FILE).exists():
+            return cls.load(directory)
+        chips_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(chips_dir / ".manufacturer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # two sockets' first parts: one manufacturer
+            if (directory / ROOT_FILE).exists():
+                return cls.load(directory)
+            made = cls.create()
+            made.save(directory)
+            return made
+        finally:
+            os.close(fd)
+
+
+MANUFACTURER_DIR = "manufacturer"
+ROOT_FILE = "root.pem"
+_PEM = serialization.Encoding.PEM
