@@ -19,7 +19,8 @@ from provisioner.audit import chain
 from provisioner.ca.manufacturer_chain import fingerprint, load_root, parse_root
 from provisioner.cli.context import ctx_of
 from provisioner.db.engine import transaction
-from provisioner.errors import ConfigError
+from provisioner.errors import ConfigError, InvalidInputError
+from provisioner.station import emulated_manufacturer_root
 
 app = typer.Typer(
     help="The manufacturer root that pre-provisioned parts' certificates must chain to.",
@@ -30,7 +31,14 @@ app = typer.Typer(
 @app.command("trust")
 def trust(
     ctx: typer.Context,
-    file: typer.FileBinaryRead = typer.Argument(..., help="The root certificate (PEM)."),
+    file: typer.FileBinaryRead | None = typer.Argument(None, help="The root certificate (PEM)."),
+    emulated: bool = typer.Option(
+        False,
+        "--emulated",
+        help="Trust the emulated line's own manufacturer instead of a FILE (the one that "
+        "makes the emulated stations' Trust&GO/TrustFLEX-like parts; test equipment, not "
+        "Microchip's). Only on a line with emulated stations.",
+    ),
 ) -> None:
     """Install FILE as the trusted manufacturer root (replacing any previous one).
 
@@ -38,8 +46,15 @@ def trust(
     ``manufacturer.root_trusted``; parts are judged against it from their next step on."""
     c = ctx_of(ctx)
     c.require("manufacturer.trust")
-    data = file.read(64 * 1024)
-    root = parse_root(data, "FILE")
+    if (file is None) == (not emulated):
+        raise InvalidInputError("give the root's FILE, or --emulated (not both)")
+    if file is not None:
+        data = file.read(64 * 1024)
+    else:
+        if not any(st.transport == "emulated" for st in c.settings.stations.values()):
+            raise InvalidInputError("--emulated: this line has no emulated station")
+        data = emulated_manufacturer_root(c.settings).read_bytes()
+    root = parse_root(data, "FILE" if file is not None else "the emulated manufacturer's root")
     path = c.settings.manufacturer_root_file
     try:
         old: str | None = fingerprint(load_root(path))
@@ -48,9 +63,8 @@ def trust(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(root.public_bytes(Encoding.PEM))
-    os.replace(tmp, path)
     new = fingerprint(root)
-    with transaction(c.engine) as s:
+    with transaction(c.engine) as s:  # the file changes only with its audit event
         chain.append(
             s,
             "manufacturer.root_trusted",
@@ -59,8 +73,10 @@ def trust(
                 "subject": root.subject.rfc4514_string()[:200],
                 "root_fingerprint_sha256": new,
                 "previous_fingerprint_sha256": old,
+                "emulated": emulated,
             },
         )
+        os.replace(tmp, path)
     typer.echo(f"manufacturer root installed: {root.subject.rfc4514_string()}")
     typer.echo(f"  SHA-256 {new}")
 

@@ -155,7 +155,7 @@ def insert_cmd(
         root = emulated_manufacturer_root(c.settings)
         typer.echo(
             f"its manufacturer is the emulated line's (root {root}); the line accepts its "
-            f"parts once an admin ran `provisioner manufacturer trust {root}`"
+            "parts once an admin ran `provisioner manufacturer trust --emulated`"
         )
 
 
