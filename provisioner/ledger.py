@@ -238,6 +238,15 @@ class DeviceLedger:
                     payload={"public_key_sha256": key_hash},
                 )
                 return dev
+        serial = self._key_reused(device_id, other, key_hash)
+        raise PolicyViolationError(
+            f"chip {serial} reports public key {key_hash[:16]}…, already recorded for "
+            f"device {other}: a cloned chip; remove it from the line"
+        )
+
+    def _key_reused(self, device_id: int, other: int, key_hash: str) -> str | None:
+        """Record ``incident.key_reused`` (the key is already device ``other``'s); returns
+        the device's chip serial for the refusal."""
         with transaction(self.engine) as s:
             dev = get_device(s, device_id)
             chain.append(
@@ -251,10 +260,7 @@ class DeviceLedger:
                 chip_serial=dev.chip_serial,
                 payload={"already_device": other, "public_key_sha256": key_hash},
             )
-        raise PolicyViolationError(
-            f"chip {dev.chip_serial} reports public key {key_hash[:16]}…, already recorded for "
-            f"device {other}: a cloned chip; remove it from the line"
-        )
+            return dev.chip_serial
 
     def challenge(self, device_id: int) -> bytes:
         """A fresh proof-of-possession challenge for the device, kept on its row: the chip
@@ -401,21 +407,9 @@ class DeviceLedger:
                     },
                 )
                 return dev
-        with transaction(self.engine) as s:
-            dev = get_device(s, device_id)
-            chain.append(
-                s,
-                "incident.key_reused",
-                actor=self.actor,
-                station_id=self.station_id,
-                socket=self.socket,
-                batch_id=dev.batch_id,
-                device_id=device_id,
-                chip_serial=dev.chip_serial,
-                payload={"already_device": other, "public_key_sha256": key_hash},
-            )
+        serial = self._key_reused(device_id, other, key_hash)
         raise PolicyViolationError(
-            f"part {dev.chip_serial} carries key {key_hash[:16]}…, already recorded for device "
+            f"part {serial} carries key {key_hash[:16]}…, already recorded for device "
             f"{other}: a cloned part; remove it from the line"
         )
 

@@ -128,6 +128,37 @@ def _next(step: Step) -> Step:
     return min((s for s in Step if s > step), default=Step.DONE)
 
 
+class _Identifiable(Protocol):
+    @property
+    def locator(self) -> str: ...
+
+    def identity(self) -> ChipIdentity: ...
+
+
+class _IdentityLedger(Protocol):
+    def identify(
+        self, device_id: int, serial_hex: str, revision_hex: str, locator: str
+    ) -> Device: ...
+
+
+def _identify(
+    device_id: int, dev: Device, chip: _Identifiable, ledger: _IdentityLedger, meter: StepMeter
+) -> tuple[Device, ChipIdentity]:
+    """Step 1 of both flows: read serial and revision; record them for a new device, and
+    for a resumed one insist that it is still the same chip."""
+    meter.start(_next(dev.step))
+    ident = chip.identity()
+    if dev.step == Step.PENDING:
+        dev = ledger.identify(device_id, ident.serial_hex, ident.revision.hex(), chip.locator)
+        meter.ok()
+    elif dev.chip_serial != ident.serial_hex:
+        raise WrongChipError(
+            f"{chip.locator} holds chip {ident.serial_hex}, but device {device_id} is chip "
+            f"{dev.chip_serial}: insert that chip to resume it"
+        )
+    return dev, ident
+
+
 def _provision(
     device_id: int,
     chip: SecureElement,
@@ -148,16 +179,7 @@ def _provision(
     # 1. Identify the chip; a resumed device must still be the same chip.
     if dev.step == Step.PENDING:
         boundary(Step.IDENTIFIED)
-    meter.start(_next(dev.step))
-    ident = chip.identity()
-    if dev.step == Step.PENDING:
-        dev = ledger.identify(device_id, ident.serial_hex, ident.revision.hex(), chip.locator)
-        meter.ok()
-    elif dev.chip_serial != ident.serial_hex:
-        raise WrongChipError(
-            f"{chip.locator} holds chip {ident.serial_hex}, but device {device_id} is chip "
-            f"{dev.chip_serial}: insert that chip to resume it"
-        )
+    dev, ident = _identify(device_id, dev, chip, ledger, meter)
     serial = ident.serial_hex
 
     # 2. Configure a blank chip, generate the device key inside it, lock the data zone
@@ -325,17 +347,8 @@ def _preprovisioned(
     # 1. Identify the part; a resumed device must still be the same part.
     if dev.step == Step.PENDING:
         boundary(Step.IDENTIFIED)
-    meter.start(_next(dev.step))
-    ident = chip.identity()
+    dev, ident = _identify(device_id, dev, chip, ledger, meter)
     serial = ident.serial_hex
-    if dev.step == Step.PENDING:
-        dev = ledger.identify(device_id, serial, ident.revision.hex(), chip.locator)
-        meter.ok()
-    elif dev.chip_serial != serial:
-        raise WrongChipError(
-            f"{chip.locator} holds chip {serial}, but device {device_id} is chip "
-            f"{dev.chip_serial}: insert that chip to resume it"
-        )
 
     # 2. A pre-provisioned part is locked; a blank chip does not belong in this batch.
     if not (chip.config_locked() and chip.data_locked()):
