@@ -89,12 +89,14 @@ def summary_view(rep: BatchReport) -> RenderableType:
     lines.append(head)
     steps = ", ".join(f"{k.lower()} {v}" for k, v in rep.steps.items())
     lines.append(Text(f"steps: {steps}"))
-    lines.append(
-        Text(
-            f"quota: {rep.issued} of {rep.quota} certificates issued; uploads pending "
-            f"{rep.uploads_pending}, parked {rep.uploads_parked}, conflict {rep.uploads_conflict}"
-        )
+    uploads = (
+        f"uploads pending {rep.uploads_pending}, parked {rep.uploads_parked}, "
+        f"conflict {rep.uploads_conflict}"
     )
+    if rep.mode == "preprovisioned":  # no quota: our CA issues nothing for such parts
+        lines.append(Text(f"certificates: the parts' own ({rep.part}), none issued; {uploads}"))
+    else:
+        lines.append(Text(f"quota: {rep.issued} of {rep.quota} certificates issued; {uploads}"))
     if rep.per_hour:
         eta = f", about {duration_text(rep.eta_s)} to go" if rep.eta_s is not None else ""
         over = "over its run" if BatchState(rep.state).ended else "last 10 min"

@@ -104,3 +104,9 @@ def test_trust_a_root_then_create_a_preprovisioned_batch(
         created = s.exec(select(AuditEvent).where(AuditEvent.event_type == "batch.created")).one()
     assert trusted.payload is not None and digest in trusted.payload
     assert created.payload is not None and "preprovisioned" in created.payload
+
+    # The operator's status names where the certificates come from, not a quota.
+    status = run_cli("batch", "status", str(out["id"]), env=env)
+    assert status.returncode == 0, status.stderr
+    assert "certificates: the parts' own (trust-and-go), none issued" in status.stdout
+    assert "quota:" not in status.stdout
