@@ -142,10 +142,17 @@ class _IdentityLedger(Protocol):
 
 
 def _identify(
-    device_id: int, dev: Device, chip: _Identifiable, ledger: _IdentityLedger, meter: StepMeter
+    device_id: int,
+    dev: Device,
+    chip: _Identifiable,
+    ledger: _IdentityLedger,
+    meter: StepMeter,
+    boundary: Callable[[Step], None],
 ) -> tuple[Device, ChipIdentity]:
-    """Step 1 of both flows: read serial and revision; record them for a new device, and
-    for a resumed one insist that it is still the same chip."""
+    """Step 1 of both flows: read serial and revision; record them for a new device (if
+    its batch lets it start), and for a resumed one insist that it is still the same chip."""
+    if dev.step == Step.PENDING:
+        boundary(Step.IDENTIFIED)
     meter.start(_next(dev.step))
     ident = chip.identity()
     if dev.step == Step.PENDING:
@@ -177,9 +184,7 @@ def _provision(
         return dev
 
     # 1. Identify the chip; a resumed device must still be the same chip.
-    if dev.step == Step.PENDING:
-        boundary(Step.IDENTIFIED)
-    dev, ident = _identify(device_id, dev, chip, ledger, meter)
+    dev, ident = _identify(device_id, dev, chip, ledger, meter, boundary)
     serial = ident.serial_hex
 
     # 2. Configure a blank chip, generate the device key inside it, lock the data zone
@@ -345,9 +350,7 @@ def _preprovisioned(
         return dev
 
     # 1. Identify the part; a resumed device must still be the same part.
-    if dev.step == Step.PENDING:
-        boundary(Step.IDENTIFIED)
-    dev, ident = _identify(device_id, dev, chip, ledger, meter)
+    dev, ident = _identify(device_id, dev, chip, ledger, meter, boundary)
     serial = ident.serial_hex
 
     # 2. A pre-provisioned part is locked; a blank chip does not belong in this batch.

@@ -92,14 +92,14 @@ def emulated_part(settings: Settings, part: str) -> EmulatedChip:
 
 def emulated_manufacturer_root(settings: Settings) -> Path:
     """The root certificate of the emulated line's manufacturer (made on first use)."""
-    from provisioner.chips.emulator.manufacturer import MANUFACTURER_DIR, ROOT_FILE
+    from provisioner.chips.emulator.manufacturer import (
+        MANUFACTURER_DIR,
+        ROOT_FILE,
+        EmulatedManufacturer,
+    )
 
-    emulated = Path(settings.chips_dir) / MANUFACTURER_DIR / ROOT_FILE
-    if not emulated.exists():
-        from provisioner.chips.emulator.manufacturer import EmulatedManufacturer
-
-        EmulatedManufacturer.of_line(settings.chips_dir)
-    return emulated
+    EmulatedManufacturer.of_line(settings.chips_dir)
+    return Path(settings.chips_dir) / MANUFACTURER_DIR / ROOT_FILE
 
 
 # --- operator actions on an emulated jig -----------------------------------------------------
