@@ -5,7 +5,8 @@ kit-bridge HAL with Python callbacks); only the interface configuration differs.
 
 The provisioning sequence sends only commands a check needs (issue 19): the config zone
 is read once (block 0 comes with the serial), only the words that differ from the profile
-are written (32-byte block writes where a block differs in more than one word), and the
+are written (a 32-byte block write where a block differs in more than one word and the
+library's own writer writes that block whole: config blocks 1 and 3), and the
 Lock commands carry the CRC of what was written, so the chip itself refuses a zone or slot
 that does not hold it; lock states learned from that read are kept by the handle while
 only its own commands change them (any other call through ``_lib``, and any failed
