@@ -75,6 +75,9 @@ class CircuitBreaker:
         self._clock = clock
         self._lock = threading.RLock()
         self._status = BreakerStatus(BreakerState.CLOSED, datetime.now(UTC), 0, 0, None, None)
+        # Whether ``_status.state is OPEN``, set together with it under the lock: what every
+        # signature reads first, so a plain attribute rather than a property (hot path).
+        self.is_open = False
         self._next_attempt = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -87,10 +90,6 @@ class CircuitBreaker:
                 wait = max(0.0, self._next_attempt - self._clock())
                 return replace(self._status, next_attempt_in_s=round(wait, 3))
             return self._status
-
-    @property
-    def is_open(self) -> bool:
-        return self._status.state is BreakerState.OPEN
 
     def trip(self, error: BaseException) -> HsmUnavailableError:
         """Record that the token was lost; returns the error for the caller to raise."""
@@ -107,6 +106,7 @@ class CircuitBreaker:
                     None,
                     _describe(error),
                 )
+                self.is_open = True
                 self._notify()
             return self._unavailable()
 
@@ -140,6 +140,7 @@ class CircuitBreaker:
             self._status = BreakerStatus(
                 BreakerState.CLOSED, datetime.now(UTC), self._status.trips, 0, None, None
             )
+            self.is_open = False
             self._notify()
             return True
 

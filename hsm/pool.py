@@ -63,6 +63,7 @@ class TokenPool:
         self._lock = threading.Lock()
         self._returned = threading.Condition(self._lock)
         self._idle: list[TokenSession] = []
+        self._waiting = 0  # callers blocked in _acquire: only then does a release notify
         self._open_count = 0
         self._generation = 0
         self._module: Pkcs11Module | None = None
@@ -179,19 +180,25 @@ class TokenPool:
         an immediate reconnect succeeds (a dropped session, a restarted HSM service), it is
         run once more; otherwise the breaker's error is raised.
 
-        This is the signer's hot path (one call per signature), so it avoids the context
-        manager and takes the pool lock once to lease and once to return."""
-        was_closed = not self.breaker.is_open
+        This is the signer's hot path (one call per signature): with the breaker closed
+        and a session idle it reads one attribute, takes the pool lock once to lease and
+        once to return, and no condition variable is touched."""
+        breaker = self.breaker
+        was_closed = not breaker.is_open
         try:
             return self._run_once(fn)
         except HsmUnavailableError:
-            if not (was_closed and self.breaker.try_reconnect()):
+            if not (was_closed and breaker.try_reconnect()):
                 raise
         return self._run_once(fn)
 
     def _run_once(self, fn: Callable[[TokenSession], T]) -> T:
-        self.breaker.before_call()
-        ts = self._acquire()
+        if self.breaker.is_open:
+            self.breaker.before_call()
+        with self._lock:  # the uncontended lease: an idle session, no deadline, no wait
+            ts = self._idle.pop() if self._idle and self._module is not None else None
+        if ts is None:
+            ts = self._acquire()
         try:
             with ts.lock:
                 return fn(ts)
@@ -219,7 +226,12 @@ class TokenPool:
                     self._open_count += 1
                     break
                 left = deadline - time.monotonic()
-                if left <= 0 or not self._returned.wait(left):
+                self._waiting += 1
+                try:
+                    returned = left > 0 and self._returned.wait(left)
+                finally:
+                    self._waiting -= 1
+                if not returned:
                     if self._idle:
                         continue
                     raise HsmBusyError(
@@ -235,10 +247,11 @@ class TokenPool:
             raise self.breaker.trip(exc) from None
 
     def _release(self, ts: TokenSession) -> None:
-        with self._returned:
+        with self._lock:
             if ts.generation == self._generation:
                 self._idle.append(ts)
-                self._returned.notify()
+                if self._waiting:
+                    self._returned.notify()
                 return
         if ts is not self._persistent:
             with contextlib.suppress(p11e.PKCS11Error):

@@ -20,7 +20,7 @@ from typing import Any, NoReturn, Protocol, TypeVar
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from pkcs11 import Mechanism
 from pkcs11 import exceptions as p11e
 
@@ -140,17 +140,30 @@ class HsmEcPrivateKey(_TokenKey, ec.EllipticCurvePrivateKey):
             h = hashes.Hash(algo)
             h.update(bytes(data))
             digest = h.finalize()
-        raw = self._sign_raw(digest, Mechanism.ECDSA)
-        half = len(raw) // 2
-        return encode_dss_signature(
-            int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
-        )
+        return der_ecdsa_signature(self._sign_raw(digest, Mechanism.ECDSA))
 
     def exchange(self, algorithm: ec.ECDH, peer_public_key: ec.EllipticCurvePublicKey) -> bytes:
         self._refuse()
 
     def private_numbers(self) -> ec.EllipticCurvePrivateNumbers:
         self._refuse()
+
+
+def der_ecdsa_signature(raw: bytes) -> bytes:
+    """PKCS#11's ECDSA signature (r || s, two big-endian halves of equal length) as the
+    DER ``Ecdsa-Sig-Value`` X.509 carries: byte operations, about twice as fast as going
+    through integers and ``encode_dss_signature`` (the same bytes; tests/hsm holds it to
+    that). Only for curves up to P-384, whose SEQUENCE is short-form (< 128 bytes)."""
+    half = len(raw) // 2
+    if not 0 < half <= 48 or len(raw) != 2 * half:
+        raise HsmError(f"the token returned an ECDSA signature of {len(raw)} bytes")
+    r = raw[:half].lstrip(b"\0") or b"\0"
+    s = raw[half:].lstrip(b"\0") or b"\0"
+    if r[0] & 0x80:
+        r = b"\0" + r
+    if s[0] & 0x80:
+        s = b"\0" + s
+    return b"".join((b"\x30", bytes((len(r) + len(s) + 4, 2, len(r))), r, bytes((2, len(s))), s))
 
 
 _RSA_MECHANISMS = {

@@ -131,10 +131,10 @@ def issue_for(chip: CryptoAuthChip, ca: SoftwareCa, settings: Settings) -> bytes
     )
     cert = build_device_certificate(
         request,
-        ca,
+        ca,  # type: ignore[arg-type]
         settings.profile,
         random_serial_number(),
-        datetime.now(UTC),  # type: ignore[arg-type]
+        datetime.now(UTC),
     )
     return cert.public_bytes(serialization.Encoding.DER)
 
