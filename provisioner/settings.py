@@ -296,6 +296,11 @@ class StationSettings(_Section):
     # How often a chip error that can pass (no answer, CRC noise on the bus, ECC fault) is
     # retried, per step, before the device fails and the part goes to the reject bin.
     chip_retries: int = Field(default=3, ge=0, le=20)
+    # How long an emulated chip takes per command: "zero" (answers at once: tests, the demo)
+    # or "datasheet" (cryptoauthlib's execution-time table at the clock divider the chip's
+    # config holds, the time silicon takes), so a line can be measured against what real
+    # chips allow. Silicon ignores it: it takes its own time.
+    chip_timing: Literal["zero", "datasheet"] = "zero"
 
 
 class BrokerSettings(_Section):

@@ -203,7 +203,7 @@ class SocketRun:
             if not self.ledger.gate(device_id, next_step(dev.step), announce=False):
                 self.ledger.let_go(device_id)
                 return Outcome("skipped", device_id, "its batch is not running")
-            return self._attempts(device_id)
+            return self._attempts(device_id, dev.step)
         finally:
             self._release(device_id)
 
@@ -242,13 +242,14 @@ class SocketRun:
 
     # --- attempts --------------------------------------------------------------------
 
-    def _attempts(self, device_id: int) -> Outcome:
+    def _attempts(self, device_id: int, step: Step) -> Outcome:
         """Run the pipeline until it ends one way or another; chip errors that can pass
-        are tried again, ``chip_retries`` times per step."""
-        failures, step, feed = 0, self.ledger.load(device_id).step, self.auto
+        are tried again, ``chip_retries`` times per step (``step``: where the device was
+        when the task loaded it, the start of the count)."""
+        failures, feed, renew = 0, self.auto, False
         while True:
             try:
-                return self._attempt(device_id, feed)
+                return self._attempt(device_id, feed, renew=renew)
             except DeviceStopped as exc:
                 self._socket("idle", device_id, f"{exc}: batch paused or cancelled")
                 return Outcome("stopped", device_id, str(exc))
@@ -293,10 +294,13 @@ class SocketRun:
                     part_action(error),
                 )
             log.warning("device %s: %s; trying again (%s)", device_id, error, failures)
-            feed = self.auto and isinstance(error, ChipAbsentError)
+            feed, renew = self.auto and isinstance(error, ChipAbsentError), True
 
-    def _attempt(self, device_id: int, feed: bool) -> Outcome:
-        if not self.ledger.claim(device_id, self.holder, self.lease_s):  # renew the lease
+    def _attempt(self, device_id: int, feed: bool, *, renew: bool) -> Outcome:
+        """One run of the pipeline. ``renew``: the lease is renewed first (a retry; the
+        first attempt follows the claim itself). The device's batch mode comes with the
+        device (a station PC's ``load`` answer carries it), not in a round trip of its own."""
+        if renew and not self.ledger.claim(device_id, self.holder, self.lease_s):
             return Outcome("skipped", device_id, "its lease ran out and another task holds it")
         dev = self.ledger.load(device_id)
         mode, part = self.ledger.batch_mode(device_id)

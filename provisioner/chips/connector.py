@@ -45,7 +45,10 @@ class Connector:
     """Implements :class:`provisioner.ports.ChipConnector` for the configured stations."""
 
     settings: Settings
-    zero_delay: bool = True
+    # Whether emulated chips answer at once (True) or take cryptoauthlib's execution-time
+    # table per command (False). None (the default): as the station's ``chip_timing``
+    # setting says, so the station worker's sockets run at the configured timing.
+    zero_delay: bool | None = None
     # Where the compressed-certificate definitions come from (a station PC: the line);
     # None: this PC's own CA files.
     chain_source: Callable[[], ChipCertChain] | None = None
@@ -70,6 +73,13 @@ class Connector:
             self.settings.chips_dir, station_id, self.settings.station(station_id).sockets
         )
 
+    def zero_delay_of(self, station_id: str) -> bool:
+        """Whether the emulated chips of ``station_id`` answer at once: the connector's own
+        ``zero_delay`` if given, else the station's ``chip_timing`` ("zero")."""
+        if self.zero_delay is not None:
+            return self.zero_delay
+        return self.settings.station(station_id).chip_timing == "zero"
+
     def open(self, locator: str, *, address: int | None = None) -> CryptoAuthChip:
         """The chip at ``locator``. ``address`` (8-bit I2C form, e.g. 0x6A for Trust&GO) is
         the one the library addresses; an ``@0x..`` suffix of an emulated locator says the
@@ -81,7 +91,8 @@ class Connector:
             jig = self.jig(station_id)
             if socket >= jig.sockets:
                 raise NotFoundError(f"{locator}: station {station_id} has {jig.sockets} sockets")
-            bridge = KitBridge(EmulatedBus(jig, socket, zero_delay=self.zero_delay))
+            bus = EmulatedBus(jig, socket, zero_delay=self.zero_delay_of(station_id))
+            bridge = KitBridge(bus)
             cfg = iface_cfg_class()()
             cfg.iface_type = IFACE_KIT
             cfg.devtype = ATECC608

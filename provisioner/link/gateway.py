@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from provisioner.audit import chain
-from provisioner.db.engine import transaction
+from provisioner.db.engine import reader_of, transaction
 from provisioner.db.models import (
     MAX_ID,
     Batch,
@@ -130,6 +130,11 @@ class Gateway:
         self.registry = registry
         self.on_verified = on_verified
         self._accepted = 0
+        # What a station certificate says never changes (its key, its station, its expiry):
+        # kept per key id once read; whether it is revoked is read afresh with each nonce.
+        self._keys: dict[str, tuple[ec.EllipticCurvePublicKey, datetime]] = {}
+        # The checks that only read (device, batch) never take SQLite's write lock.
+        self._reader = reader_of(engine)
 
     # --- one message ----------------------------------------------------------------
 
@@ -165,6 +170,11 @@ class Gateway:
                 "wrong_sender",
                 f"message refused: {sender!r} sent it on the queue of {self.party}",
             )
+        known = self._keys.get(kid)
+        if known is not None:
+            public, not_after = known
+            self._unexpired(not_after)
+            return public  # revocation: checked in the nonce's transaction (_spend)
         with transaction(self.engine) as s:
             row = s.get(StationIdentity, kid)
         if row is None or row.station_id != self.station_id:
@@ -172,27 +182,41 @@ class Gateway:
                 "unknown_sender",
                 f"message refused: no certificate of {self.party} has id {kid[:16]}…",
             )
+        self._not_revoked(row)
+        self._unexpired(aware(row.not_after))
+        key = x509.load_pem_x509_certificate(row.certificate_pem.encode()).public_key()
+        assert isinstance(key, ec.EllipticCurvePublicKey)
+        self._keys[kid] = (key, aware(row.not_after))
+        return key
+
+    def _not_revoked(self, row: StationIdentity | None) -> None:
+        if row is None:  # the certificate's row is gone: as good as revoked
+            raise LinkRefusedError(
+                "unknown_sender", f"message refused: no such certificate of {self.party}"
+            )
         if row.revoked_at is not None:
             raise LinkRefusedError(
                 "revoked",
                 f"message refused: the certificate of {self.party} was revoked "
                 f"({row.revoked_at:%Y-%m-%d %H:%M} UTC)",
             )
-        if aware(row.not_after) < datetime.now(UTC):
+
+    def _unexpired(self, not_after: datetime) -> None:
+        if not_after < datetime.now(UTC):
             raise LinkRefusedError(
                 "expired_certificate",
                 f"message refused: the certificate of {self.party} has expired: enroll the "
                 "station again",
             )
-        public = x509.load_pem_x509_certificate(row.certificate_pem.encode()).public_key()
-        assert isinstance(public, ec.EllipticCurvePublicKey)
-        return public
 
     def _spend(self, opened: Opened) -> None:
-        """Remember the nonce until the message expires; seen before: a replay."""
+        """Remember the nonce until the message expires; seen before: a replay. In the same
+        transaction, the sender's certificate is checked to be still unrevoked (a revoked
+        station's message spends no nonce and changes nothing)."""
         expires = datetime.fromtimestamp(opened.expires_at + CLOCK_SKEW_S, UTC)
         try:
             with transaction(self.engine) as s:
+                self._not_revoked(s.get(StationIdentity, opened.kid))
                 s.add(LinkNonce(nonce=opened.nonce, sender=opened.sender, expires_at=expires))
         except IntegrityError:
             raise LinkRefusedError(
@@ -245,8 +269,14 @@ class Gateway:
         )
         if op in _STATION_OPS:  # about the station, not one of its devices
             return _STATION_OPS[op](self, records, args)
-        dev = self._check(op, args.get("device"))
-        return _OPS[op](self, records, dev, args)
+        dev, batch = self._check(op, args.get("device"))
+        out = _OPS[op](self, records, dev, args)
+        if op == "load":
+            # The device comes with its batch's mode and part (fixed when the batch was
+            # made), so a station attempt needs no batch_mode round trip of its own; the
+            # line still refuses each mode's operations for the other's devices (_MODE_OF).
+            out = {**out, "mode": str(batch.mode), "part": batch.part}
+        return out
 
     def resume(self) -> int:
         return self.on_resume() if self.on_resume is not None else 0
@@ -256,11 +286,12 @@ class Gateway:
             raise LinkRefusedError("bad_request", "request refused: no chain material here")
         return self.chain_material()
 
-    def _check(self, op: str, device_id: object) -> Device:
-        """The device is this station's, and at a step where ``op`` may happen."""
+    def _check(self, op: str, device_id: object) -> tuple[Device, Batch]:
+        """The device is this station's, and at a step where ``op`` may happen; with its
+        batch as read for the check."""
         if not isinstance(device_id, int) or not 0 < device_id <= MAX_ID:
             raise LinkRefusedError("bad_request", f"request refused: bad device {device_id!r}")
-        with transaction(self.engine) as s:
+        with transaction(self._reader) as s:
             dev = s.get(Device, device_id)
             batch = s.get(Batch, dev.batch_id) if dev is not None else None
         if dev is None or batch is None or batch.station_id != self.station_id:
@@ -289,7 +320,7 @@ class Gateway:
                 "not_running",
                 f"request refused: device {device_id}'s batch is {batch.state.value}",
             )
-        return dev
+        return dev, batch
 
 
 # --- the operations (records already checked to be this station's device) ----------

@@ -108,6 +108,9 @@ class RemoteRecords:
         self._line_public = line_public
         self._line_kid = fingerprint(line_certificate)
         self._chain: ChainMaterial | None = None
+        # The mode and part of the last device loaded, as the line's answer carried them
+        # (device id, mode, part): the socket task asks them right after loading it.
+        self._mode: tuple[int, BatchMode, str | None] | None = None
 
     # --- the call -------------------------------------------------------------------
 
@@ -166,7 +169,14 @@ class RemoteRecords:
     # --- StationLedger --------------------------------------------------------------
 
     def load(self, device_id: int) -> Device:
-        return self._device("load", device_id)
+        """The device as the line records it. The answer also carries its batch's mode and
+        part (a line server of this version), kept for :meth:`batch_mode`."""
+        out = self.call("load", {"device": device_id})
+        if isinstance(out, dict) and "mode" in out:
+            part = out.get("part")
+            mode = BatchMode(str(out["mode"]))
+            self._mode = (device_id, mode, None if part is None else str(part))
+        return wire.device_from_json(out)
 
     def identify(self, device_id: int, serial_hex: str, revision_hex: str, locator: str) -> Device:
         return self._device(
@@ -226,6 +236,10 @@ class RemoteRecords:
     # --- FactoryLedger (pre-provisioned parts) ---------------------------------------
 
     def batch_mode(self, device_id: int) -> tuple[BatchMode, str | None]:
+        """The device's batch's mode and part: from the last ``load`` of this device (a
+        batch's mode never changes), else asked of the line (an older line server)."""
+        if self._mode is not None and self._mode[0] == device_id:
+            return self._mode[1], self._mode[2]
         out = self.call("batch_mode", {"device": device_id})
         part = out.get("part")
         return BatchMode(str(out["mode"])), None if part is None else str(part)
