@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,9 @@ class WorkerRuntime:
     station_id: str | None = None
     socket: int | None = None
     signer: Any = None  # provisioner.issuance.IssuanceService on the hsm worker
+    # provisioner.issuance.GroupSigner over ``signer``: the sign task's way in, so that
+    # requests handled at the same time (a threads pool) share one transaction.
+    sign_group: Any = None
     checkpointer: Any = None  # provisioner.audit.checkpointer.Checkpointer, hsm worker too
     crl_schedule: Any = None  # provisioner.ca.crl_schedule.CrlSchedule, hsm worker child 0
     registry: Any = None  # a RegistryBackend on the registry worker
@@ -66,10 +70,16 @@ class _Process:
     runtime: WorkerRuntime | None = None
 
 
+_OPENING = threading.Lock()
+
+
 def current() -> WorkerRuntime:
-    """The runtime of this child; opened lazily if the pool has no init hook (solo pool)."""
+    """The runtime of this child; opened lazily if the pool has no init hook (the solo and
+    threads pools: with threads, once for all of them, hence the lock)."""
     if _Process.runtime is None:
-        _Process.runtime = _open(load_settings(), getattr(current_process(), "index", 0))
+        with _OPENING:
+            if _Process.runtime is None:
+                _Process.runtime = _open(load_settings(), getattr(current_process(), "index", 0))
     return _Process.runtime
 
 
@@ -161,9 +171,10 @@ def _open_line(settings: Settings, queues: frozenset[str], index: int) -> Worker
     rt = WorkerRuntime(settings, "line", engine)
     if HSM_QUEUE in queues:
         from provisioner.audit.checkpointer import Checkpointer
-        from provisioner.issuance import IssuanceService
+        from provisioner.issuance import GroupSigner, IssuanceService
 
         rt.signer = IssuanceService.open(engine, settings)
+        rt.sign_group = GroupSigner(rt.signer)
         rt.checkpointer = Checkpointer.for_provider(engine, settings, rt.signer.ca.pool)
         rt.checkpointer.start()
         if index == 0:  # one CRL schedule per hsm worker, not one per child
@@ -205,7 +216,7 @@ def _process_init(**_: Any) -> None:
 
 
 def _process_shutdown(**_: Any) -> None:
-    rt = _Process.runtime
+    rt, _Process.runtime = _Process.runtime, None  # once, whichever signal comes first
     if rt is not None:
         if rt.forwarder is not None:
             rt.forwarder.stop()
@@ -249,5 +260,8 @@ def connect_signals(kind: str, station: str | None) -> None:
     signals.worker_ready.connect(_ready, weak=False)
     signals.worker_process_init.connect(_process_init, weak=False)
     signals.worker_process_shutdown.connect(_process_shutdown, weak=False)
+    # The threads and solo pools have no child processes: their runtime (the hsm worker's
+    # group signer runs on threads) closes with the worker. A prefork parent opened none.
+    signals.worker_shutdown.connect(_process_shutdown, weak=False)
     # A pool child that ends takes its live gauges with it (prometheus multiprocess mode).
     signals.worker_process_shutdown.connect(on_worker_process_shutdown, weak=False)
