@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from cryptography import x509
-from sqlalchemy import or_, update
+from sqlalchemy import bindparam, or_, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -62,6 +62,22 @@ takes effect without a restart); raises ConfigError when none is installed."""
 def registry_device_id(chip_serial_hex: str) -> str:
     """Cloud IoT device ids must start with a letter: ``sn`` + the serial in lower-case hex."""
     return "sn" + chip_serial_hex.lower()
+
+
+_registry_id = registry_device_id  # for DeviceLedger.queue_upload, whose argument has the name
+
+
+# The certificate rows a device's read-back is checked against, read with Core (no ORM
+# object is needed for three columns; the gateway asks this for most devices twice).
+_CERTIFICATE = Certificate.__table__  # type: ignore[attr-defined]
+_FACTORY = FactoryCertificate.__table__  # type: ignore[attr-defined]
+_DEVICE = Device.__table__  # type: ignore[attr-defined]
+_CERT_OF = select(
+    _CERTIFICATE.c.der, _CERTIFICATE.c.serial_number, _CERTIFICATE.c.fingerprint_sha256
+).where(_CERTIFICATE.c.device_id == bindparam("device_id"))
+_FACTORY_OF = select(_FACTORY.c.der, _FACTORY.c.serial_number, _FACTORY.c.fingerprint_sha256).where(
+    _FACTORY.c.device_id == bindparam("device_id")
+)
 
 
 def get_device(session: Session, device_id: int) -> Device:
@@ -131,24 +147,17 @@ class DeviceLedger:
     def certificate(self, device_id: int) -> IssuedCertificate:
         """The certificate the signer recorded for the device; for a pre-provisioned part,
         the one it came with (recorded once its chain verified)."""
-        with transaction(self.engine) as s:
-            row = s.exec(select(Certificate).where(Certificate.device_id == device_id)).first()
+        with self.engine.begin() as conn:
+            row = conn.execute(_CERT_OF, {"device_id": device_id}).first()
             if row is None:
-                factory = s.exec(
-                    select(FactoryCertificate).where(FactoryCertificate.device_id == device_id)
-                ).first()
-                if factory is not None:
-                    return IssuedCertificate(
-                        der=factory.der,
-                        serial_number=int(factory.serial_number, 16),
-                        fingerprint_sha256=factory.fingerprint_sha256,
-                    )
-                raise NotFoundError(f"device {device_id} has no certificate yet")
-            return IssuedCertificate(
-                der=row.der,
-                serial_number=int(row.serial_number, 16),
-                fingerprint_sha256=row.fingerprint_sha256,
-            )
+                row = conn.execute(_FACTORY_OF, {"device_id": device_id}).first()
+        if row is None:
+            raise NotFoundError(f"device {device_id} has no certificate yet")
+        return IssuedCertificate(
+            der=bytes(row.der),
+            serial_number=int(row.serial_number, 16),
+            fingerprint_sha256=row.fingerprint_sha256,
+        )
 
     def advance(
         self,
@@ -267,16 +276,27 @@ class DeviceLedger:
         must sign this one (and the signer is only asked with it), so a proof made earlier
         or for another device cannot be replayed. A new one replaces the last."""
         challenge = os.urandom(32)
-        with transaction(self.engine) as s:
-            dev = get_device(s, device_id)
-            dev.pop_challenge = challenge.hex()
-            s.add(dev)
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(_DEVICE)
+                .where(_DEVICE.c.id == device_id)
+                .values(pop_challenge=challenge.hex())
+            )
+            if not res.rowcount:
+                raise NotFoundError(f"device {device_id} does not exist")
         return challenge
 
     def record_pop(self, device_id: int, challenge: bytes, signature: bytes) -> Device:
         """Check the chip's proof of possession against the challenge given out and the
         recorded key, then record POP_VERIFIED."""
-        dev = self.load(device_id)
+        with self.engine.begin() as conn:
+            dev = conn.execute(
+                select(_DEVICE.c.pop_challenge, _DEVICE.c.public_key).where(
+                    _DEVICE.c.id == device_id
+                )
+            ).first()
+        if dev is None:
+            raise NotFoundError(f"device {device_id} does not exist")
         if dev.pop_challenge is None or dev.pop_challenge != challenge.hex():
             raise PolicyViolationError(
                 f"device {device_id}: the proof of possession answers a challenge the line "
@@ -313,11 +333,10 @@ class DeviceLedger:
             )
         if self.registry is None:
             raise ConfigError("this ledger has no registry to queue uploads for")
-        dev = self.load(device_id)
         return self.queue_upload(
             device_id,
             registry=self.registry,
-            registry_device_id=registry_device_id(dev.chip_serial or ""),
+            registry_device_id=None,  # the chip serial, read in the upload's transaction
             fingerprint=cert.fingerprint_sha256,
         )
 
@@ -448,8 +467,8 @@ class DeviceLedger:
         the same device can never both work on it; a holder that died leaves a lease that
         simply runs out."""
         now = utcnow()
-        with transaction(self.engine) as s:
-            res = s.execute(
+        with self.engine.begin() as conn:  # one statement: no ORM session needed
+            res = conn.execute(
                 update(Device)
                 .where(
                     col(Device.id) == device_id,
@@ -461,23 +480,23 @@ class DeviceLedger:
                 )
                 .values(claimed_by=holder, claimed_until=now + timedelta(seconds=lease_s))
             )
-            return bool(res.rowcount)  # type: ignore[attr-defined]
+            return bool(res.rowcount)
 
     def take_over(self, device_id: int, dead_holder: str, holder: str, lease_s: float) -> bool:
         """Take a claim whose holder is known to be dead (a socket task killed with its
         process), only if ``dead_holder`` still holds it."""
-        with transaction(self.engine) as s:
-            res = s.execute(
+        with self.engine.begin() as conn:
+            res = conn.execute(
                 update(Device)
                 .where(col(Device.id) == device_id, col(Device.claimed_by) == dead_holder)
                 .values(claimed_by=holder, claimed_until=utcnow() + timedelta(seconds=lease_s))
             )
-            return bool(res.rowcount)  # type: ignore[attr-defined]
+            return bool(res.rowcount)
 
     def release(self, device_id: int, holder: str) -> None:
         """Give the device back (only if ``holder`` still holds it)."""
-        with transaction(self.engine) as s:
-            s.execute(
+        with self.engine.begin() as conn:
+            conn.execute(
                 update(Device)
                 .where(col(Device.id) == device_id, col(Device.claimed_by) == holder)
                 .values(claimed_by=None, claimed_until=None)
@@ -527,12 +546,20 @@ class DeviceLedger:
                 )
 
     def queue_upload(
-        self, device_id: int, *, registry: str, registry_device_id: str, fingerprint: str
+        self,
+        device_id: int,
+        *,
+        registry: str,
+        registry_device_id: str | None,
+        fingerprint: str,
     ) -> Device:
         """Mark the certificate verified on the chip and queue its registry upload, together:
-        the pending upload lives in the database, so it survives a lost Redis message."""
+        the pending upload lives in the database, so it survives a lost Redis message.
+        ``registry_device_id`` None: the one of the device's recorded chip serial."""
         with transaction(self.engine) as s:
             dev = get_device(s, device_id)
+            if registry_device_id is None:
+                registry_device_id = _registry_id(dev.chip_serial or "")
             existing = s.exec(
                 select(RegistryUpload).where(RegistryUpload.device_id == device_id)
             ).first()

@@ -22,16 +22,18 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy import delete
-from sqlalchemy.engine import Engine
+from sqlalchemy import bindparam, delete, insert, select
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
+from provisioner import socket_state
 from provisioner.audit import chain
-from provisioner.db.engine import reader_of, transaction
+from provisioner.db.engine import transaction
 from provisioner.db.models import (
     MAX_ID,
     Batch,
     BatchMode,
+    BatchState,
     Device,
     LinkNonce,
     PartAction,
@@ -46,6 +48,7 @@ from provisioner.link import wire
 from provisioner.link.envelope import CLOCK_SKEW_S, Opened, open_envelope, seal
 from provisioner.link.keys import LINE, SigningKey, station_party
 from provisioner.link.records import LocalRecords, may_start
+from provisioner.link.wire import DeviceRow
 from provisioner.ports import CertificateSigner, SigningRequest
 
 log = logging.getLogger("provisioner.gateway")
@@ -56,6 +59,39 @@ _SOCKET_STATES = frozenset({"busy", "idle", "insert_chip", "failed", "empty"})
 _MAX_TEXT = 500
 _MAX_HEX = 8192  # a certificate read back, in hex
 _PRUNE_EVERY = 500
+
+# Each request runs these few statements besides its operation's own, so they are Core
+# statements built once (SQLAlchemy caches their compiled form): the ORM's identity map,
+# flush and attribute events cost more than the queries themselves here.
+_DEVICE = Device.__table__  # type: ignore[attr-defined]
+_BATCH = Batch.__table__  # type: ignore[attr-defined]
+_IDENTITY = StationIdentity.__table__  # type: ignore[attr-defined]
+_NONCE = LinkNonce.__table__  # type: ignore[attr-defined]
+# The device and what the checks need of its batch, in one statement.
+_CHECK = (
+    select(
+        *_DEVICE.columns,
+        _BATCH.c.station_id.label("batch_station_id"),
+        _BATCH.c.state.label("batch_state"),
+        _BATCH.c.mode.label("batch_mode"),
+        _BATCH.c.part.label("batch_part"),
+    )
+    .select_from(_DEVICE.outerjoin(_BATCH, _BATCH.c.id == _DEVICE.c.batch_id))
+    .where(_DEVICE.c.id == bindparam("device_id"))
+)
+# Whether a station certificate is still there and unrevoked (read with each nonce).
+_REVOKED = select(_IDENTITY.c.revoked_at).where(_IDENTITY.c.fingerprint_sha256 == bindparam("kid"))
+_SPEND = insert(_NONCE)
+
+
+@dataclass(frozen=True)
+class _BatchFacts:
+    """What the checks and the ``load`` answer need of a device's batch."""
+
+    station_id: str
+    state: BatchState
+    mode: str
+    part: str | None
 
 
 @dataclass(frozen=True)
@@ -133,8 +169,6 @@ class Gateway:
         # What a station certificate says never changes (its key, its station, its expiry):
         # kept per key id once read; whether it is revoked is read afresh with each nonce.
         self._keys: dict[str, tuple[ec.EllipticCurvePublicKey, datetime]] = {}
-        # The checks that only read (device, batch) never take SQLite's write lock.
-        self._reader = reader_of(engine)
 
     # --- one message ----------------------------------------------------------------
 
@@ -147,8 +181,7 @@ class Gateway:
         try:
             opened = open_envelope(message, task=task, recipient=LINE, key_for=self._station_key)
             op = opened.body.get("op")
-            self._spend(opened)
-            body["result"] = self._carry_out(opened.body)
+            body["result"] = self._serve(opened)
         except LinkRefusedError as exc:
             self._refused(exc, message, op)
             body.update(error=str(exc), kind="LinkRefusedError", reason=exc.reason)
@@ -182,23 +215,24 @@ class Gateway:
                 "unknown_sender",
                 f"message refused: no certificate of {self.party} has id {kid[:16]}…",
             )
-        self._not_revoked(row)
+        self._not_revoked(True, row.revoked_at)
         self._unexpired(aware(row.not_after))
         key = x509.load_pem_x509_certificate(row.certificate_pem.encode()).public_key()
         assert isinstance(key, ec.EllipticCurvePublicKey)
         self._keys[kid] = (key, aware(row.not_after))
         return key
 
-    def _not_revoked(self, row: StationIdentity | None) -> None:
-        if row is None:  # the certificate's row is gone: as good as revoked
+    def _not_revoked(self, found: bool, revoked_at: datetime | None) -> None:
+        """``found``: the certificate's row exists (gone: as good as revoked)."""
+        if not found:
             raise LinkRefusedError(
                 "unknown_sender", f"message refused: no such certificate of {self.party}"
             )
-        if row.revoked_at is not None:
+        if revoked_at is not None:
             raise LinkRefusedError(
                 "revoked",
                 f"message refused: the certificate of {self.party} was revoked "
-                f"({row.revoked_at:%Y-%m-%d %H:%M} UTC)",
+                f"({revoked_at:%Y-%m-%d %H:%M} UTC)",
             )
 
     def _unexpired(self, not_after: datetime) -> None:
@@ -209,19 +243,67 @@ class Gateway:
                 "station again",
             )
 
-    def _spend(self, opened: Opened) -> None:
+    def _serve(self, opened: Opened) -> Any:
+        """The request's nonce spent, then what it asks. The socket's live row (``gate``,
+        ``show``: 8 of a device's ~21 requests) is written in the nonce's own transaction,
+        one commit instead of two; a refusal or failure there rolls both back, and the
+        nonce is then spent on its own, as for every other request (a refused request's
+        nonce stays spent)."""
+        op = opened.body.get("op")
+        if not isinstance(op, str) or op not in _IN_NONCE_TRANSACTION:
+            seen = self._spend(opened)
+            return self._carry_out(opened.body, seen)
+        try:
+            with self.engine.begin() as conn:
+                seen = self._spend_in(conn, opened)
+                out = self._carry_out(opened.body, seen, conn)
+        except LinkRefusedError as exc:
+            if exc.reason in _SPENDS_NOTHING:
+                raise
+            self._spend(opened)
+            raise
+        except ProvisionerError:
+            self._spend(opened)
+            raise
+        self._spent()
+        return out
+
+    def _spend(self, opened: Opened) -> DeviceRow | None:
+        """Remember the nonce until the message expires, in a transaction of its own
+        (:meth:`_spend_in`); returns the device row it read."""
+        with self.engine.begin() as conn:  # SQLite: BEGIN IMMEDIATE, like transaction()
+            seen = self._spend_in(conn, opened)
+        self._spent()
+        return seen
+
+    def _spend_in(self, conn: Connection, opened: Opened) -> DeviceRow | None:
         """Remember the nonce until the message expires; seen before: a replay. In the same
         transaction, the sender's certificate is checked to be still unrevoked (a revoked
-        station's message spends no nonce and changes nothing)."""
+        station's message spends no nonce and changes nothing), and the device a device
+        operation names is read with its batch for :meth:`_check` (returned; None when the
+        request names no well-formed device): one transaction per request for all three
+        instead of one each."""
         expires = datetime.fromtimestamp(opened.expires_at + CLOCK_SKEW_S, UTC)
+        args = opened.body.get("args")
+        device_id = args.get("device") if isinstance(args, dict) else None
+        op = opened.body.get("op")
+        wanted = isinstance(op, str) and op in _OPS and _well_formed(device_id)
+        row = conn.execute(_REVOKED, {"kid": opened.kid}).first()
+        self._not_revoked(row is not None, None if row is None else row.revoked_at)
         try:
-            with transaction(self.engine) as s:
-                self._not_revoked(s.get(StationIdentity, opened.kid))
-                s.add(LinkNonce(nonce=opened.nonce, sender=opened.sender, expires_at=expires))
-        except IntegrityError:
+            conn.execute(
+                _SPEND, {"nonce": opened.nonce, "sender": opened.sender, "expires_at": expires}
+            )
+        except IntegrityError:  # the transaction is rolled back as this leaves it
             raise LinkRefusedError(
                 "replayed", f"message refused: {opened.nonce[:12]}… was already received"
             ) from None
+        if not wanted:
+            return None
+        return conn.execute(_CHECK, {"device_id": device_id}).first()
+
+    def _spent(self) -> None:
+        """One more nonce kept: now and then, the expired ones go."""
         self._accepted += 1
         if self._accepted % _PRUNE_EVERY == 1:
             with transaction(self.engine) as s:
@@ -250,7 +332,11 @@ class Gateway:
 
     # --- what it asks ---------------------------------------------------------------
 
-    def _carry_out(self, body: dict[str, Any]) -> Any:
+    def _carry_out(
+        self, body: dict[str, Any], seen: DeviceRow | None, conn: Connection | None = None
+    ) -> Any:
+        """``seen``: the device the request names, with its batch, as :meth:`_spend_in`
+        read it; ``conn``: the nonce's transaction, for the operations that write in it."""
         op, args, socket = body.get("op"), body.get("args"), body.get("socket")
         known = isinstance(op, str) and (op in _OPS or op in _STATION_OPS)
         if not known or not isinstance(args, dict):
@@ -269,7 +355,9 @@ class Gateway:
         )
         if op in _STATION_OPS:  # about the station, not one of its devices
             return _STATION_OPS[op](self, records, args)
-        dev, batch = self._check(op, args.get("device"))
+        dev, batch = self._check(op, args.get("device"), seen)
+        if conn is not None and op in _IN_NONCE_TRANSACTION:
+            return _IN_NONCE_TRANSACTION[op](self, records, conn, dev, args)
         out = _OPS[op](self, records, dev, args)
         if op == "load":
             # The device comes with its batch's mode and part (fixed when the batch was
@@ -286,14 +374,21 @@ class Gateway:
             raise LinkRefusedError("bad_request", "request refused: no chain material here")
         return self.chain_material()
 
-    def _check(self, op: str, device_id: object) -> tuple[Device, Batch]:
+    def _check(
+        self, op: str, device_id: object, row: DeviceRow | None
+    ) -> tuple[DeviceRow, _BatchFacts]:
         """The device is this station's, and at a step where ``op`` may happen; with its
-        batch as read for the check."""
-        if not isinstance(device_id, int) or not 0 < device_id <= MAX_ID:
+        batch. ``row``: the device and its batch as read in the nonce's transaction
+        (:data:`_CHECK`); the operations write through the records, in their own
+        transactions, reading the row again there."""
+        if not _well_formed(device_id):
             raise LinkRefusedError("bad_request", f"request refused: bad device {device_id!r}")
-        with transaction(self._reader) as s:
-            dev = s.get(Device, device_id)
-            batch = s.get(Batch, dev.batch_id) if dev is not None else None
+        dev: DeviceRow | None = row
+        batch: _BatchFacts | None = None
+        if row is not None and row.batch_station_id is not None:
+            batch = _BatchFacts(
+                row.batch_station_id, BatchState(row.batch_state), row.batch_mode, row.batch_part
+            )
         if dev is None or batch is None or batch.station_id != self.station_id:
             raise LinkRefusedError(
                 "not_yours",
@@ -323,7 +418,13 @@ class Gateway:
         return dev, batch
 
 
+def _well_formed(device_id: object) -> bool:
+    return isinstance(device_id, int) and 0 < device_id <= MAX_ID
+
+
 # --- the operations (records already checked to be this station's device) ----------
+# ``dev`` is the device's row as the checks read it (its columns by name).
+_Dev = DeviceRow
 
 
 def _text(args: dict[str, Any], name: str) -> str:
@@ -357,25 +458,25 @@ def _holder(gw: Gateway, args: dict[str, Any], name: str = "holder") -> str:
     return holder
 
 
-def _load(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+def _load(gw: Gateway, r: LocalRecords, dev: _Dev, a: dict[str, Any]) -> Any:
     return wire.device_to_json(dev)
 
 
-def _claim(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+def _claim(gw: Gateway, r: LocalRecords, dev: _Dev, a: dict[str, Any]) -> Any:
     return r.claim(_id(dev), _holder(gw, a), _number(a, "lease_s", 3600))
 
 
-def _take_over(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+def _take_over(gw: Gateway, r: LocalRecords, dev: _Dev, a: dict[str, Any]) -> Any:
     return r.take_over(
         _id(dev), _holder(gw, a, "dead_holder"), _holder(gw, a), _number(a, "lease_s", 3600)
     )
 
 
-def _release(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+def _release(gw: Gateway, r: LocalRecords, dev: _Dev, a: dict[str, Any]) -> Any:
     r.release(_id(dev), _holder(gw, a))
 
 
-def _fail(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+def _fail(gw: Gateway, r: LocalRecords, dev: _Dev, a: dict[str, Any]) -> Any:
     try:
         action = PartAction(_text(a, "action"))
     except ValueError:
@@ -388,26 +489,41 @@ def _fail(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
     r.fail(_id(dev), _text(a, "error"), action, incident=incident)
 
 
-def _gate(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+def _gate(gw: Gateway, r: LocalRecords, dev: _Dev, a: dict[str, Any]) -> Any:
+    return r.gate(_id(dev), _step(a), announce=bool(a.get("announce")))
+
+
+def _gate_in(gw: Gateway, r: LocalRecords, conn: Connection, dev: _Dev, a: dict[str, Any]) -> Any:
+    return r.gate_in(conn, _id(dev), _step(a), announce=bool(a.get("announce")))
+
+
+def _show_in(gw: Gateway, r: LocalRecords, conn: Connection, dev: _Dev, a: dict[str, Any]) -> Any:
+    r.show_in(conn, _state(a), _id(dev), _text(a, "detail"))
+
+
+def _step(a: dict[str, Any]) -> Step:
     try:
-        step = Step(int(a.get("step", -1)))
+        return Step(int(a.get("step", -1)))
     except (TypeError, ValueError):
         raise LinkRefusedError("bad_request", "request refused: unknown step") from None
-    return r.gate(_id(dev), step, announce=bool(a.get("announce")))
 
 
-def _show(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+def _state(a: dict[str, Any]) -> socket_state.State:
     state = _text(a, "state")
     if state not in _SOCKET_STATES:
         raise LinkRefusedError("bad_request", "request refused: unknown socket state")
-    r.show(state, _id(dev), _text(a, "detail"))  # type: ignore[arg-type]
+    return state  # type: ignore[return-value]
 
 
-def _let_go(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+def _show(gw: Gateway, r: LocalRecords, dev: _Dev, a: dict[str, Any]) -> Any:
+    r.show(_state(a), _id(dev), _text(a, "detail"))
+
+
+def _let_go(gw: Gateway, r: LocalRecords, dev: _Dev, a: dict[str, Any]) -> Any:
     r.let_go(_id(dev))
 
 
-def _identify(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+def _identify(gw: Gateway, r: LocalRecords, dev: _Dev, a: dict[str, Any]) -> Any:
     serial = _text(a, "serial")
     if not _SERIAL.match(serial):
         raise LinkRefusedError("bad_request", "request refused: malformed chip serial")
@@ -415,18 +531,18 @@ def _identify(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> A
     return wire.device_to_json(r.identify(_id(dev), serial, revision, _text(a, "locator")))
 
 
-def _record_key(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+def _record_key(gw: Gateway, r: LocalRecords, dev: _Dev, a: dict[str, Any]) -> Any:
     point = _hex(a, "point", 65)
     if point[0] != 4:
         raise LinkRefusedError("bad_request", "request refused: not an uncompressed point")
     return wire.device_to_json(r.record_key(_id(dev), point))
 
 
-def _challenge(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+def _challenge(gw: Gateway, r: LocalRecords, dev: _Dev, a: dict[str, Any]) -> Any:
     return r.challenge(_id(dev)).hex()
 
 
-def _record_pop(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+def _record_pop(gw: Gateway, r: LocalRecords, dev: _Dev, a: dict[str, Any]) -> Any:
     try:
         done = r.record_pop(_id(dev), _hex(a, "challenge", 32), _hex(a, "signature", 64))
     except PolicyViolationError as exc:
@@ -434,7 +550,7 @@ def _record_pop(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) ->
     return wire.device_to_json(done)
 
 
-def _sign(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+def _sign(gw: Gateway, r: LocalRecords, dev: _Dev, a: dict[str, Any]) -> Any:
     challenge = _hex(a, "challenge", 32)
     if dev.pop_challenge is None or challenge.hex() != dev.pop_challenge:
         raise LinkRefusedError(
@@ -453,11 +569,11 @@ def _sign(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
     return wire.cert_to_json(r.sign(request))
 
 
-def _certificate(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+def _certificate(gw: Gateway, r: LocalRecords, dev: _Dev, a: dict[str, Any]) -> Any:
     return wire.cert_to_json(r.certificate(_id(dev)))
 
 
-def _record_written(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+def _record_written(gw: Gateway, r: LocalRecords, dev: _Dev, a: dict[str, Any]) -> Any:
     try:
         done = r.record_written(_id(dev), _text(a, "fingerprint"))
     except PolicyViolationError as exc:
@@ -465,16 +581,16 @@ def _record_written(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]
     return wire.device_to_json(done)
 
 
-def _record_verified(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+def _record_verified(gw: Gateway, r: LocalRecords, dev: _Dev, a: dict[str, Any]) -> Any:
     return wire.device_to_json(r.record_verified(_id(dev), _hex(a, "read_back")))
 
 
-def _batch_mode(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+def _batch_mode(gw: Gateway, r: LocalRecords, dev: _Dev, a: dict[str, Any]) -> Any:
     mode, part = r.batch_mode(_id(dev))
     return {"mode": mode.value, "part": part}
 
 
-def _record_factory(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+def _record_factory(gw: Gateway, r: LocalRecords, dev: _Dev, a: dict[str, Any]) -> Any:
     try:
         done = r.record_factory_certificates(
             _id(dev), _text(a, "kind"), _hex(a, "device_der"), _hex(a, "signer_der")
@@ -484,7 +600,7 @@ def _record_factory(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]
     return wire.device_to_json(done)
 
 
-def _accept_factory(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]) -> Any:
+def _accept_factory(gw: Gateway, r: LocalRecords, dev: _Dev, a: dict[str, Any]) -> Any:
     try:
         done = r.accept_factory_certificate(_id(dev))
     except PolicyViolationError as exc:
@@ -492,12 +608,11 @@ def _accept_factory(gw: Gateway, r: LocalRecords, dev: Device, a: dict[str, Any]
     return wire.device_to_json(done)
 
 
-def _id(dev: Device) -> int:
-    assert dev.id is not None
-    return dev.id
+def _id(dev: _Dev) -> int:
+    return int(dev.id)
 
 
-_Handler = Callable[[Gateway, LocalRecords, Device, dict[str, Any]], Any]
+_Handler = Callable[[Gateway, LocalRecords, _Dev, dict[str, Any]], Any]
 _OPS: dict[str, _Handler] = {
     "load": _load,
     "claim": _claim,
@@ -528,6 +643,13 @@ def _chip_owner(gw: Gateway, r: LocalRecords, a: dict[str, Any]) -> Any:
     owner = r.chip_owner(serial)
     return None if owner is None else {"device": owner.device_id, "step": int(owner.step)}
 
+
+# The operations written in the request's nonce transaction (Gateway._serve).
+_InNonceHandler = Callable[[Gateway, LocalRecords, Connection, _Dev, dict[str, Any]], Any]
+_IN_NONCE_TRANSACTION: dict[str, _InNonceHandler] = {"gate": _gate_in, "show": _show_in}
+# Refusals in the nonce's own checks: the nonce is not spent for these (revoked, gone) or
+# already was (replayed).
+_SPENDS_NOTHING = frozenset({"revoked", "unknown_sender", "replayed"})
 
 _StationHandler = Callable[[Gateway, LocalRecords, dict[str, Any]], Any]
 _STATION_OPS: dict[str, _StationHandler] = {

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.engine import Row
+
 from provisioner.db.models import Device, Step
 from provisioner.ports import IssuedCertificate
 
@@ -20,6 +22,9 @@ REQUEST_TTL_S = 300
 REPLY_TTL_S = 300
 WORK_TTL_S = 24 * 3600  # a provision message may wait in a queue for a shift
 
+DeviceRow = Row[*tuple[Any, ...]]
+"""A row of the device table's columns (and maybe more), read by name."""
+
 _DEVICE_FIELDS = (
     "id",
     "batch_id",
@@ -34,7 +39,8 @@ _DEVICE_FIELDS = (
 )
 
 
-def device_to_json(dev: Device) -> dict[str, Any]:
+def device_to_json(dev: Device | DeviceRow) -> dict[str, Any]:
+    """``dev``: a Device, or a row of the device table's columns (the gateway's check)."""
     out: dict[str, Any] = {name: getattr(dev, name) for name in _DEVICE_FIELDS}
     out["step"] = int(dev.step)
     out["cancelled"] = dev.cancelled_at is not None
