@@ -72,6 +72,7 @@ class KitBridge:
         self.absent = False  # set when the bus reported no chip
         self.error: BaseException | None = None  # what a callback caught, for the driver
         self._reply = b""
+        self._no_chip: type[BaseException] | None = None  # the emulator's NoChip, once imported
         libc = ctypes.CDLL(None)
         self._send_cb = SEND_FN(self._send)
         self._recv_cb = RECV_FN(self._recv)
@@ -90,41 +91,47 @@ class KitBridge:
         return err
 
     def _send(self, _ctx: int | None, tx: object, txlen: int) -> int:
+        # Runs for every packet, the library's polls of a busy chip included (some 700 per
+        # device at datasheet timing): no per-call import or attribute probing here.
         try:
-            from provisioner.chips.emulator.bus import NoChip
+            no_chip = self._no_chip
+            if no_chip is None:
+                from provisioner.chips.emulator.bus import NoChip
+
+                no_chip = self._no_chip = NoChip
         except BaseException as exc:  # pragma: no cover - import of a loaded module
             self.error = exc
             return ATCA_COMM_FAIL
         try:
             packet = ctypes.string_at(tx, txlen)  # type: ignore[arg-type]
-            if len(packet) < _HEADER + 1 and packet[1] & 0x0F in (KIT_SEND, KIT_RECV):
+            command = packet[1] & 0x0F
+            if len(packet) < _HEADER + 1 and command in (KIT_SEND, KIT_RECV):
                 return ATCA_COMM_FAIL
-            header, command = packet[:_HEADER], packet[1] & 0x0F
-            status = 0
-            body = b""
-            select = getattr(self.bus, "select", None)
+            bus = self.bus
+            select = getattr(bus, "select", None)
             if select is not None:  # byte 2: the I2C address the library talks to
                 select(packet[2])
-            if command == KIT_WAKE:
-                self.bus.wake()
-            elif command == KIT_IDLE:
-                self.bus.idle()
-            elif command == KIT_SLEEP:
-                self.bus.sleep()
-            elif command == KIT_SEND:
-                self.bus.send(packet[4:])  # [3] is the word address (0xFF for ECC)
-            elif command == KIT_RECV:
-                response = self.bus.receive()
+            body = b""
+            if command == KIT_RECV:
+                response = bus.receive()
                 if response is None:
                     self._reply = b""
                     return ATCA_SUCCESS  # recv answers "no response" so the library polls
                 body = response
+            elif command == KIT_SEND:
+                bus.send(packet[4:])  # [3] is the word address (0xFF for ECC)
+            elif command == KIT_WAKE:
+                bus.wake()
+            elif command == KIT_IDLE:
+                bus.idle()
+            elif command == KIT_SLEEP:
+                bus.sleep()
             else:
                 return ATCA_COMM_FAIL
             self.absent = False
-            self._reply = header + bytes([status]) + body
+            self._reply = packet[:_HEADER] + b"\x00" + body  # status 0: the kit forwarded it
             return ATCA_SUCCESS
-        except NoChip:
+        except no_chip:
             self.absent = True
             self._reply = b""
             return ATCA_WAKE_FAILED

@@ -127,11 +127,26 @@ class EmulatedChip:
         )
 
     def save(self, path: Path) -> None:
-        """Atomic write: a crash never leaves half a chip behind."""
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_json()))
-        os.replace(tmp, path)
+        """Atomic write: a crash never leaves half a chip behind.
+
+        The bus saves after every command that changed the EEPROM, before its response can
+        be read, so the file is written the short way: one ``open``/``write`` of the
+        encoded JSON and a rename, the pool directory made only when it is missing."""
+        data = json.dumps(self.to_json()).encode()
+        target = os.fspath(path)
+        tmp = f"{target}.{os.getpid()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
 
     @classmethod
     def load(cls, path: Path) -> EmulatedChip:

@@ -10,11 +10,19 @@ A socket may also hold a board: several chips on the socket's one I2C bus, each 
 own address, as on a product board (:meth:`StationJig.insert_board`; the socket file then
 names one chip per line). The bus routes each transaction by address; a socket with one
 chip, the line's case, is a board of one.
+
+Every change of a socket file is a new file renamed into place (or the file removed), and
+the writer gives it a modification time in nanoseconds later than the one it replaces, so
+(inode, mtime, size) of a socket file changes with every change of its content, even two
+changes within one tick of the filesystem's clock: :class:`SocketWatch` relies on that to
+read the file only when it changed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,7 +36,8 @@ class StationJig:
         self.sockets = sockets
         self.pool = chips_dir / "pool"
 
-    def _socket_file(self, socket: int) -> Path:
+    def socket_file(self, socket: int) -> Path:
+        """The file naming what ``socket`` holds (absent: the socket is empty)."""
         if not 0 <= socket < self.sockets:
             raise ValueError(f"station {self.station_id} has sockets 0..{self.sockets - 1}")
         return self.chips_dir / self.station_id / f"socket-{socket}"
@@ -43,7 +52,7 @@ class StationJig:
 
     def chip_paths(self, socket: int) -> list[Path]:
         """Every chip file on ``socket``'s bus, in the order inserted ([] if empty)."""
-        f = self._socket_file(socket)
+        f = self.socket_file(socket)
         try:
             text = f.read_text()
         except FileNotFoundError:
@@ -51,13 +60,20 @@ class StationJig:
         return [Path(line) for line in (raw.strip() for raw in text.splitlines()) if line]
 
     def _write_socket(self, socket: int, paths: Sequence[Path]) -> None:
-        f = self._socket_file(socket)
+        f = self.socket_file(socket)
         if not paths:
             f.unlink(missing_ok=True)
             return
         f.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = f.with_name(f.name + f".{os.getpid()}.tmp")
         tmp.write_text("".join(f"{p}\n" for p in paths))
+        # the filesystem's own mtime is coarse (a clock tick): two changes within one tick
+        # must still look different to a SocketWatch, so the time is set here, always later
+        # than the replaced file's
+        stamp = time.time_ns()
+        with contextlib.suppress(FileNotFoundError):
+            stamp = max(stamp, os.stat(f).st_mtime_ns + 1)
+        os.utime(tmp, ns=(stamp, stamp))
         os.replace(tmp, f)
 
     def serial_in(self, socket: int) -> str | None:
@@ -78,7 +94,7 @@ class StationJig:
         targets = [p.resolve() for p in chip_paths]
         if len(set(targets)) != len(targets):
             raise ValueError("a chip can sit on a board only once")
-        self._socket_file(socket)  # range check before touching anything
+        self.socket_file(socket)  # range check before touching anything
         for other in range(self.sockets):
             if other == socket:
                 continue
@@ -89,7 +105,7 @@ class StationJig:
         self._write_socket(socket, targets)
 
     def remove(self, socket: int) -> None:
-        self._socket_file(socket).unlink(missing_ok=True)
+        self.socket_file(socket).unlink(missing_ok=True)
 
     def remove_chip(self, socket: int, chip_path: Path) -> None:
         """Take one chip off ``socket``'s board (the socket empties with its last chip)."""
@@ -117,3 +133,39 @@ class StationJig:
         chip.save(path)
         self.insert(socket, path)
         return path
+
+
+class SocketWatch:
+    """What one socket holds, re-read from its file only when the file changed.
+
+    The bus asks before every transaction, and the library polls a busy chip every 2 ms:
+    reading and parsing the socket file each time was most of the emulator's CPU at
+    datasheet timing. One ``stat`` says whether it changed (see the module doc: every
+    change is a new inode with a later modification time), so a chip pulled or swapped by
+    another process (``provisioner station insert``, the auto feeder, a test) is still seen
+    at the next transaction. :meth:`paths` returns the same list object while the socket
+    is unchanged, so a caller can tell "unchanged" by identity.
+    """
+
+    def __init__(self, jig: StationJig, socket: int) -> None:
+        self._jig = jig
+        self._socket = socket
+        self._file = os.fspath(jig.socket_file(socket))
+        self._stamp: tuple[int, int, int, int] | None = None
+        self._paths: list[Path] = []
+
+    def paths(self) -> list[Path]:
+        """The chip files on the socket now, as :meth:`StationJig.chip_paths` reads them."""
+        try:
+            st = os.stat(self._file)
+        except FileNotFoundError:
+            if self._stamp is not None or self._paths:
+                self._stamp, self._paths = None, []
+            return self._paths
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+        if stamp != self._stamp:
+            # read after the stat: the content is at least as new as the stamp kept, so a
+            # change racing this read is seen (again) at the next call, never missed
+            self._paths = self._jig.chip_paths(self._socket)
+            self._stamp = stamp
+        return self._paths
