@@ -18,7 +18,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from sqlmodel import col, select
 
 from provisioner import batches
@@ -28,17 +27,17 @@ from provisioner.ca.ceremony import init_ca, load_ca
 from provisioner.ca.chain import local_material
 from provisioner.db.engine import create_schema, make_engine, transaction
 from provisioner.db.models import AuditEvent, Certificate, Device, Step
-from provisioner.enrollment.service import enroll_station, init_line_identity, revoke_station
-from provisioner.enrollment.tokens import add_station
+from provisioner.enrollment.service import init_line_identity, revoke_station
 from provisioner.errors import LinkRefusedError
 from provisioner.issuance import IssuanceService
 from provisioner.link.envelope import seal
 from provisioner.link.gateway import Gateway
-from provisioner.link.keys import SigningKey, fingerprint, line_key, station_party
+from provisioner.link.keys import SigningKey, line_key
 from provisioner.link.remote import RemoteRecords
 from provisioner.link.wire import REQUEST_TASK
 from provisioner.settings import Settings, StationSettings
 from provisioner.socket_task import SocketRun
+from tests.link.stations import enroll
 
 REGISTRY = "projects/p/locations/l/registries/r"
 
@@ -53,19 +52,6 @@ class Party:
     sent: list[dict[str, Any]]
 
 
-def _enroll(settings: Settings, engine: Any, sid: str) -> SigningKey:
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, sid)]))
-        .sign(key, hashes.SHA256())
-        .public_bytes(serialization.Encoding.PEM)
-    )
-    answer = enroll_station(settings, engine, add_station(engine, sid, "admin"), csr)
-    cert = x509.load_pem_x509_certificate(answer.certificate_pem.encode())
-    return SigningKey(station_party(sid), key, fingerprint(cert))
-
-
 @pytest.fixture
 def line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     monkeypatch.setenv("SOFTHSM2_CONF", "/nonexistent")
@@ -77,7 +63,7 @@ def line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, 
     engine = make_engine(settings.db_url)
     create_schema(engine)
     init_line_identity(settings)
-    keys = {sid: _enroll(settings, engine, sid) for sid in ("line1", "line2")}
+    keys = {sid: enroll(settings, engine, sid) for sid in ("line1", "line2")}
     ca = load_ca(settings)  # after the enrollments: they open and close the token themselves
     signer = IssuanceService(engine, ca, settings.profile)
     line_cert = x509.load_pem_x509_certificate(

@@ -18,9 +18,6 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import select
@@ -30,18 +27,18 @@ from provisioner.ca.ceremony import init_ca, load_ca
 from provisioner.ca.chain import local_material
 from provisioner.db.engine import create_schema, make_engine, transaction
 from provisioner.db.models import Device, LinkNonce, RegistryUpload, Step
-from provisioner.enrollment.service import enroll_station, init_line_identity, revoke_station
-from provisioner.enrollment.tokens import add_station
+from provisioner.enrollment.service import init_line_identity, revoke_station
 from provisioner.errors import LinkRefusedError
 from provisioner.issuance import IssuanceService
 from provisioner.link import wire
 from provisioner.link.envelope import seal
 from provisioner.link.gateway import Gateway
-from provisioner.link.keys import SigningKey, fingerprint, line_key, station_party
+from provisioner.link.keys import line_key
 from provisioner.link.remote import RemoteRecords
 from provisioner.link.wire import REQUEST_TASK
 from provisioner.settings import Settings, StationSettings
 from provisioner.socket_task import SocketRun
+from tests.link.stations import enroll
 
 
 @dataclass
@@ -67,16 +64,7 @@ def line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str) -> Iterat
     engine = make_engine(settings.db_url)
     create_schema(engine)
     init_line_identity(settings)
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "line1")]))
-        .sign(key, hashes.SHA256())
-        .public_bytes(serialization.Encoding.PEM)
-    )
-    answer = enroll_station(settings, engine, add_station(engine, "line1", "admin"), csr)
-    cert = x509.load_pem_x509_certificate(answer.certificate_pem.encode())
-    skey = SigningKey(station_party("line1"), key, fingerprint(cert))
+    skey = enroll(settings, engine, "line1")
     ca = load_ca(settings)
     gw = Gateway(
         engine,

@@ -16,9 +16,6 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from provisioner import batches
 from provisioner.ca.ceremony import init_ca, load_ca
@@ -29,15 +26,15 @@ from provisioner.chips.emulator.manufacturer import EmulatedManufacturer
 from provisioner.chips.emulator.tray import trust_and_go
 from provisioner.db.engine import create_schema, make_engine
 from provisioner.db.models import BatchMode
-from provisioner.enrollment.service import enroll_station, init_line_identity
-from provisioner.enrollment.tokens import add_station
+from provisioner.enrollment.service import init_line_identity
 from provisioner.errors import LinkRefusedError
 from provisioner.issuance import IssuanceService
 from provisioner.link.gateway import Gateway
-from provisioner.link.keys import SigningKey, fingerprint, line_key, station_party
+from provisioner.link.keys import line_key
 from provisioner.link.remote import RemoteRecords
 from provisioner.settings import Settings, StationSettings
 from provisioner.socket_task import SocketRun
+from tests.link.stations import enroll
 
 REGISTRY = "projects/p/locations/l/registries/r"
 
@@ -62,16 +59,7 @@ def link(
     engine = make_engine(settings.db_url)
     create_schema(engine)
     init_line_identity(settings)
-    skey = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "line1")]))
-        .sign(skey, hashes.SHA256())
-        .public_bytes(serialization.Encoding.PEM)
-    )
-    answer = enroll_station(settings, engine, add_station(engine, "line1", "admin"), csr)
-    cert = x509.load_pem_x509_certificate(answer.certificate_pem.encode())
-    key = SigningKey(station_party("line1"), skey, fingerprint(cert))
+    key = enroll(settings, engine, "line1")
     ca = load_ca(settings)
     gateway = Gateway(
         engine,

@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from sqlmodel import func, select
 
 from provisioner import batches
@@ -31,31 +30,18 @@ from provisioner.chips.emulator.manufacturer import EmulatedManufacturer
 from provisioner.chips.emulator.tray import broken_chain, trust_and_go
 from provisioner.db.engine import create_schema, make_engine, transaction
 from provisioner.db.models import AuditEvent, Batch, Certificate, FactoryCertificate, Step
-from provisioner.enrollment.service import enroll_station, init_line_identity
-from provisioner.enrollment.tokens import add_station
+from provisioner.enrollment.service import init_line_identity
 from provisioner.errors import LinkRefusedError
 from provisioner.issuance import IssuanceService
 from provisioner.link.gateway import Gateway
-from provisioner.link.keys import SigningKey, fingerprint, line_key, station_party
+from provisioner.link.keys import line_key
 from provisioner.link.remote import RemoteRecords
 from provisioner.ports import SigningRequest
 from provisioner.settings import Settings, StationSettings
 from provisioner.socket_task import SocketRun
+from tests.link.stations import enroll
 
 REGISTRY = "projects/p/locations/l/registries/r"
-
-
-def _enroll(settings: Settings, engine: Any, sid: str) -> SigningKey:
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, sid)]))
-        .sign(key, hashes.SHA256())
-        .public_bytes(serialization.Encoding.PEM)
-    )
-    answer = enroll_station(settings, engine, add_station(engine, sid, "admin"), csr)
-    cert = x509.load_pem_x509_certificate(answer.certificate_pem.encode())
-    return SigningKey(station_party(sid), key, fingerprint(cert))
 
 
 @pytest.fixture
@@ -73,7 +59,7 @@ def link(
     engine = make_engine(settings.db_url)
     create_schema(engine)
     init_line_identity(settings)
-    key = _enroll(settings, engine, "line1")
+    key = enroll(settings, engine, "line1")
     ca = load_ca(settings)
     signer = IssuanceService(engine, ca, settings.profile)
     verified: list[int] = []
