@@ -162,7 +162,7 @@ async def _csr(request: Request) -> bytes | None:
         return body
     try:
         csr = x509.load_der_x509_csr(body)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):  # InvalidVersion is no ValueError
         raise BadCsrError("the body is neither a PEM nor a DER certificate request") from None
     return csr.public_bytes(serialization.Encoding.PEM)
 

@@ -47,6 +47,8 @@ def load_csr(pem: bytes) -> x509.CertificateSigningRequest:
         raise BadCsrError(f"CSR of {len(pem)} bytes: at most {MAX_CSR_BYTES}")
     try:
         return x509.load_pem_x509_csr(pem)
+    except x509.InvalidVersion:  # not a ValueError: a CSR whose version is not v1 (0)
+        raise BadCsrError("the CSR's version is not 1 (the only one PKCS #10 has)") from None
     except ValueError:
         raise BadCsrError("the CSR is not a PEM certificate signing request") from None
 

@@ -183,3 +183,14 @@ def test_der_elements_lie_inside_their_input_or_are_refused(raw: bytes, offset: 
     except InvalidInputError:
         return
     assert sum(k.size for k in kids) == tlv.length
+
+
+def test_a_csr_of_another_version_is_refused_clearly() -> None:
+    """PKCS #10 has version 0 only; cryptography raises InvalidVersion (no ValueError) for
+    any other, which hypothesis found by flipping that byte: it is a BadCsrError, not an
+    unexpected exception."""
+    der_bytes = _der_of(_csr_pem())
+    at = der_bytes.index(b"\x02\x01\x00")  # CertificationRequestInfo.version
+    changed = der_bytes[: at + 2] + b"\x01" + der_bytes[at + 3 :]
+    with pytest.raises(BadCsrError, match="version"):
+        load_csr(_pem_of(changed, "CERTIFICATE REQUEST"))
