@@ -131,15 +131,16 @@ class EmulatedChip:
 
         The bus saves after every command that changed the EEPROM, before its response can
         be read, so the file is written the short way: one ``open``/``write`` of the
-        encoded JSON and a rename, the pool directory made only when it is missing."""
+        encoded JSON and a rename, the pool directory made only when it is missing. The
+        file holds the chip's private keys: owner-only (0600) whatever the umask."""
         data = json.dumps(self.to_json()).encode()
         target = os.fspath(path)
         tmp = f"{target}.{os.getpid()}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         except FileNotFoundError:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             view = memoryview(data)
             while view:
