@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,7 +15,18 @@ from sqlmodel import Session, select
 
 from provisioner import batches
 from provisioner.db.models import AuditEvent, Batch
-from tests.web.conftest import Line, screenshot, sign_in
+from tests.web.conftest import Line, screenshot, sign_in, start_line
+
+
+@pytest.fixture(scope="module")
+def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
+    """This module's line keeps its emulated chips at the datasheet's timing (about 1.9 s
+    per device): since issue 19's shorter sequence, a zero-delay batch of 8 could finish
+    between two looks of the page, which must see it part-way."""
+    yield from start_line(
+        tmp_path_factory.mktemp("web") / "line", extra='chip_timing = "datasheet"\n'
+    )
+
 
 pytestmark = pytest.mark.slow
 
